@@ -1,0 +1,310 @@
+"""`python -m lab run`: execute the stage notebooks with papermill, render HTML, write the index.
+
+reports/<run_id>/NN_stage.ipynb   the executed notebook (partial output kept when a cell fails)
+reports/<run_id>/NN_stage.html    its offline HTML (plotly.js embedded, nothing from a CDN)
+reports/<run_id>/status.json      per-stage status, duration and error
+reports/<run_id>/index.html       stage, status, duration, headline metrics, links
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from lab import config, runs
+from lab.config import STAGES, ConfigError
+
+NOTEBOOKS = {
+    "corpus": "01_corpus.ipynb",
+    "wwm": "02_wwm.ipynb",
+    "pretrain": "03_pretrain.ipynb",
+    "distill": "04_distill.ipynb",
+    "longify": "05_longify.ipynb",
+    "evaluate": "06_evaluate.ipynb",
+}
+UPSTREAM = {
+    "corpus": (),
+    "wwm": ("corpus",),
+    "pretrain": ("corpus", "wwm"),
+    "distill": ("corpus", "wwm", "pretrain"),
+    "longify": ("corpus", "wwm", "pretrain"),
+    "evaluate": ("corpus", "wwm", "pretrain"),
+}
+
+
+class PipelineError(RuntimeError):
+    """The run cannot start or a stage failed; the message says which and why."""
+
+
+def notebooks_dir() -> Path:
+    """The stage notebooks of this checkout (or $ZH_MINILAB_NOTEBOOKS)."""
+    if env := os.environ.get("ZH_MINILAB_NOTEBOOKS"):
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def available() -> list[str]:
+    """Stages whose notebook exists, in pipeline order."""
+    return [s for s in STAGES if s in config.CONFIGS and (notebooks_dir() / NOTEBOOKS[s]).exists()]
+
+
+def stage_name(text: str) -> str:
+    """`pretrain`, `03` or `3` -> `pretrain`."""
+    if text in STAGES:
+        return text
+    if text.isdigit() and 1 <= int(text) <= len(STAGES):
+        return STAGES[int(text) - 1]
+    raise ConfigError(f"unknown stage {text!r}; stages are {', '.join(STAGES)} (or 01-06)")
+
+
+def select(start: str | None, stop: str | None) -> list[str]:
+    have = available()
+    if not have:
+        raise PipelineError(
+            f"no stage notebooks found in {notebooks_dir()}: install the lab from its source "
+            "checkout (pip install -e .) or point ZH_MINILAB_NOTEBOOKS at its notebooks/ folder"
+        )
+    first = STAGES.index(stage_name(start)) if start else 0
+    last = STAGES.index(stage_name(stop)) if stop else len(STAGES) - 1
+    if first > last:
+        raise ConfigError(f"--from {start} comes after --to {stop}")
+    chosen = [s for s in STAGES[first : last + 1] if s in have]
+    missing = [
+        s for s in STAGES[first : last + 1] if s not in have and (stop or s in config.CONFIGS)
+    ]
+    if stop and missing:
+        raise PipelineError(f"stages {missing} have no notebook in {notebooks_dir()} yet")
+    return chosen
+
+
+def resolve(
+    run_id: str, profile: str, stages: list[str], overrides: dict
+) -> dict[str, config.StageConfig]:
+    """Validated configs of `stages`; every problem is raised here, before anything runs."""
+    routed = config.split_overrides(overrides)
+    return {
+        s: config.load(s, run_id=run_id, profile=profile, overrides=routed.get(s, {}))
+        for s in stages
+    }
+
+
+def stage_module(stage: str):
+    return importlib.import_module(f"lab.{stage}")
+
+
+def report_dir(run_id: str) -> Path:
+    return runs.reports_dir() / run_id
+
+
+def run(
+    run_id: str,
+    profile: str,
+    stages: list[str],
+    overrides: dict,
+    *,
+    dry_run: bool = False,
+) -> int:
+    cfgs = resolve(run_id, profile, stages, overrides)
+    for s in stages:  # upstream stages must be in this run's plan or already complete on disk
+        for up in UPSTREAM[s]:
+            if up not in stages and runs.read_manifest(runs.stage_dir(run_id, up)) is None:
+                raise PipelineError(
+                    f"stage {s} needs stage {up}, which is neither in this plan nor complete in "
+                    f"{runs.stage_dir(run_id, up)}. Run it: python -m lab run --run-id {run_id} --to {up}"
+                )
+    if dry_run:
+        print_plan(cfgs)
+        return 0
+
+    out = report_dir(run_id)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        runs.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise runs.explain_os_error(err, out) from err
+    runs.clean_stale(run_id)
+    status = read_status(run_id)
+    status.update({"run_id": run_id, "profile": profile, "overrides": overrides})
+    status.setdefault("stages", {})
+    os.environ["ZH_MINILAB_BATCH"] = "1"
+    code = 0
+    t_run = time.time()
+    for i, stage in enumerate(stages, 1):
+        cfg = cfgs[stage]
+        name = NOTEBOOKS[stage].removesuffix(".ipynb")
+        entry = {"notebook": f"{name}.ipynb", "html": f"{name}.html", "params": cfg.params()}
+        print(
+            f"[{i}/{len(stages)}] {stage}: {NOTEBOOKS[stage]} -> {out / entry['notebook']}",
+            flush=True,
+        )
+        if _cached(stage, cfg, status, out):
+            prev = status["stages"][stage]
+            prev["status"] = "cached"
+            print(
+                f"    cached: parameters and inputs match {runs.stage_dir(run_id, stage)}",
+                flush=True,
+            )
+            write_index(run_id, status)
+            continue
+        t0 = time.time()
+        error = execute(stage, cfg, out / entry["notebook"])
+        entry["duration_s"] = round(time.time() - t0, 1)
+        render_html(out / entry["notebook"], out / entry["html"])
+        if error:
+            entry.update(status="failed", error=error)
+            status["stages"][stage] = entry
+            write_index(run_id, status)
+            print(
+                f"    FAILED after {entry['duration_s']:.0f}s: {error}", file=sys.stderr, flush=True
+            )
+            print(f"    see {out / entry['html']}", file=sys.stderr, flush=True)
+            code = 1
+            break
+        entry["status"] = "ok"
+        status["stages"][stage] = entry
+        write_index(run_id, status)
+        print(f"    ok in {entry['duration_s']:.0f}s", flush=True)
+    status["wall_s"] = round(time.time() - t_run, 1)
+    write_index(run_id, status)
+    print(f"index: {out / 'index.html'}", flush=True)
+    return code
+
+
+def _cached(stage: str, cfg, status: dict, out: Path) -> bool:
+    prev = status["stages"].get(stage)
+    if not prev or prev.get("status") not in ("ok", "cached") or not (out / prev["html"]).exists():
+        return False
+    try:
+        inputs = stage_module(stage).inputs(cfg)
+    except Exception:  # an upstream that changed or vanished: run the stage and let it explain
+        return False
+    return runs.Stage(cfg, inputs).cached
+
+
+def execute(stage: str, cfg, output: Path) -> str | None:
+    """Run one stage notebook with papermill; the failing cell's error, or None."""
+    import papermill as pm
+
+    params = {"run_id": cfg.run_id, "profile": cfg.profile, "lab_resolved": True, **cfg.params()}
+    try:
+        pm.execute_notebook(
+            str(notebooks_dir() / NOTEBOOKS[stage]),
+            str(output),
+            parameters=params,
+            kernel_name="python3",
+            cwd=os.getcwd(),
+            progress_bar=False,
+            log_output=False,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+        )
+    except pm.PapermillExecutionError as err:
+        return f"{err.ename}: {err.evalue}"
+    return None
+
+
+def render_html(notebook: Path, target: Path) -> None:
+    """nbconvert with the lab template minus every CDN script (require.js, MathJax, widgets)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    if not notebook.exists():
+        return
+    templates = Path(__file__).parent / "templates"
+    exporter = HTMLExporter(extra_template_basedirs=[str(templates)], template_name="zh_minilab")
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    runs.write_atomic(target, body)
+
+
+# ---------------------------------------------------------------------------------------------
+# status and index
+
+
+def read_status(run_id: str) -> dict:
+    path = report_dir(run_id) / "status.json"
+    try:
+        return runs.read_json(path)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_index(run_id: str, status: dict) -> None:
+    out = report_dir(run_id)
+    runs.write_json(out / "status.json", status)
+    rows = []
+    for stage in STAGES:
+        entry = status.get("stages", {}).get(stage)
+        if not entry:
+            continue
+        manifest = runs.read_manifest(runs.stage_dir(run_id, stage))
+        headline = {}
+        if manifest and entry["status"] in ("ok", "cached"):
+            try:
+                headline = stage_module(stage).headline(manifest)
+            except Exception as err:  # a report must render even if one summary cannot
+                headline = {"headline unavailable": f"{type(err).__name__}: {err}"}
+        rows.append((stage, entry, headline, manifest))
+    runs.write_atomic(out / "index.html", index_html(run_id, status, rows))
+
+
+def index_html(run_id: str, status: dict, rows: list) -> str:
+    e = html.escape
+    body = []
+    for stage, entry, headline, manifest in rows:
+        metrics = "".join(f"<li>{e(k)}: <b>{e(str(v))}</b></li>" for k, v in headline.items())
+        if entry.get("error"):
+            metrics += f'<li class="err">{e(entry["error"])}</li>'
+        duration = entry.get("duration_s")
+        work = manifest.get("duration_s") if manifest else None
+        body.append(
+            f'<tr class="{e(entry["status"])}"><td>{NOTEBOOKS[stage][:2]}</td><td>{e(stage)}</td>'
+            f'<td class="status">{e(entry["status"])}</td>'
+            f"<td>{'' if duration is None else f'{duration:,.0f} s'}"
+            f"{'' if work is None else f' <small>(stage work {work:,.0f} s)</small>'}</td>"
+            f"<td><ul>{metrics}</ul></td>"
+            f'<td><a href="{e(entry["html"])}">report</a> · <a href="{e(entry["notebook"])}">notebook</a></td></tr>'
+        )
+    overrides = ", ".join(f"{k}={v}" for k, v in status.get("overrides", {}).items()) or "none"
+    wall = status.get("wall_s")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>zh-minilab run {e(run_id)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: 6px 10px; vertical-align: top; text-align: left; }}
+td ul {{ margin: 0; padding-left: 1.1em; }} .status {{ font-weight: bold; }}
+tr.ok .status, tr.cached .status {{ color: #1a7f37; }} tr.failed .status, .err {{ color: #c62828; }}
+small {{ color: #666; }}
+</style></head><body>
+<h1>zh-minilab · run <code>{e(run_id)}</code></h1>
+<p>profile <b>{e(str(status.get("profile")))}</b> · overrides: {e(overrides)}
+{"" if wall is None else f" · last invocation {wall:,.0f} s"}</p>
+<table><thead><tr><th>#</th><th>stage</th><th>status</th><th>duration</th><th>headline metrics</th><th>links</th></tr></thead>
+<tbody>{"".join(body)}</tbody></table>
+<p><small>Artifacts and manifests: data/runs/{e(run_id)}/&lt;stage&gt;/manifest.json</small></p>
+</body></html>
+"""
+
+
+def report(run_id: str) -> int:
+    """Re-render every executed notebook's HTML and the index of an existing run."""
+    out = report_dir(run_id)
+    status = read_status(run_id)
+    if not status:
+        raise PipelineError(f"no run {run_id!r} in {runs.reports_dir()} (no status.json)")
+    for entry in status.get("stages", {}).values():
+        render_html(out / entry["notebook"], out / entry["html"])
+    write_index(run_id, status)
+    print(f"index: {out / 'index.html'}")
+    return 0
+
+
+def print_plan(cfgs: dict[str, config.StageConfig]) -> None:
+    for stage, cfg in cfgs.items():
+        print(f"{NOTEBOOKS[stage]}  [{stage}]")
+        for key, value in stage_module(stage).describe(cfg).items():
+            print(f"    {key}: {value}")
+    print("dry run: parameters valid; nothing was executed.")

@@ -1,0 +1,90 @@
+"""Vocabularies: the real bert-base-chinese 21,128 vocab and a compact CLUE-style vocab from the corpus.
+
+The compact vocab keeps the special tokens and then the Google vocab's tokens in order of their
+frequency in the training corpus (tokenized with the full vocab), cut at the target size. Chinese
+`##` pieces never occur (BERT splits CJK text into single characters) and Traditional characters are
+rare in a Simplified corpus, so this lands where CLUEVocab does (Google vocab minus Traditional
+characters and `##` Chinese pieces, 8,021 tokens): every frequent character and Latin piece, nothing
+the corpus never uses.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import BertTokenizer
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def make_tokenizer(tokens: list[str]) -> BertTokenizer:
+    """A fast BERT WordPiece tokenizer over `tokens` (ids in list order).
+
+    transformers 5 ignores a `vocab_file=` keyword here (every token comes out [UNK]), so the vocab
+    is passed as a dict.
+    """
+    missing = [t for t in SPECIALS if t not in tokens]
+    if missing:
+        raise ValueError(f"vocabulary lacks special tokens {missing}")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("vocabulary has duplicate tokens")
+    return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+
+
+def save(tokenizer: BertTokenizer, folder: Path) -> Path:
+    """save_pretrained plus a plain vocab.txt (one token a line) for tools that want one."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(folder)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    return folder
+
+
+def load(folder: Path) -> BertTokenizer:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def token_counts(tokenizer: BertTokenizer, texts: Iterable[str], batch: int = 4000) -> Counter:
+    """How often each token id occurs in `texts` (special tokens not added)."""
+    backend = tokenizer.backend_tokenizer
+    counts: Counter = Counter()
+    buf: list[str] = []
+    for text in texts:
+        buf.append(text)
+        if len(buf) == batch:
+            _count(backend, buf, counts)
+            buf = []
+    if buf:
+        _count(backend, buf, counts)
+    return counts
+
+
+def _count(backend, texts: list[str], counts: Counter) -> None:
+    for enc in backend.encode_batch_fast(texts, add_special_tokens=False):
+        counts.update(enc.ids)
+
+
+def compact_tokens(full: BertTokenizer, counts: Counter, size: int) -> list[str]:
+    """Special tokens, then the most frequent corpus tokens of `full`, `size` in all."""
+    id_to_token = {i: t for t, i in full.get_vocab().items()}
+    ranked = [id_to_token[i] for i, _ in counts.most_common() if id_to_token[i] not in SPECIALS]
+    return list(SPECIALS) + ranked[: max(0, size - len(SPECIALS))]
+
+
+def coverage(tokenizer: BertTokenizer, texts: list[str]) -> dict:
+    """[UNK] rate (share of tokens), tokens per character and the vocab size, on `texts`."""
+    counts = token_counts(tokenizer, texts)
+    n_tokens = sum(counts.values())
+    n_chars = sum(len(t.replace(" ", "")) for t in texts)
+    return {
+        "size": len(tokenizer),
+        "unk_rate": counts[tokenizer.unk_token_id] / max(1, n_tokens),
+        "tokens_per_char": n_tokens / max(1, n_chars),
+        "tokens": n_tokens,
+    }

@@ -1,0 +1,41 @@
+from lab.text import Haystack, assign_split, cut, normalize, sentences
+
+
+def test_normalize_folds_fullwidth_alnum_but_keeps_chinese_punctuation():
+    assert normalize("１９９８年ＷＴＯ，好！（真）") == "1998年WTO，好！（真）"
+    assert normalize("a\u3000b") == "a b"
+
+
+def test_normalize_drops_control_format_surrogates_and_replacement():
+    assert normalize("中\x00文\u200b字\ufffd符\x07") == "中文字符"
+    assert normalize("中\ud800文") == "中文"
+    assert normalize("  多   空格 \n 换行 ") == "多 空格 换行"
+
+
+def test_sentences_and_cut():
+    text = "第一句。第二句！第三句？"
+    assert sentences(text) == ["第一句。", "第二句！", "第三句？"]
+    pieces = cut(text * 10, 20)
+    assert all(len(p) <= 20 for p in pieces)
+    assert "".join(pieces) == text * 10
+    assert cut("无标点" * 30, 25) == ["无标点" * 8 + "无", *cut(("无标点" * 30)[25:], 25)]
+
+
+def test_assign_split_is_deterministic_and_salted():
+    keys = [f"文本{i}" for i in range(2000)]
+    a = [assign_split(k, 0.1, 0.1, salt="x:") for k in keys]
+    assert a == [assign_split(k, 0.1, 0.1, salt="x:") for k in keys]
+    b = [assign_split(k, 0.1, 0.1, salt="y:") for k in keys]
+    assert a != b
+    share = a.count("valid") / len(a)
+    assert 0.07 < share < 0.13
+
+
+def test_haystack_finds_exact_substrings_only():
+    docs = ["今天天气很好，我们去公园散步。", "人民日报一九九八年元旦献词发表。"]
+    hay = Haystack(docs)
+    assert "我们去公园散步。" in hay
+    assert "我们去公园散步了。" not in hay
+    assert "很好" not in hay  # shorter than n: only whole documents count
+    assert docs[1] in hay
+    assert hay.find_docs("一九九八年元旦献词") == [1]
