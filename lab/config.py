@@ -150,7 +150,47 @@ class CorpusConfig(StageConfig):
             raise ConfigError("corpus.sources is empty: name at least one source")
 
 
-CONFIGS: dict[str, type[StageConfig]] = {"corpus": CorpusConfig}
+# ---------------------------------------------------------------------------------------------
+# 02 whole-word masking
+
+
+@dataclass(frozen=True)
+class WwmConfig(StageConfig):
+    stage = "wwm"
+    segmenter: str = param(
+        "jieba (rjieba where identical) or jieba-python", choices=("jieba", "jieba-python")
+    )
+    user_dict: str = param("path of a jieba user dictionary (empty: none)")
+    user_words: list[str] = param("extra words the segmenter must keep whole")
+    vocabs: list[str] = param("vocabularies to tokenize with: compact and/or full")
+    seq_lengths: list[int] = param("packed sequence lengths to store (tokens)", min=8)
+    num_proc: int = param("processes for segmentation and tokenization", min=1)
+    check_docs: int = param("documents compared with pure jieba before rjieba is trusted", min=0)
+    mlm_probability: float = param(
+        "share of tokens chosen for masking (statistics and demos)", min=0.0
+    )
+    max_predictions: int = param("cap on chosen tokens per sequence (0: none)", min=0)
+    mask_replace_prob: float = param("share of chosen words replaced by [MASK]", min=0.0)
+    random_replace_prob: float = param("share of chosen words replaced by random tokens", min=0.0)
+    stats_sequences: int = param("sequences sampled for the masking statistics", min=10)
+
+    def check(self):
+        bad = [v for v in self.vocabs if v not in ("compact", "full")]
+        if bad or not self.vocabs:
+            raise ConfigError(
+                f"wwm.vocabs = {self.vocabs}: choose from compact, full (at least one)"
+            )
+        if not self.seq_lengths:
+            raise ConfigError("wwm.seq_lengths is empty: give at least one length, e.g. [128]")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(
+                f"wwm.mlm_probability = {self.mlm_probability}: must be between 0 and 1"
+            )
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ConfigError("wwm.mask_replace_prob + wwm.random_replace_prob must not exceed 1")
+
+
+CONFIGS: dict[str, type[StageConfig]] = {"corpus": CorpusConfig, "wwm": WwmConfig}
 
 
 # ---------------------------------------------------------------------------------------------

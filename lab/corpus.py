@@ -31,6 +31,7 @@ from lab.text import (
 )
 
 SPLITS = ("train", "valid", "test")
+CODE = ("corpus", "text", "sources", "vocab")  # modules whose changes rerun the stage
 MAX_LINE_CHARS = 1_000_000  # a "line" longer than this is not one document
 MIN_CJK_SHARE = 0.2  # a source with fewer Chinese characters than this is refused
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
@@ -353,7 +354,7 @@ def char_profile(texts: list[str], trad: set[str]) -> dict:
 
 def run(cfg: CorpusConfig) -> dict:
     """Build the corpus, the task data and both vocabularies; returns the stage's manifest."""
-    stage = runs.Stage(cfg, inputs(cfg))
+    stage = runs.Stage(cfg, inputs(cfg), CODE)
     if stage.cached:
         runs.echo(f"corpus: cached ({stage.dir})")
         return stage.manifest
@@ -401,8 +402,14 @@ def run(cfg: CorpusConfig) -> dict:
     runs.save_dataset(corpus, work / "corpus")
     for name, dd in tasks.items():
         runs.save_dataset(dd, work / "tasks" / name)
-    gold_features = Features({"text": Value("string"), "words": Sequence(Value("string"))})
-    gold_columns = {k: [g[k] for g in gold] for k in ("text", "words")}
+    gold_features = Features(
+        {
+            "text": Value("string"),
+            "words": Sequence(Value("string")),
+            "tags": Sequence(Value("string")),
+        }
+    )
+    gold_columns = {k: [g[k] for g in gold] for k in gold_features}
     gold_ds = Dataset.from_dict(gold_columns, features=gold_features)
     runs.save_dataset(gold_ds, work / "gold_segmentation")
     longdocs = _long_documents(cfg, pd_blocks, sanguo)
@@ -509,10 +516,10 @@ def _collect_docs(cfg: CorpusConfig, raw_tasks: dict, tasks: dict[str, DatasetDi
             keys = ["\n".join(b["texts"]) for b in blocks]
             for b, (block, split) in enumerate(zip(blocks, _block_splits(cfg, keys))):
                 block["split"] = split
-                for text, words in zip(block["texts"], block["words"]):
+                for text, words, tags in zip(block["texts"], block["words"], block["tags"]):
                     docs.append({"text": text, "source": name, "doc": f"pd-{b}", "split": split})
                     if split != "train":
-                        gold.append({"text": text, "words": words})
+                        gold.append({"text": text, "words": words, "tags": tags})
             pd_blocks = blocks
         elif name == "msra_ner":
             heldout = {
@@ -588,21 +595,21 @@ def _block_splits(cfg: CorpusConfig, keys: list[str]) -> list[str]:
 
 def _pd_blocks(cfg: CorpusConfig, paragraphs: list[list[tuple[str, str]]]) -> list[dict]:
     """Consecutive paragraphs grouped into documents of about `long_doc_chars` characters."""
-    blocks, cur = [], {"texts": [], "words": []}
+    blocks, cur = [], {"texts": [], "words": [], "tags": []}
     size = 0
     for para in paragraphs:
-        words = [w for w in (normalize(w) for w, _ in para) if w]
-        if cfg.to_simplified:
-            words = [to_simplified(w) for w in words]
-        text = "".join(words)
+        pairs = [(normalize(w), tag) for w, tag in para]
+        pairs = [(to_simplified(w) if cfg.to_simplified else w, tag) for w, tag in pairs if w]
+        text = "".join(w for w, _ in pairs)
         if not text:
             continue
         cur["texts"].append(text)
-        cur["words"].append(words)
+        cur["words"].append([w for w, _ in pairs])
+        cur["tags"].append([t for _, t in pairs])
         size += len(text)
         if size >= cfg.long_doc_chars:
             blocks.append(cur)
-            cur, size = {"texts": [], "words": []}, 0
+            cur, size = {"texts": [], "words": [], "tags": []}, 0
     if cur["texts"]:
         blocks.append(cur)
     return blocks

@@ -136,12 +136,18 @@ def run(
     for i, stage in enumerate(stages, 1):
         cfg = cfgs[stage]
         name = NOTEBOOKS[stage].removesuffix(".ipynb")
-        entry = {"notebook": f"{name}.ipynb", "html": f"{name}.html", "params": cfg.params()}
+        entry = {
+            "notebook": f"{name}.ipynb",
+            "html": f"{name}.html",
+            "params": cfg.params(),
+            "notebook_sha256": runs.sha256_file(notebooks_dir() / NOTEBOOKS[stage]),
+            "lab_code": runs.code_digest(tuple(p.stem for p in Path(__file__).parent.glob("*.py"))),
+        }
         print(
             f"[{i}/{len(stages)}] {stage}: {NOTEBOOKS[stage]} -> {out / entry['notebook']}",
             flush=True,
         )
-        if _cached(stage, cfg, status, out):
+        if _cached(stage, cfg, status, out, entry):
             prev = status["stages"][stage]
             prev["status"] = "cached"
             print(
@@ -174,15 +180,18 @@ def run(
     return code
 
 
-def _cached(stage: str, cfg, status: dict, out: Path) -> bool:
+def _cached(stage: str, cfg, status: dict, out: Path, entry: dict) -> bool:
+    """The stage's manifest matches and its report came from the same notebook and lab code."""
     prev = status["stages"].get(stage)
     if not prev or prev.get("status") not in ("ok", "cached") or not (out / prev["html"]).exists():
+        return False
+    if any(prev.get(k) != entry[k] for k in ("notebook_sha256", "lab_code")):
         return False
     try:
         inputs = stage_module(stage).inputs(cfg)
     except Exception:  # an upstream that changed or vanished: run the stage and let it explain
         return False
-    return runs.Stage(cfg, inputs).cached
+    return runs.Stage(cfg, inputs, getattr(stage_module(stage), "CODE", ())).cached
 
 
 def execute(stage: str, cfg, output: Path) -> str | None:

@@ -171,6 +171,15 @@ def git_revision() -> dict[str, Any]:
     return {"commit": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def code_digest(modules: tuple[str, ...]) -> str:
+    """sha256 of the `lab` modules a stage's results depend on: changed code reruns the stage."""
+    h = hashlib.sha256(lab.__version__.encode())
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update((Path(lab.__file__).parent / f"{name}.py").read_bytes())
+    return h.hexdigest()
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -225,14 +234,15 @@ class Stage:
     >>> return st.finish(outputs={...}, metrics={...})
     """
 
-    def __init__(self, cfg, inputs: dict[str, str]):
+    def __init__(self, cfg, inputs: dict[str, str], code: tuple[str, ...] = ()):
         self.cfg = cfg
         self.name = cfg.stage
         self.inputs = inputs
         self.dir = stage_dir(cfg.run_id, self.name)
         self.work = self.dir.with_name(self.name + ".partial")
+        self.code = code_digest(code)
         self.key = sha256_json(
-            {"stage": self.name, "params": cfg.params(), "inputs": inputs, "lab": lab.__version__}
+            {"stage": self.name, "params": cfg.params(), "inputs": inputs, "code": self.code}
         )
         self.manifest = read_manifest(self.dir)
         self.cached = bool(self.manifest and self.manifest.get("key") == self.key)
@@ -267,6 +277,7 @@ class Stage:
             "profile": self.cfg.profile,
             "params": self.cfg.params(),
             "inputs": self.inputs,
+            "code": self.code,
             "outputs": outputs,
             "files": hash_tree(self.work, skip=(MANIFEST, ".key")),
             "metrics": metrics,

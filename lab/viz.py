@@ -117,3 +117,99 @@ def corpus_top_chars(stats: dict, n: int = 40) -> go.Figure:
     fig.update_layout(title=f"The {len(top)} most frequent characters (train split)")
     fig.update_yaxes(title="count")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 02 whole-word masking
+
+
+def segmentation_errors(quality: dict) -> go.Figure:
+    rows = quality["missed_by_type_and_tag"]
+    fig = go.Figure()
+    for kind in ("merged", "split", "crossing"):
+        sub = [r for r in rows if r["type"] == kind]
+        fig.add_bar(name=kind, x=[r["tag"] or "?" for r in sub], y=[r["count"] for r in sub])
+    fig.update_layout(
+        title="Gold words the segmenter missed, by type and by the gold word's POS tag",
+        barmode="group",
+        xaxis_title="People's Daily POS tag (nr person, t time, m numeral, ns place, ...)",
+        yaxis_title="gold words",
+    )
+    return fig
+
+
+def mask_shares(stats: dict) -> go.Figure:
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=("mask rate", "what chosen words become", "masked word length"),
+    )
+    for mode, name in (("wwm", "whole word"), ("token", "token-level")):
+        s = stats[mode]
+        fig.add_bar(x=[name], y=[100 * s["mask_rate"]], name=name, row=1, col=1, showlegend=False)
+        fig.add_bar(
+            x=list(s["shares"]), y=[100 * v for v in s["shares"].values()], name=name, row=1, col=2
+        )
+        counts = s["word_length_counts"]
+        total = max(1, sum(counts))
+        fig.add_bar(
+            x=[str(i + 1) for i in range(len(counts))], y=[100 * c / total for c in counts],
+            name=name, row=1, col=3, showlegend=False,
+        )  # fmt: skip
+    fig.update_yaxes(title_text="%", row=1, col=1)
+    fig.update_xaxes(title_text="tokens per masked word", row=1, col=3)
+    fig.update_layout(title="Masking statistics on the valid split", barmode="group")
+    return fig
+
+
+def builtin_vs_ours(stats: dict) -> go.Figure:
+    fig = go.Figure()
+    fig.add_histogram(
+        x=stats["builtin"]["per_sequence_rate"], name="transformers whole_word_mask=True",
+        xbins={"start": 0, "end": 1.0001, "size": 0.025},
+    )  # fmt: skip
+    fig.add_histogram(
+        x=stats["ours_on_sentences"]["per_sequence_rate"], name="lab WholeWordMaskCollator",
+        xbins={"start": 0, "end": 1.0001, "size": 0.025},
+    )  # fmt: skip
+    fig.update_layout(
+        title="Share of each sentence's tokens chosen for masking (same sentences, target 15%)",
+        barmode="overlay", xaxis_title="share of the sentence's tokens", yaxis_title="sentences",
+    )  # fmt: skip
+    fig.update_traces(opacity=0.65)
+    return fig
+
+
+def mask_table(stats: dict):
+    rows = [
+        {
+            "mode": mode,
+            "mask rate": s["mask_rate"],
+            **s["shares"],
+            "multi-token words": s["multi_token_word_share"],
+            "masked words": s["masked_words"],
+        }
+        for mode, s in (("whole word", stats["wwm"]), ("token", stats["token"]))
+    ]
+    return table(rows, "Masking on the valid split ([MASK] / random / kept shares per chosen word)")
+
+
+def builtin_table(stats: dict):
+    b, o = stats["builtin"], stats["ours_on_sentences"]
+    rows = [
+        {
+            "collator": "transformers whole_word_mask=True",
+            "all or nothing": b["all_or_nothing"],
+            "fully masked": b["all_masked"],
+            "none masked": b["none_masked"],
+            "mean rate": b["mean_mask_rate"],
+            "[MASK] share": b["mask_token_share"],
+        },
+        {
+            "collator": "lab WholeWordMaskCollator",
+            "all or nothing": o["all_or_nothing"],
+            "mean rate": o["mean_mask_rate"],
+            "[MASK] share": o["shares"]["mask"],
+        },
+    ]
+    return table(rows, f"The same {b['sequences']:,} valid sentences")

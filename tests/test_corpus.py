@@ -130,9 +130,9 @@ def test_splits_are_deterministic(lab_home, smoke_corpus):
 
 def test_rerun_is_cached_and_changed_parameter_reruns(lab_home, smoke_corpus):
     cfg = config.load("corpus", run_id="t-smoke", profile="smoke")
-    assert runs.Stage(cfg, corpus.inputs(cfg)).cached
+    assert runs.Stage(cfg, corpus.inputs(cfg), corpus.CODE).cached
     changed = config.load("corpus", run_id="t-smoke", profile="smoke", overrides={"min_chars": 6})
-    assert not runs.Stage(changed, corpus.inputs(changed)).cached
+    assert not runs.Stage(changed, corpus.inputs(changed), corpus.CODE).cached
 
 
 def test_vocabularies(smoke_corpus):

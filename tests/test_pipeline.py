@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lab import runs
+from lab import pipeline, runs
 
 
 def lab(*args, home, check=True):
@@ -20,36 +20,67 @@ def lab(*args, home, check=True):
     return proc
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """`python -m lab run --profile smoke` through every stage that has a notebook, once."""
+    home = tmp_path_factory.mktemp("smoke-home")
+    proc = lab("run", "--profile", "smoke", "--run-id", "nb", home=home)
+    return home, proc
+
+
+def manifest(home, stage):
+    return json.loads((home / "data" / "runs" / "nb" / stage / "manifest.json").read_text())
+
+
 @pytest.mark.notebook
-def test_run_corpus_smoke_writes_reports_and_index(tmp_path):
-    lab("run", "--profile", "smoke", "--run-id", "nb", "--to", "corpus", home=tmp_path)
-    out = tmp_path / "reports" / "nb"
-    for name in ("01_corpus.ipynb", "01_corpus.html", "index.html", "status.json"):
-        assert (out / name).exists(), name
+def test_smoke_run_writes_reports_and_index(smoke_run):
+    home, _ = smoke_run
+    out = home / "reports" / "nb"
     status = json.loads((out / "status.json").read_text())
-    assert status["stages"]["corpus"]["status"] == "ok"
+    assert set(status["stages"]) == set(pipeline.available())
+    for stage, entry in status["stages"].items():
+        assert entry["status"] == "ok", stage
+        for name in (entry["notebook"], entry["html"]):
+            assert (out / name).exists(), name
+        page = (out / entry["html"]).read_text(encoding="utf-8")
+        assert "cdnjs.cloudflare.com" not in page and "require.min.js" not in page
+        assert "Plotly.newPlot" in page, f"{stage}: figures missing from the HTML"
+        nb = json.loads((out / entry["notebook"]).read_text(encoding="utf-8"))
+        errors = [
+            o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"
+        ]
+        assert not errors, stage
     index = (out / "index.html").read_text(encoding="utf-8")
-    assert "corpus" in index and "held-out overlap: <b>0</b>" in index
-    page = (out / "01_corpus.html").read_text(encoding="utf-8")
-    assert "cdnjs.cloudflare.com" not in page and "require.min.js" not in page
-    assert page.count("Plotly.newPlot") >= 4  # the figures made it into the HTML
-    manifest = json.loads(
-        (tmp_path / "data" / "runs" / "nb" / "corpus" / "manifest.json").read_text()
-    )
-    assert manifest["metrics"]["heldout_overlap"] == {
+    assert "held-out overlap: <b>0</b>" in index
+
+
+@pytest.mark.notebook
+def test_smoke_corpus_manifest(smoke_run):
+    m = manifest(smoke_run[0], "corpus")
+    assert m["metrics"]["heldout_overlap"] == {
         "sentiment": 0,
         "thucnews": 0,
         "msra_ner": 0,
         "stsb": 0,
     }
-    nb = json.loads((out / "01_corpus.ipynb").read_text(encoding="utf-8"))
-    assert not any(
-        o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])
-    )
+    assert m["profile"] == "smoke" and m["params"]["max_docs_per_source"] == 400
 
-    again = lab("run", "--profile", "smoke", "--run-id", "nb", "--to", "corpus", home=tmp_path)
+
+@pytest.mark.notebook
+def test_smoke_wwm_manifest(smoke_run):
+    m = manifest(smoke_run[0], "wwm")["metrics"]
+    assert 0.7 < m["segmentation_f1"] < 0.95
+    assert abs(m["wwm_mask_rate"] - 0.15) < 0.02
+    assert m["builtin_all_or_nothing"] > 0.9 and m["ours_all_or_nothing"] < 0.05
+    assert m["segmenter_check_differ"] == 0
+
+
+@pytest.mark.notebook
+def test_rerun_is_cached(smoke_run):
+    home, _ = smoke_run
+    again = lab("run", "--profile", "smoke", "--run-id", "nb", "--to", "corpus", home=home)
     assert "cached" in again.stdout
-    lab("report", "nb", home=tmp_path)
+    lab("report", "nb", home=home)
 
 
 @pytest.mark.notebook
