@@ -1,0 +1,330 @@
+"""The training loop: one visible loop on Hugging Face accelerate, used by every training stage.
+
+Pretrain, distill, longify and the downstream tasks each supply
+  * a module whose forward(**batch) returns {"loss": tensor, **scalars to log},
+  * a batch source: batches(index, rank, world) -> dict of tensors, deterministic in its arguments
+    (so the data position is just the step, and resuming replays nothing and skips nothing),
+  * optionally an evaluate(module) -> dict of metrics.
+
+The loop adds: bf16 autocast where the hardware supports it, gradient accumulation, warmup + decay,
+clipping, periodic evaluation, checkpoints with full state (weights as safetensors, optimizer,
+scheduler, RNG, step) written atomically, automatic resume from the latest checkpoint, a guard that
+stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s and ETA, and
+metrics appended to a jsonl file. Under `accelerate launch` or `torchrun` it runs data-parallel
+unchanged (DDP; gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from lab.progress import tqdm
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the step and the checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int  # optimizer steps
+    lr: float  # peak learning rate
+    warmup_steps: int  # linear warmup from 0
+    schedule: str = "linear"  # decay after warmup: linear | cosine | constant
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    clip: float = 1.0  # max gradient norm (0: off)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    bf16: bool = True  # autocast to bfloat16 where supported
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
+    log_every: int = 20
+    seed: int = 0
+    keep_checkpoints: int = 2
+    checkpoints: bool = (
+        True  # False for short runs (fine-tuning) that are cheaper to redo than to resume
+    )
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        t = min(1.0, t)
+        shape = 1 - t if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    return f
+
+
+@functools.cache
+def accelerator():
+    """The process's Accelerator (one per process: accelerate keeps global state)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda)
+    if not cuda:  # one intra-op thread pool per process, sized to the cores it has
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
+    return acc
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast where the device supports it (CPU, Ampere+ GPUs), else a no-op."""
+    ok = bf16 and (
+        device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    )
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=ok)
+
+
+def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, LayerNorm weights and embeddings' LayerNorm."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6)
+
+
+def train(
+    module: torch.nn.Module,
+    batches: Callable[[int, int, int], dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    evaluate: Callable[[torch.nn.Module], dict] | None = None,
+    count_tokens: Callable[[dict], int] | None = None,
+    desc: str = "train",
+    stop_after: int | None = None,
+) -> dict:
+    """Train `module` for `cfg.steps`, resuming from `out_dir/checkpoints` if there is one.
+
+    Returns {"steps", "tokens", "seconds", "tokens_per_s", "eval": last evaluation, "resumed_from"}.
+    `stop_after` ends the call early after that many steps (tests use it to simulate a kill).
+    """
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    acc = accelerator()
+    torch.manual_seed(cfg.seed)
+    optimizer = optimizer_for(module, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    module, optimizer = acc.prepare(module, optimizer)
+    count_tokens = count_tokens or (lambda b: int(b["attention_mask"].sum()))
+    log_path = out_dir / "metrics.jsonl"
+
+    start, tokens = 0, 0
+    latest = latest_checkpoint(ckpt_root) if cfg.checkpoints else None
+    if latest is not None:
+        state = load_checkpoint(
+            latest, acc.unwrap_model(module), optimizer, scheduler, acc.process_index
+        )
+        start, tokens = state["step"], state["tokens"]
+        _truncate_log(log_path, start)
+        if acc.is_main_process:
+            print(f"{desc}: resuming from {latest} (step {start:,} of {cfg.steps:,})", flush=True)
+    elif acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+
+    last_eval: dict = {}
+    t0 = time.time()
+    tokens_at_start = tokens
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, unit="step"
+    )
+    module.train()
+    step = start
+    try:
+        while step < cfg.steps:
+            logs_sum: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                batch = batches(step * cfg.grad_accum + micro, acc.process_index, acc.num_processes)
+                batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                sync = micro == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(module):
+                    with autocast(acc.device, cfg.bf16):
+                        out = module(**batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss.detach()):
+                        raise TrainingError(
+                            f"{desc}: the loss became {loss.item()} at step {step:,} (micro-batch "
+                            f"{micro}). Nothing after the last good checkpoint "
+                            f"({latest_checkpoint(ckpt_root) or 'none yet'}) was kept. Lower the "
+                            "learning rate, raise warmup or enable clipping, then run again."
+                        )
+                    acc.backward(loss / cfg.grad_accum)
+                tokens += count_tokens(batch) * acc.num_processes
+                for k, v in out.items():
+                    v = v.detach() if torch.is_tensor(v) else v
+                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.grad_accum
+            if cfg.clip:
+                acc.clip_grad_norm_(module.parameters(), cfg.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            rate = (tokens - tokens_at_start) / max(1e-9, time.time() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs_sum['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+            if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+                _log(
+                    log_path,
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "lr": scheduler.get_last_lr()[0],
+                        "tok_per_s": rate,
+                        **logs_sum,
+                    },
+                )
+            if evaluate and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                last_eval = _evaluate(module, acc, evaluate, cfg.bf16)
+                if acc.is_main_process:
+                    _log(log_path, {"step": step, "tokens": tokens, "eval": last_eval})
+                    bar.write(f"{desc} step {step:,}: {_fmt(last_eval)}")
+            if cfg.checkpoints and (
+                (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
+            ):
+                acc.wait_for_everyone()
+                save_checkpoint(
+                    ckpt_root,
+                    step,
+                    tokens,
+                    acc.unwrap_model(module),
+                    optimizer,
+                    scheduler,
+                    acc,
+                    cfg.keep_checkpoints,
+                )
+            if stop_after is not None and step - start >= stop_after:
+                break
+    finally:
+        bar.close()
+    seconds = time.time() - t0
+    acc.wait_for_everyone()
+    return {
+        "steps": step,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": (tokens - tokens_at_start) / max(1e-9, seconds),
+        "eval": last_eval,
+        "resumed_from": start,
+        "world_size": acc.num_processes,
+        "bf16": bool(cfg.bf16),
+    }
+
+
+def _evaluate(module, acc, evaluate, bf16: bool) -> dict:
+    model = acc.unwrap_model(module)
+    model.eval()
+    with torch.no_grad(), autocast(acc.device, bf16):
+        result = evaluate(model)
+    model.train()
+    return result
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
+
+
+def _log(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint being resumed (they will be written again)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in rows if json.loads(r)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+
+
+def read_log(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [
+        json.loads(line)
+        for line in Path(path).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint (a folder renamed into place only once fully written)."""
+    if not root.exists():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / "state.json").exists())
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    root: Path, step: int, tokens: int, model, optimizer, scheduler, acc, keep: int
+) -> Path:
+    """Write into a temp folder, then rename: a crash mid-write leaves the previous one intact."""
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    acc.wait_for_everyone()
+    torch.save(torch.get_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "tokens": tokens}), encoding="utf-8"
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(p for p in root.glob("step-*") if p != final)[: -keep or None]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
+    """Restore weights, optimizer, scheduler and this process's RNG; returns {"step", "tokens"}."""
+    load_model(model, str(path / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = path / f"rng-{rank}.pt"
+    if rng.exists():
+        torch.set_rng_state(torch.load(rng, weights_only=True))
+    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from lab import models
+from lab.models import ModelError
+
+PUBLISHED = {  # MiniRBT's table, millions of parameters: total, non-embedding
+    "Base": (102.3, 85.7), "RBT6": (59.76, 43.14), "RBT3": (38.5, 21.9),
+    "RBT4-H312": (11.4, 4.7), "MiniRBT-H256": (10.4, 4.8), "MiniRBT-H288": (12.3, 6.1),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_parameter_counts_match_the_seeds(name):
+    row = next(r for r in models.table(21128) if r["model"] == name)
+    total, non_emb = PUBLISHED[name]
+    assert row["params"] / 1e6 == pytest.approx(total, abs=0.06)
+    assert row["non-embedding"] / 1e6 == pytest.approx(non_emb, abs=0.06)
+
+
+def test_presets_and_aliases():
+    assert models.arch("Mini") == models.arch("L4_H256") == models.Arch(4, 256, 4, 1024)
+    assert len([k for k in models.PRESETS if k.startswith("L")]) == 24
+    assert models.arch("L2_H64") == models.Arch(2, 64, 1, 256)
+    assert models.arch("L3_H96_A3_I200") == models.Arch(3, 96, 3, 200)
+
+
+def test_bad_presets():
+    with pytest.raises(ModelError, match="unknown model preset 'Huge'"):
+        models.arch("Huge")
+    with pytest.raises(ModelError, match="not divisible by 3 heads"):
+        models.arch("L2_H128_A3")
+
+
+def test_build_and_forward_shape():
+    model = models.build("L2_H64", 500, max_positions=64)
+    x = torch.randint(5, 500, (3, 17))
+    assert model(input_ids=x).logits.shape == (3, 17, 500)
+    from transformers import BertModel
+
+    encoder = BertModel(model.config)  # with the pooler, as MiniRBT counts
+    assert models.count(model)["total"] == sum(p.numel() for p in encoder.parameters())

@@ -1,0 +1,162 @@
+"""The training loop: learning, exact resume, the non-finite guard, data parallel on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lab import models, train
+from lab.mlm import MaskedLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Synthetic:
+    """Batches of a toy task: each sequence repeats one token; predict it at the masked half."""
+
+    def __init__(self, batch_size=8, length=16, vocab=50, seed=0):
+        self.b, self.t, self.v, self.seed = batch_size, length, vocab, seed
+
+    def __call__(self, index, rank=0, world=1):
+        first = (
+            index * world + rank
+        ) * self.b  # example positions: the same data for any world size
+        rows = []
+        for p in range(first, first + self.b):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+            rows.append(torch.randint(5, self.v, (1,), generator=g).repeat(self.t))
+        x = torch.stack(rows)
+        labels = torch.full_like(x, -100)
+        labels[:, 1::2] = x[:, 1::2]
+        inputs = x.clone()
+        inputs[:, 1::2] = 4  # [MASK]
+        return {"input_ids": inputs, "attention_mask": torch.ones_like(x), "labels": labels}
+
+
+def tiny(seed=0, dropout=0.1):
+    return models.build("L2_H32_A2", 50, max_positions=32, dropout=dropout, seed=seed)
+
+
+def weights(path):
+    return load_file(str(path))
+
+
+def test_loss_goes_down_and_logs(tmp_path):
+    cfg = train.TrainConfig(steps=120, lr=1e-2, warmup_steps=5, log_every=10, bf16=False)
+    res = train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path)
+    log = train.read_log(tmp_path / "metrics.jsonl")
+    assert log[0]["loss"] > log[-1]["loss"] + 0.5
+    assert res["steps"] == 120 and res["tokens"] == 120 * 8 * 16
+    assert train.latest_checkpoint(tmp_path / "checkpoints").name == "step-00000120"
+
+
+def test_resume_ends_with_the_same_model(tmp_path):
+    """Stopped after 7 steps and run again, training ends bit-identical to an uninterrupted run."""
+    cfg = train.TrainConfig(steps=20, lr=2e-3, warmup_steps=3, ckpt_every=5, log_every=1, bf16=True)
+    train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path / "a")
+    first = train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path / "b", stop_after=7)
+    assert first["steps"] == 7
+    again = train.train(
+        MaskedLM(tiny()), Synthetic(), cfg, tmp_path / "b"
+    )  # a fresh model: weights come from the checkpoint
+    assert again["resumed_from"] == 5
+    a = weights(tmp_path / "a" / "checkpoints" / "step-00000020" / "model.safetensors")
+    b = weights(tmp_path / "b" / "checkpoints" / "step-00000020" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in train.read_log(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == list(range(1, 21))  # the log was cut back to the checkpoint, not duplicated
+
+
+class Exploding(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.calls = 0
+
+    def forward(self, **batch):
+        self.calls += 1
+        loss = (self.w * 2).sum()
+        return {"loss": loss * float("nan") if self.calls == 6 else loss}
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = train.TrainConfig(steps=10, lr=1e-3, warmup_steps=1, ckpt_every=2, bf16=False)
+    with pytest.raises(train.TrainingError, match=r"loss became nan at step 5 .*step-00000004"):
+        train.train(Exploding(), Synthetic(), cfg, tmp_path)
+    assert train.latest_checkpoint(tmp_path / "checkpoints").name == "step-00000004"
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous(tmp_path, monkeypatch):
+    cfg = train.TrainConfig(steps=4, lr=1e-3, warmup_steps=1, ckpt_every=2, bf16=False)
+    real = train.save_model
+    calls = {"n": 0}
+
+    def flaky(model, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real(model, path)
+            raise OSError(28, "No space left on device")
+        real(model, path)
+
+    monkeypatch.setattr(train, "save_model", flaky)
+    with pytest.raises(OSError):
+        train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path)
+    latest = train.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest.name == "step-00000002"  # the half-written step 4 is not taken for complete
+    assert json.loads((latest / "state.json").read_text())["step"] == 2
+
+
+DDP_SCRIPT = r"""
+import json, sys, torch
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from lab import train
+from lab.mlm import MaskedLM
+from test_train import Synthetic, tiny
+b = int(sys.argv[2])
+cfg = train.TrainConfig(steps=8, lr=3e-3, warmup_steps=2, bf16=False, log_every=1)
+res = train.train(MaskedLM(tiny(dropout=0.0)), Synthetic(batch_size=b), cfg, sys.argv[1])
+if train.accelerator().is_main_process:
+    json.dump({{"world": res["world_size"], "steps": res["steps"]}}, open(sys.argv[1] + "/result.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_on_cpu_with_gloo(tmp_path):
+    """Two processes under torchrun (gloo) train like one process with the two batches together."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(script),
+    ]
+    subprocess.run(
+        [*cmd, str(tmp_path / "ddp"), "4"], check=True, env=env, capture_output=True, timeout=300
+    )
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), "8"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text()) == {"world": 2, "steps": 8}
+    a = weights(tmp_path / "ddp" / "checkpoints" / "step-00000008" / "model.safetensors")
+    b = weights(tmp_path / "one" / "checkpoints" / "step-00000008" / "model.safetensors")
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=2e-5, err_msg=k)
