@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lab import distill, models, sources, vocab
+from lab.distill import DistillError
+from lab.wwm import WholeWordMaskCollator
+
+
+def test_layer_maps():
+    assert distill.uniform_map(2, 4) == [1, 3]
+    assert distill.uniform_map(6, 12) == [1, 3, 5, 7, 9, 11]
+    assert distill.check_layer_map([], 3, 6, "x") == [1, 3, 5]
+    with pytest.raises(
+        DistillError, match="names teacher layers \\[7\\]; the teacher has layers 0..5"
+    ):
+        distill.check_layer_map([0, 7], 2, 6, "distill.layer_map")
+    with pytest.raises(DistillError, match="has 3 entries; the student has 2 layers"):
+        distill.check_layer_map([0, 1, 2], 2, 6, "distill.layer_map")
+
+
+def test_assistant_copies_the_chosen_teacher_layers():
+    teacher = models.build("L4_H64", 300, seed=0)
+    ta = distill.student_from_teacher(teacher, [0, 3], seed=1)
+    assert ta.config.num_hidden_layers == 2
+    t, s = teacher.state_dict(), ta.state_dict()
+    for k in s:
+        src = k.replace("encoder.layer.1.", "encoder.layer.3.")
+        assert torch.equal(s[k], t[src]), k
+
+
+def test_kd_loss_is_hinton_kd_with_full_vocab_and_t2_scaling():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 50), torch.randn(5, 50)
+    T = 4.0
+    idx = torch.arange(50).expand(5, 50)
+    expected = -(F.softmax(t / T, -1) * F.log_softmax(s / T, -1)).sum(-1).mean()
+    assert torch.allclose(
+        distill.kd_loss(s, F.log_softmax(t, -1), idx, T, t2=False), expected, atol=1e-6
+    )
+    assert torch.allclose(
+        distill.kd_loss(s, F.log_softmax(t, -1), idx, T, t2=True), expected * T * T, atol=1e-5
+    )
+
+
+def test_topk_loss_of_a_perfect_student_is_the_target_entropy():
+    z = torch.randn(3, 40)
+    logp = F.log_softmax(z, -1)
+    idx = torch.arange(40).expand(3, 40)
+    entropy = -(logp.exp() * logp).sum(-1).mean()
+    assert torch.allclose(distill.topk_loss(z, logp, idx), entropy, atol=1e-5)
+
+
+def _batch(tok, n=4, length=24, seed=0):
+    g = np.random.default_rng(seed)
+    texts = [
+        "".join(g.choice(list("中国的首都是北京我们学习语言模型很好用"), size=length))
+        for _ in range(n)
+    ]
+    from lab import wwm
+
+    examples = wwm.encode(texts, tok, max_length=length)
+    return WholeWordMaskCollator(tok, seed=seed, mlm_probability=0.3)(examples)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return vocab.make_tokenizer(sources.load("bert_vocab"))
+
+
+def test_online_distiller_all_terms(tok):
+    teacher = models.build("L2_H64", len(tok), seed=0, attn_implementation="eager")
+    student = models.build("L1_H32_A2", len(tok), seed=1, attn_implementation="eager")
+    weights = {"kd": 1.0, "mlm": 1.0, "hidden": 1.0, "attention": 1.0, "topk": 1.0}
+    module = distill.Distiller(
+        student, teacher, weights=weights, temperature=8.0, t2=True, layer_map=[1], topk=16
+    )
+    out = module(**_batch(tok))
+    assert set(out) >= {"loss", "kd", "mlm", "hidden", "attention", "topk"}
+    out["loss"].backward()
+    assert student.bert.embeddings.word_embeddings.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained
+
+
+def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
+    from lab import wwm
+
+    teacher = models.build("L2_H64", len(tok), seed=0)
+    texts = ["中国的首都是北京。我们学习语言模型，很好用。"] * 40
+    seg_words = [wwm._segmenter("jieba").cut(t) for t in texts]
+    ids, wids, counts = wwm.WordTokenizer(tok)(seg_words)
+    x, w = wwm.pack(ids, wids, counts, seq_len=32, cls_id=101, sep_id=102, pad_id=0)
+    col = WholeWordMaskCollator(tok, seed=0)
+    meta = distill.build_cache(
+        teacher,
+        x,
+        w,
+        col,
+        tmp_path / "c",
+        dupe_factor=2,
+        n_sequences=20,
+        topk=8,
+        seed=0,
+        teacher_digest="aaa",
+    )
+    assert 0 < meta["truncation_mass"]["8"] <= 1 and meta["masked_positions"] > 0
+    batch = distill.CachedBatches(tmp_path / "c", 4, 0)(0)
+    n_masked = int((batch["labels"] != -100).sum())
+    assert batch["topk_logp"].shape == (n_masked, 8) and batch["topk_idx"].dtype == torch.int32
+    student = models.build("L1_H32_A2", len(tok), seed=1)
+    module = distill.Distiller(
+        student,
+        None,
+        weights={"kd": 1.0, "mlm": 1.0},
+        temperature=2.0,
+        t2=True,
+        layer_map=[1],
+        topk=8,
+    )
+    assert torch.isfinite(module(**batch)["loss"])
+    with pytest.raises(DistillError, match="holds logits of another teacher"):
+        distill.build_cache(
+            teacher,
+            x,
+            w,
+            col,
+            tmp_path / "c",
+            dupe_factor=2,
+            n_sequences=20,
+            topk=8,
+            seed=0,
+            teacher_digest="bbb",
+        )
+
+
+def test_cached_mode_refuses_hidden_losses(tok):
+    student = models.build("L1_H32_A2", len(tok), seed=1)
+    with pytest.raises(DistillError, match="need the teacher online"):
+        distill.Distiller(
+            student, None, weights={"hidden": 1.0}, temperature=1.0, t2=False, layer_map=[0], topk=8
+        )
+
+
+def test_kd_sanity_flags_a_flat_kd_term():
+    log = [{"step": i, "loss": 1.0, "kd": 2.0, "mlm": 5.0 - 0.04 * i} for i in range(100)]
+    assert distill.kd_sanity(log)["flag"]
+    log = [
+        {"step": i, "loss": 1.0, "kd": 2.0 - 0.01 * i, "mlm": 5.0 - 0.04 * i} for i in range(100)
+    ]
+    assert not distill.kd_sanity(log)["flag"]
