@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from lab import longify, models, sources, vocab
+from lab.longify import LongifyError
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return vocab.make_tokenizer(sources.load("bert_vocab"))
+
+
+@pytest.fixture(scope="module")
+def bert(tok):
+    return models.build("L2_H64", len(tok), seed=3, dropout=0.0)
+
+
+def test_conversion_reproduces_bert_inside_one_window(tok, bert):
+    long = longify.convert(bert, max_positions=1024, attention_window=64)
+    assert long.config.max_position_embeddings == 1024 + 1  # positions start at pad + 1
+    diff = longify.equivalence(bert, long, tok, "中国的首都是北京。" * 10, [tok.cls_token_id])
+    assert diff < 1e-5
+    pos = long.longformer.embeddings.position_embeddings.weight
+    old = bert.bert.embeddings.position_embeddings.weight
+    assert torch.equal(pos[1 : 1 + 512], old) and torch.equal(pos[1 + 512 : 1 + 1024], old)  # tiled
+    layer = long.longformer.encoder.layer[0].attention.self
+    assert torch.equal(layer.query_global.weight, layer.query.weight)
+
+
+def test_bad_conversions(bert, tok):
+    with pytest.raises(LongifyError, match="must be a positive even number"):
+        longify.convert(bert, attention_window=63)
+    with pytest.raises(LongifyError, match="below the source model's 512 positions"):
+        longify.convert(bert, max_positions=256, attention_window=64)
+    long = longify.convert(bert, max_positions=1024, attention_window=64)
+    with pytest.raises(LongifyError, match="converts BERT models; this one is a 'longformer'"):
+        longify.convert(long)
+
+
+def test_chunks_bpc_and_probe(tok, bert):
+    from lab.segment import Segmenter
+
+    name = "曹操"
+    doc = name + "来了。" + "今天天气很好，我们去公园散步。" * 40 + name + "又来了。"
+    ids, wids, chars = longify.tokenize_docs([doc], tok, Segmenter("jieba"))
+    x, w = longify.chunk_docs(ids, wids, 128, 101, 102, 0)
+    assert x.shape[1] == 128 and (x[:, 0] == 101).all()
+    from lab.wwm import WholeWordMaskCollator
+
+    masks = longify.fixed_masks(ids, wids, WholeWordMaskCollator(tok, whole_word=False), 0)
+    bpc = longify.bits_per_char(
+        bert, ids, chars, masks, window=128, cls_id=101, sep_id=102, mask_id=103
+    )
+    assert np.isfinite(bpc) and bpc > 0
+    name_ids = tok(name, add_special_tokens=False)["input_ids"]
+    found = longify.probe_instances(ids, wids, [name_ids], min_gap=300, limit=5)
+    assert len(found) == 1 and found[0]["gap"] > 300
+    long = longify.convert(bert, max_positions=1024, attention_window=64)
+    r = longify.probe_accuracy(
+        long,
+        ids,
+        found,
+        window=1024,
+        right=8,
+        cls_id=101,
+        sep_id=102,
+        mask_id=103,
+        global_ids=[101],
+    )
+    assert r["instances"] == 1 and 0 <= r["char_acc"] <= 1
+
+
+def test_banded_attention_rows_are_distributions(tok, bert):
+    long = longify.convert(bert, max_positions=1024, attention_window=16)
+    ids = np.array(tok("中国的首都是北京。" * 8, add_special_tokens=False)["input_ids"])
+    a = longify.banded_attention(long, ids, [101], cls_id=101, sep_id=102, mask_id=103)
+    assert a.shape == (len(ids) + 2, len(ids) + 2)
+    assert np.allclose(a.sum(1), 1, atol=1e-4)
+    assert (a[40, :30] == 0).sum() > 0 and a[40, 0] > 0  # outside the band: zero; [CLS] is global
