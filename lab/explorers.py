@@ -201,3 +201,231 @@ def _token_grid(rows: list[dict], width: int) -> go.Heatmap:
         z=z, text=text, customdata=hover, texttemplate="%{text}", colorscale=scale, zmin=0, zmax=5,
         showscale=False, hovertemplate="%{text} · %{customdata}<extra></extra>", xgap=2, ygap=2,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# fill-mask explorer
+
+
+class FillMaskExplorer:
+    """One sentence, every model's top-k for each [MASK] with probabilities, side by side."""
+
+    def __init__(self, model_dirs: dict, sentences: list[str], k: int = 5):
+        from lab.evaluate import load_mlm
+        from lab.vocab import load
+
+        self.models = {name: (load_mlm(d), load(d)) for name, d in model_dirs.items()}
+        self.sentences = sentences
+        self.k = k
+
+    def predict(self, sentence: str) -> dict[str, dict]:
+        from lab.evaluate import fill_mask
+
+        return {name: fill_mask(m, tok, sentence, self.k) for name, (m, tok) in self.models.items()}
+
+    def figure(self) -> go.Figure:
+        """Static view: a table per sentence (dropdown), rows = models, columns = top-k."""
+        fig = go.Figure()
+        for i, sentence in enumerate(self.sentences):
+            preds = self.predict(sentence)
+            header = ["model", "answer", *[f"#{j + 1}" for j in range(self.k)]]
+            cells = [[], [], *[[] for _ in range(self.k)]]
+            for name, p in preds.items():
+                cells[0].append(html.escape(name))
+                cells[1].append(html.escape(p["answer"]))
+                first = p["slots"][0] if p["slots"] else []
+                for j in range(self.k):
+                    cells[2 + j].append(
+                        html.escape(f"{first[j][0]} {first[j][1]:.3f}") if j < len(first) else ""
+                    )
+            fig.add_trace(
+                go.Table(header={"values": header}, cells={"values": cells}, visible=i == 0)
+            )
+        buttons = [
+            {
+                "label": html.escape(s[:30]),
+                "method": "update",
+                "args": [{"visible": [j == i for j in range(len(self.sentences))]}],
+            }
+            for i, s in enumerate(self.sentences)
+        ]
+        fig.update_layout(
+            title="Fill-mask explorer: every model's top-k for the first [MASK]; answer = all masks decoded left to right",
+            updatemenus=[{"buttons": buttons, "x": 0, "y": 1.12, "xanchor": "left"}],
+            height=120 + 40 * len(self.models),
+        )
+        return fig
+
+    def widget(self):
+        import ipywidgets as w
+
+        text = w.Text(value=self.sentences[0], layout=w.Layout(width="70%"), description="sentence")
+        pick = w.Dropdown(options=self.sentences, description="examples")
+        out = w.HTML()
+
+        def redraw(*_):
+            if "[MASK]" not in text.value:
+                out.value = "<p>put [MASK] where a token is missing</p>"
+                return
+            rows = []
+            for name, p in self.predict(text.value).items():
+                slots = "<br>".join(
+                    " ".join(f"{html.escape(t)}&nbsp;{pr:.3f}" for t, pr in slot)
+                    for slot in p["slots"]
+                )
+                rows.append(
+                    f"<tr><td>{html.escape(name)}</td><td>{html.escape(p['answer'])}</td><td>{slots}</td></tr>"
+                )
+            out.value = (
+                "<table class='lab-table'><tr><th>model</th><th>answer</th><th>top-k per [MASK]</th></tr>"
+                + "".join(rows)
+                + "</table>"
+            )
+
+        pick.observe(lambda c: setattr(text, "value", c["new"]), "value")
+        text.observe(redraw, "value")
+        redraw()
+        return w.VBox([w.HBox([text, pick]), out])
+
+    def show(self):
+        from IPython.display import display
+
+        if viz.batch():
+            viz.show(self.figure())
+        else:
+            display(self.widget())
+
+
+# ---------------------------------------------------------------------------------------------
+# attention viewer
+
+
+class AttentionViewer:
+    """Token-to-token attention for a chosen model, layer and head (eager attention); for a
+    Longformer the local band and the global tokens, laid out as a full matrix."""
+
+    def __init__(self, model_dirs: dict, sentence: str):
+        from lab.evaluate import load_mlm
+        from lab.vocab import load
+
+        self.models = {name: (load_mlm(d, attn="eager"), load(d)) for name, d in model_dirs.items()}
+        self.sentence = sentence
+        self._cache: dict = {}
+
+    def attention(self, name: str, sentence: str) -> tuple[list[str], np.ndarray]:
+        """Tokens and attention probabilities (layers, heads, T, T)."""
+        key = (name, sentence)
+        if key not in self._cache:
+            import torch
+
+            model, tok = self.models[name]
+            enc = tok(sentence, return_tensors="pt", truncation=True, max_length=128)
+            with torch.no_grad():
+                if model.config.model_type == "longformer":
+                    out = model(
+                        **enc,
+                        global_attention_mask=(enc["input_ids"] == tok.cls_token_id).long(),
+                        output_attentions=True,
+                    )
+                    gm = (enc["input_ids"][0] == tok.cls_token_id).long()
+                    layers = zip(out.attentions, out.global_attentions)
+                    att = np.stack(
+                        [dense_longformer(a[0], g[0], gm, model.config) for a, g in layers]
+                    )
+                else:
+                    out = model(**enc, output_attentions=True)
+                    att = np.stack([a[0].float().numpy() for a in out.attentions])
+            self._cache[key] = (tok.convert_ids_to_tokens(enc["input_ids"][0].tolist()), att)
+        return self._cache[key]
+
+    def figure(self) -> go.Figure:
+        """Static view: one heatmap; a dropdown picks model / layer / head (or the head mean)."""
+        fig = go.Figure()
+        buttons = []
+        first = True
+        for name in self.models:
+            tokens, att = self.attention(name, self.sentence)
+            labels = [f"{i}:{html.escape(t)}" for i, t in enumerate(tokens)]
+            for layer in range(att.shape[0]):
+                for head in [-1, *range(att.shape[1])]:
+                    z = att[layer].mean(0) if head < 0 else att[layer, head]
+                    label = (
+                        f"{name} · layer {layer} · {'head mean' if head < 0 else f'head {head}'}"
+                    )
+                    buttons.append(
+                        {
+                            "label": label,
+                            "method": "restyle",
+                            "args": [{"z": [z.tolist()], "x": [labels], "y": [labels]}],
+                        }
+                    )
+                    if first:
+                        fig.add_trace(
+                            go.Heatmap(z=z.tolist(), x=labels, y=labels, colorscale="Blues", zmin=0)
+                        )
+                        first = False
+        fig.update_layout(
+            title="Attention viewer (rows: queries, columns: keys)",
+            updatemenus=[{"buttons": buttons, "x": 0, "y": 1.15, "xanchor": "left"}],
+            yaxis={"autorange": "reversed"}, height=620,
+        )  # fmt: skip
+        return fig
+
+    def widget(self):
+        import ipywidgets as w
+
+        text = w.Text(value=self.sentence, layout=w.Layout(width="60%"), description="sentence")
+        model = w.Dropdown(options=list(self.models), description="model")
+        layer = w.IntSlider(0, 0, 0, description="layer")
+        head = w.IntSlider(-1, -1, 0, description="head (-1: mean)")
+        out = w.Output()
+
+        def redraw(*_):
+            tokens, att = self.attention(model.value, text.value)
+            layer.max, head.max = att.shape[0] - 1, att.shape[1] - 1
+            z = att[layer.value].mean(0) if head.value < 0 else att[layer.value, head.value]
+            labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
+            fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, colorscale="Blues", zmin=0))
+            fig.update_layout(
+                yaxis={"autorange": "reversed"},
+                height=560,
+                title=f"{model.value} layer {layer.value}",
+            )
+            out.clear_output(wait=True)
+            with out:
+                viz.show(fig)
+
+        for c in (text, model, layer, head):
+            c.observe(redraw, "value")
+        redraw()
+        return w.VBox([w.HBox([model, layer, head]), text, out])
+
+    def show(self):
+        from IPython.display import display
+
+        if viz.batch():
+            viz.show(self.figure())
+        else:
+            display(self.widget())
+
+
+def dense_longformer(local, glob, global_mask, config) -> np.ndarray:
+    """(heads, T, T) from one Longformer layer's attention outputs: `local` (heads, T_pad, g+w+1),
+    the attention of every token to the g global tokens then to its window; `glob` (heads, T_pad, g),
+    the attention of each global token to every token."""
+    T = len(global_mask)
+    w = config.attention_window[0] // 2
+    global_pos = global_mask.nonzero().flatten().tolist()
+    g = len(global_pos)
+    local = local.float().numpy()
+    heads = local.shape[0]
+    dense = np.zeros((heads, T, T), dtype=np.float32)
+    for i in range(T):
+        for j in range(max(0, i - w), min(T, i + w + 1)):
+            dense[:, i, j] = local[:, i, g + (j - i) + w]
+        for k, p in enumerate(global_pos):
+            dense[:, i, p] += local[:, i, k]
+    glob = glob.float().numpy()  # (heads, T_pad, g): what each global token attends to
+    for k, p in enumerate(global_pos):
+        dense[:, p, :] = glob[:, :T, k]
+    return dense

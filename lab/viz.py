@@ -213,3 +213,238 @@ def builtin_table(stats: dict):
         },
     ]
     return table(rows, f"The same {b['sequences']:,} valid sentences")
+
+
+# ---------------------------------------------------------------------------------------------
+# 03 pretraining
+
+
+def training_curves(logs: dict[str, list[dict]], title: str = "Pretraining") -> go.Figure:
+    """Train loss / masked-token accuracy and held-out accuracy / perplexity against tokens seen;
+    `logs` maps a run or stage name to its metrics.jsonl rows (tokens continue across stages)."""
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=("training loss", "masked-token accuracy", "held-out perplexity"),
+    )
+    offset = 0
+    for name, rows in logs.items():
+        train_rows = [r for r in rows if "loss" in r and "eval" not in r]
+        evals = [r for r in rows if "eval" in r]
+        x = [(r["tokens"] + offset) / 1e6 for r in train_rows]
+        fig.add_scatter(
+            x=x,
+            y=[r["loss"] for r in train_rows],
+            name=f"{name} train loss",
+            row=1,
+            col=1,
+            mode="lines",
+        )
+        fig.add_scatter(
+            x=x,
+            y=[r.get("acc") for r in train_rows],
+            name=f"{name} train",
+            row=1,
+            col=2,
+            mode="lines",
+            opacity=0.5,
+        )
+        ex = [(r["tokens"] + offset) / 1e6 for r in evals]
+        fig.add_scatter(
+            x=ex,
+            y=[r["eval"]["acc"] for r in evals],
+            name=f"{name} held-out",
+            row=1,
+            col=2,
+            mode="lines+markers",
+        )
+        fig.add_scatter(
+            x=ex,
+            y=[r["eval"]["ppl"] for r in evals],
+            name=f"{name} held-out ppl",
+            row=1,
+            col=3,
+            mode="lines+markers",
+        )
+        if rows and name.startswith("stage"):
+            offset += rows[-1]["tokens"]
+    fig.update_xaxes(title_text="tokens seen (millions)")
+    fig.update_yaxes(type="log", row=1, col=3)
+    fig.update_layout(title=title, height=420)
+    return fig
+
+
+def probe_table(probes: dict, title: str = "Fill-mask probes: top 5 per [MASK]"):
+    rows = []
+    for sentence, slots in probes.items():
+        for i, slot in enumerate(slots):
+            rows.append(
+                {
+                    "sentence": sentence,
+                    "mask": i + 1,
+                    **{f"#{k + 1}": f"{t} {p:.3f}" for k, (t, p) in enumerate(slot)},
+                }
+            )
+    return table(rows, title)
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 distillation
+
+
+def layer_mapping(plan: dict, teacher_layers: int) -> go.Figure:
+    """Which teacher layer initialises / supervises each layer of the assistant and the student."""
+    fig = go.Figure()
+    rows = [
+        ("assistant init (copied)", plan.get("assistant_init")),
+        ("student ← teacher", plan.get("student_map")),
+    ]
+    if plan.get("student_map_from_assistant"):
+        rows.append(("student ← assistant", plan["student_map_from_assistant"]))
+    for y, (label, mapping) in enumerate(r for r in rows if r[1]):
+        for s, t in enumerate(mapping):
+            fig.add_scatter(x=[s, t], y=[y + 0.1, y + 0.9], mode="lines+markers", showlegend=False,
+                            line={"color": "#1f77b4"}, hovertext=f"{label}: layer {s} ← {t}")  # fmt: skip
+        fig.add_annotation(x=-0.8, y=y + 0.5, text=label, showarrow=False, xanchor="right")
+    fig.update_layout(
+        title=f"Layer mapping (bottom of each line: the smaller model's layer; top: the source layer of {teacher_layers})",
+        xaxis={"title": "layer index", "dtick": 1}, yaxis={"visible": False}, height=300, margin={"l": 200},
+    )  # fmt: skip
+    return fig
+
+
+def distill_terms(logs: dict[str, list[dict]]) -> go.Figure:
+    """Per-term loss curves of every distillation run: the KD-sanity panel."""
+    terms = [
+        t
+        for t in ("kd", "mlm", "topk", "hidden", "attention")
+        if any(t in r for rows in logs.values() for r in rows)
+    ]
+    fig = make_subplots(rows=1, cols=len(terms), subplot_titles=terms)
+    for name, rows in logs.items():
+        rows = [r for r in rows if "loss" in r and "eval" not in r]
+        for c, term in enumerate(terms, 1):
+            fig.add_scatter(
+                x=[r["step"] for r in rows], y=[r.get(term) for r in rows], name=name, legendgroup=name,
+                showlegend=c == 1, mode="lines", row=1, col=c,
+            )  # fmt: skip
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title="Loss terms per run (each term logged separately)", height=380)
+    return fig
+
+
+def distill_table(models: dict):
+    rows = [{"model": name, **r} for name, r in models.items()]
+    return table(rows, "Teacher, assistant and students on the held-out split")
+
+
+def seeds_table(summary: dict):
+    rows = [{"setting": k, **v} for k, v in summary.items()]
+    return table(rows, "One-stage vs two-stage students (mean and spread over seeds)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 05 longify
+
+
+def bpc_bars(bpc: dict) -> go.Figure:
+    labels = {
+        "bert_512_windows": "BERT, 512-token windows",
+        "longformer_before": "Longformer, converted",
+        "longformer_after": "Longformer, continued",
+    }
+    fig = go.Figure(
+        go.Bar(
+            x=[labels[k] for k in bpc],
+            y=list(bpc.values()),
+            text=[f"{v:.3f}" for v in bpc.values()],
+        )
+    )
+    fig.update_layout(
+        title="Bits per character on held-out long documents (lower is better)",
+        yaxis_title="bits / character",
+    )
+    return fig
+
+
+def banded(
+    attention,
+    title: str = "Longformer attention (last layer, head mean): local band + global [CLS]",
+) -> go.Figure:
+    import numpy as np
+
+    z = np.log10(np.maximum(attention, 1e-5))
+    fig = go.Figure(
+        go.Heatmap(z=z, colorscale="Viridis", colorbar={"title": "log10 p"}, zmin=-5, zmax=0)
+    )
+    fig.update_layout(title=title, xaxis_title="key position", yaxis_title="query position", height=560,
+                      yaxis={"autorange": "reversed"})  # fmt: skip
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 06 evaluate
+
+
+def models_table(rows: dict):
+    cols = ("role", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
+            "latency_ms_b1", "throughput_seq_s_b32", "speedup")  # fmt: skip
+    out = [{"model": n, **{c: r.get(c) for c in cols}} for n, r in rows.items() if "acc" in r]
+    return table(
+        out,
+        "Models: size, held-out LM metrics, speed on this machine (batch 1 latency, batch 32 throughput, seq 128)",
+    )
+
+
+def task_table(scores: dict):
+    tasks = sorted({t for v in scores.values() for t in v})
+    rows = []
+    for name, t in scores.items():
+        row = {"model": name}
+        for task in tasks:
+            if task in t:
+                v = t[task]
+                row[f"{task} ({v['metric']})"] = f"{v['mean']:.4f}" + (
+                    f" ± {v['std']:.4f}" if v.get("std") else ""
+                )
+        rows.append(row)
+    return table(rows, "Downstream tasks (test split; mean ± std over seeds)")
+
+
+def relative_table(relative: dict):
+    return table(
+        [{"model": n, **v} for n, v in relative.items()],
+        "Task scores relative to the teacher (MiniRBT's relative table)",
+    )
+
+
+def frontier(rows: dict, average: dict) -> go.Figure:
+    """Average task score against latency and against parameters: the speed / size frontier."""
+    names = [n for n in average if n in rows and "latency_ms_b1" in rows[n]]
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("score vs latency (batch 1)", "score vs parameters")
+    )
+    for n in names:
+        r = rows[n]
+        fig.add_scatter(x=[r["latency_ms_b1"]], y=[average[n]], mode="markers+text", text=[n], textposition="top center",
+                        name=n, legendgroup=n, row=1, col=1, marker={"size": 12})  # fmt: skip
+        fig.add_scatter(x=[r["params"]], y=[average[n]], mode="markers+text", text=[n], textposition="top center",
+                        name=n, legendgroup=n, showlegend=False, row=1, col=2, marker={"size": 12})  # fmt: skip
+    for n, v in average.items():
+        if n not in names:  # baselines without a model of their own: a horizontal line
+            for c in (1, 2):
+                fig.add_hline(y=v, line_dash="dot", annotation_text=n, row=1, col=c)
+    fig.update_xaxes(title_text="ms per sequence", type="log", row=1, col=1)
+    fig.update_xaxes(title_text="parameters", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="average task score")
+    fig.update_layout(
+        title="The frontier: average downstream score against speed and size", height=460
+    )
+    return fig
+
+
+def findings_table(findings: dict):
+    rows = [{"seed finding": k, "reproduced here": "yes" if v["holds"] else "no",
+             "numbers": ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items() if a != "holds")}
+            for k, v in findings.items()]  # fmt: skip
+    return table(rows, "The seeds' qualitative findings, checked on this run's numbers")

@@ -1,0 +1,368 @@
+"""Stage 06, evaluate: every model of the run side by side — downstream tasks against scratch and
+n-gram baselines, language-model metrics, fill-mask probes, size and speed, and comparisons across
+runs. The seeds' tables (UER's task scores, MiniRBT's relative-score and speed tables) on one page.
+
+    python -m lab.evaluate --run-id X [--profile P] [-p key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab import runs, tasks, vocab
+from lab.mlm import evaluate as mlm_evaluate
+from lab.mlm import load_packed
+
+CODE = ("evaluate", "tasks", "mlm", "train")
+
+
+def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
+    """Every model folder the run produced, by role: teacher, assistant, students, longformer."""
+    out: dict[str, dict] = {}
+    pre = runs.read_manifest(runs.stage_dir(run_id, "pretrain"))
+    if pre:
+        out["teacher"] = {"dir": runs.stage_dir(run_id, "pretrain") / "model", "role": "teacher"}
+    dist = runs.read_manifest(runs.stage_dir(run_id, "distill"))
+    if dist:
+        folder = runs.stage_dir(run_id, "distill") / "models"
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        seen: set[str] = set()
+        for name in names:
+            kind = name.split("-s")[0]
+            if not all_seeds and kind in seen:
+                continue
+            seen.add(kind)
+            out[name] = {
+                "dir": folder / name,
+                "role": "assistant" if name == "assistant" else "student",
+            }
+    lon = runs.read_manifest(runs.stage_dir(run_id, "longify"))
+    if lon:
+        out["longformer"] = {
+            "dir": runs.stage_dir(run_id, "longify") / "model",
+            "role": "longformer",
+        }
+    return out
+
+
+def inputs(cfg) -> dict[str, str]:
+    out = {
+        s: runs.upstream(cfg.run_id, s, verify=s != "corpus")["digest"]
+        for s in ("corpus", "wwm", "pretrain")
+    }
+    for s in ("distill", "longify"):
+        m = runs.read_manifest(runs.stage_dir(cfg.run_id, s))
+        if m:
+            out[s] = runs.upstream(cfg.run_id, s)["digest"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# language-model metrics, probes, speed
+
+
+def load_mlm(folder: Path, attn: str | None = None):
+    """A model folder's MLM; `attn="eager"` where attention weights are wanted (BERT only: a
+    Longformer has its own attention)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    kwargs = {}
+    if attn and AutoConfig.from_pretrained(str(folder)).model_type == "bert":
+        kwargs["attn_implementation"] = attn
+    return AutoModelForMaskedLM.from_pretrained(str(folder), **kwargs)
+
+
+def read_probes(path: str = "") -> list[str]:
+    text = (
+        Path(path).read_text(encoding="utf-8")
+        if path
+        else resources.files("lab").joinpath("probes", "fill_mask.txt").read_text("utf-8")
+    )
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@torch.no_grad()
+def fill_mask(model, tokenizer, sentence: str, k: int = 5) -> dict:
+    """Top-k per [MASK]; several [MASK]s are decoded position by position, left to right, each
+    filled with its top-1 before the next is predicted. Returns {"slots": [[(token, p)...]...], "answer"}."""
+    enc = tokenizer(sentence, return_tensors="pt")
+    ids = enc["input_ids"].clone()
+    slots = []
+    extra = (
+        {"global_attention_mask": (ids == tokenizer.cls_token_id).long()}
+        if model.config.model_type == "longformer"
+        else {}
+    )
+    for pos in (ids[0] == tokenizer.mask_token_id).nonzero().flatten().tolist():
+        probs = (
+            model(input_ids=ids, attention_mask=enc["attention_mask"], **extra)
+            .logits[0, pos]
+            .float()
+            .softmax(-1)
+        )
+        top = probs.topk(k)
+        slots.append(
+            list(
+                zip(
+                    tokenizer.convert_ids_to_tokens(top.indices.tolist()),
+                    [round(p, 4) for p in top.values.tolist()],
+                )
+            )
+        )
+        ids[0, pos] = top.indices[0]
+    return {"slots": slots, "answer": "".join(s[0][0] for s in slots)}
+
+
+@torch.no_grad()
+def speed(model, *, length: int = 128, repeats: int = 5) -> dict:
+    """Latency at batch 1 and throughput at batch 32, (length) tokens, on the current device."""
+    model.eval()
+    device = next(model.parameters()).device
+    base = model.base_model
+
+    def once(batch: int) -> float:
+        x = torch.randint(5, model.config.vocab_size, (batch, length), device=device)
+        base(input_ids=x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            base(input_ids=x)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    b1, b32 = once(1), once(32)
+    return {"latency_ms_b1": 1000 * b1, "throughput_seq_s_b32": 32 / b32}
+
+
+def lm_metrics(model, tokenizer, ids: np.ndarray, wids: np.ndarray, seed: int) -> dict:
+    """Held-out masked-token accuracy, perplexity, and bits per character (loss / ln 2 per char)."""
+    r = mlm_evaluate(model, ids, wids, tokenizer, seed=seed)
+    pieces = tokenizer.convert_ids_to_tokens(np.unique(ids).tolist())
+    lengths = {
+        i: (1 if p == tokenizer.unk_token else len(p.removeprefix("##")))
+        for i, p in zip(np.unique(ids).tolist(), pieces)
+    }
+    body = ids[ids > 4]
+    chars_per_token = (
+        float(np.mean([lengths.get(int(t), 1) for t in body[:50000]])) if len(body) else 1.0
+    )
+    return {"acc": r["acc"], "ppl": r["ppl"], "bpc": r["loss"] / math.log(2) / chars_per_token}
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def run(cfg) -> dict:
+    from transformers import AutoConfig
+
+    stage = runs.Stage(cfg, inputs(cfg), CODE)
+    if stage.cached:
+        runs.echo(f"evaluate: cached ({stage.dir})")
+        return stage.manifest
+    corpus_m = runs.upstream(cfg.run_id, "corpus", verify=False)
+    wwm_m = runs.upstream(cfg.run_id, "wwm", verify=False)
+    found = models_of_run(cfg.run_id, all_seeds=cfg.all_seeds)
+    wanted = found if cfg.models == ["all"] else {k: v for k, v in found.items() if k in cfg.models}
+    missing = [k for k in cfg.models if k != "all" and k not in found]
+    if missing:
+        raise ValueError(f"evaluate.models names {missing}; this run has {list(found)}")
+    work = stage.begin()
+    t0 = time.time()
+
+    tokenizers = {name: vocab.load(m["dir"]) for name, m in wanted.items()}
+    rows: dict[str, dict] = {}
+    probes = read_probes(cfg.probes_file)
+    probe_out: dict[str, dict] = {}
+    for name, m in wanted.items():
+        model = load_mlm(m["dir"])
+        tok = tokenizers[name]
+        vocab_name = "full" if len(tok) > 20000 else "compact"
+        packed = wwm_m["dir"] / "packed" / vocab_name / str(min(wwm_m["params"]["seq_lengths"]))
+        ids, wids = load_packed(packed, "test")
+        ids, wids = ids[: cfg.lm_sequences], wids[: cfg.lm_sequences]
+        from lab.models import count
+
+        c = count(model.config) if model.config.model_type == "bert" else _count_longformer(model)
+        rows[name] = {
+            "role": m["role"],
+            "layers": model.config.num_hidden_layers,
+            "hidden": model.config.hidden_size,
+            "params": c["total"],
+            "non_embedding": c["non_embedding"],
+            **lm_metrics(model, tok, ids, wids, cfg.seed),
+            **speed(model, repeats=cfg.speed_repeats),
+        }
+        probe_out[name] = {p: fill_mask(model, tok, p) for p in probes}
+        runs.echo(
+            f"{name}: acc {rows[name]['acc']:.3f}, ppl {rows[name]['ppl']:.1f}, {rows[name]['latency_ms_b1']:.1f} ms at batch 1"
+        )
+    teacher = rows.get("teacher")
+    if teacher:
+        for r in rows.values():
+            r["speedup"] = teacher["latency_ms_b1"] / r["latency_ms_b1"]
+            r["throughput_speedup"] = r["throughput_seq_s_b32"] / teacher["throughput_seq_s_b32"]
+
+    # downstream tasks: every model, plus the teacher's architecture trained from scratch
+    sources = {name: m["dir"] for name, m in wanted.items()}
+    if cfg.scratch and "teacher" in wanted:
+        sources["scratch"] = AutoConfig.from_pretrained(str(wanted["teacher"]["dir"]))
+        tokenizers["scratch"] = tokenizers["teacher"]
+        rows["scratch"] = {"role": "scratch"}
+    task_dirs = {t: corpus_m["dir"] / "tasks" / t for t in cfg.tasks}
+    scores = tasks.run_all(sources, task_dirs, cfg, work, tokenizers) if cfg.tasks else {}
+    relative = relative_scores(scores)
+    metrics = {
+        "models": rows,
+        "tasks": scores,
+        "relative_to_teacher": relative,
+        "average": {
+            name: float(np.mean([v["mean"] for v in t.values()]))
+            for name, t in scores.items()
+            if len(t) == len(cfg.tasks)
+        },
+        "probes": probe_out,
+        "seconds": time.time() - t0,
+        "findings": findings(cfg.run_id, rows, scores),
+    }
+    runs.write_json(work / "results.json", metrics)
+    return stage.finish({"results": "results.json"}, metrics)
+
+
+def _count_longformer(model) -> dict:
+    total = sum(p.numel() for p in model.base_model.parameters())
+    emb = sum(p.numel() for p in model.base_model.embeddings.parameters())
+    return {"total": total, "non_embedding": total - emb}
+
+
+def relative_scores(scores: dict) -> dict:
+    """Each model's task scores as a share of the teacher's (MiniRBT's relative table)."""
+    if "teacher" not in scores:
+        return {}
+    out = {}
+    for name, t in scores.items():
+        out[name] = {
+            task: v["mean"] / scores["teacher"][task]["mean"]
+            for task, v in t.items()
+            if task in scores["teacher"] and scores["teacher"][task]["mean"]
+        }
+        if out[name]:
+            out[name]["average"] = float(np.mean(list(out[name].values())))
+    return out
+
+
+def findings(run_id: str, rows: dict, scores: dict) -> dict:
+    """Which of the seeds' qualitative claims this run reproduces, stated from its own numbers."""
+    out = {}
+    avg = {n: np.mean([v["mean"] for v in t.values()]) for n, t in scores.items() if t}
+    if "teacher" in avg and "scratch" in avg:
+        out["pretraining beats scratch"] = {
+            "holds": bool(avg["teacher"] > avg["scratch"]),
+            "teacher": avg["teacher"],
+            "scratch": avg["scratch"],
+        }
+    students = [n for n in avg if n.startswith(("one-stage", "two-stage"))]
+    if "teacher" in avg and students:
+        best = max(students, key=lambda n: avg[n])
+        out["students keep most of the teacher's score at a fraction of its latency"] = {
+            "holds": bool(avg[best] / avg["teacher"] >= 0.85 and rows[best].get("speedup", 0) >= 2),
+            "student": best, "relative": avg[best] / avg["teacher"], "speedup": rows[best].get("speedup"),
+        }  # fmt: skip
+    one = [avg[n] for n in students if n.startswith("one-stage")]
+    two = [avg[n] for n in students if n.startswith("two-stage")]
+    if one and two:
+        out["two-stage beats one-stage"] = {
+            "holds": bool(np.mean(two) > np.mean(one)),
+            "two_stage": float(np.mean(two)),
+            "one_stage": float(np.mean(one)),
+        }
+    pre = runs.read_manifest(runs.stage_dir(run_id, "pretrain"))
+    if pre and pre["metrics"].get("ablations"):
+        for claim, v in pre["metrics"]["ablations"].get("findings", {}).items():
+            out[claim] = v
+    return out
+
+
+def compare_runs(run_ids: list[str] | None = None) -> list[dict]:
+    """Headline metrics of several runs side by side, with the parameters in which they differ."""
+    root = runs.data_dir() / "runs"
+    ids = run_ids or sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    rows, params = [], {}
+    for rid in ids:
+        row: dict = {"run": rid}
+        for stage in ("pretrain", "distill", "longify", "evaluate"):
+            m = runs.read_manifest(runs.stage_dir(rid, stage))
+            if not m:
+                continue
+            params[rid] = {
+                **params.get(rid, {}),
+                **{f"{stage}.{k}": v for k, v in m["params"].items()},
+            }
+            mm = m["metrics"]
+            if stage == "pretrain":
+                row["teacher acc"] = mm["masked_token_accuracy"]
+                row["teacher ppl"] = mm["perplexity"]
+            elif stage == "distill":
+                for kind, s in mm["summary"].items():
+                    row[f"{kind} acc"] = s["acc_mean"]
+            elif stage == "longify":
+                row["BPC after"] = mm["bpc"].get("longformer_after")
+            elif stage == "evaluate":
+                row.update(
+                    {f"avg {k}": v for k, v in mm["average"].items() if k in ("teacher", "scratch")}
+                )
+        if len(row) > 1:
+            rows.append(row)
+    keys = sorted({k for p in params.values() for k in p})
+    differing = [
+        k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1
+    ]
+    for row in rows:
+        row["differs in"] = ", ".join(f"{k}={params[row['run']].get(k)}" for k in differing[:6])
+    return rows
+
+
+def headline(manifest: dict) -> dict:
+    m = manifest["metrics"]
+    out = {}
+    for name in ("teacher", "scratch", "char n-gram LR"):
+        if name in m["average"]:
+            out[f"{name} task average"] = f"{m['average'][name]:.3f}"
+    rel = {
+        k: v["average"]
+        for k, v in m["relative_to_teacher"].items()
+        if "average" in v and k != "teacher"
+    }
+    if rel:
+        best = max(rel, key=rel.get)
+        out["best relative to teacher"] = f"{best} {rel[best]:.0%}"
+    held = [f"{k}: {'yes' if v['holds'] else 'no'}" for k, v in m["findings"].items()]
+    if held:
+        out["seed findings reproduced"] = "; ".join(held)
+    return out
+
+
+def describe(cfg) -> dict:
+    return {
+        "models": ", ".join(cfg.models)
+        + (" (every seed)" if cfg.all_seeds else " (first seed of each student)"),
+        "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / {cfg.task_eval_examples:,} test examples, {cfg.epochs} epochs, {cfg.seeds} seed(s)",
+        "baselines": ("scratch + " if cfg.scratch else "") + "char n-gram logistic regression",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lab.cli import stage_main
+
+    return stage_main("evaluate", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

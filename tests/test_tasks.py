@@ -1,0 +1,69 @@
+import pytest
+from datasets import Dataset
+
+from lab import models, sources, tasks, vocab
+from lab.evaluate import fill_mask, relative_scores, speed
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return vocab.make_tokenizer(sources.load("bert_vocab"))
+
+
+def test_entities_and_ner_f1():
+    assert tasks.entities(["B-PER", "I-PER", "O", "B-LOC", "I-ORG"]) == {
+        (0, 2, "PER"),
+        (3, 4, "LOC"),
+        (4, 5, "ORG"),
+    }
+    t = tasks.TASKS["msra_ner"]
+    gold = [{"labels": [-100, 1, 2, 0, 3, -100]}]
+    assert tasks.score(t, gold, [[1, 2, 0, 3]])["entity_f1"] == 1.0
+    assert tasks.score(t, gold, [[1, 0, 0, 3]])["entity_f1"] == pytest.approx(0.5)
+
+
+def test_encode_every_kind(tok):
+    cls = tasks.encode(
+        tasks.TASKS["sentiment"],
+        Dataset.from_dict({"text": ["很好", "不好"], "label": [1, 0]}),
+        tok,
+        16,
+    )
+    assert cls[0]["labels"] == 1 and cls[0]["input_ids"][0] == tok.cls_token_id
+    sts = tasks.encode(
+        tasks.TASKS["stsb"],
+        Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "score": [4]}),
+        tok,
+        16,
+    )
+    assert sts[0]["labels"] == 4.0 and 1 in sts[0]["token_type_ids"]
+    ner = tasks.encode(
+        tasks.TASKS["msra_ner"],
+        Dataset.from_dict({"tokens": [["北", "京"]], "ner_tags": [["B-LOC", "I-LOC"]]}),
+        tok,
+        16,
+    )
+    assert ner[0]["labels"] == [-100, 3, 4, -100] and len(ner[0]["input_ids"]) == 4
+    batch = tasks.collate(cls, tok.pad_token_id)
+    assert batch["labels"].tolist() == [1, 0]
+
+
+def test_ngram_baseline_learns_something():
+    train = Dataset.from_dict(
+        {"text": ["很好很好", "非常好", "太差了", "很差"] * 10, "label": [1, 1, 0, 0] * 10}
+    )
+    assert tasks.ngram_baseline(tasks.TASKS["sentiment"], train, train)["accuracy"] == 1.0
+
+
+def test_fill_mask_decodes_several_masks_left_to_right(tok):
+    model = models.build("L2_H64", len(tok), seed=0)
+    out = fill_mask(model, tok, "[MASK][MASK]是中国的首都。", k=3)
+    assert len(out["slots"]) == 2 and len(out["answer"]) >= 2
+    assert all(len(s) == 3 for s in out["slots"])
+
+
+def test_speed_and_relative_scores(tok):
+    s = speed(models.build("L2_H64", len(tok), seed=0), repeats=1)
+    assert s["latency_ms_b1"] > 0 and s["throughput_seq_s_b32"] > 0
+    scores = {"teacher": {"a": {"mean": 0.8}}, "student": {"a": {"mean": 0.6}}}
+    assert relative_scores(scores)["student"]["a"] == pytest.approx(0.75)
