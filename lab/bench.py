@@ -167,4 +167,247 @@ def bench_wwm(*, quick: bool = False) -> dict:
     }
 
 
-BENCHES = {"wwm": bench_wwm}
+# ---------------------------------------------------------------------------------------------
+# pretrain: our loop against the stock transformers Trainer
+
+
+def _packed_bench_data(texts: list[str], tokenizer, seq_len: int):
+    from lab import wwm
+    from lab.segment import Segmenter
+
+    seg = Segmenter("jieba")
+    ids, wids, counts = wwm.WordTokenizer(tokenizer)([seg.cut(t) for t in texts])
+    return wwm.pack(ids, wids, counts, seq_len=seq_len, cls_id=tokenizer.cls_token_id,
+                    sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id)  # fmt: skip
+
+
+def bench_pretrain(*, quick: bool = False) -> dict:
+    """Real (non-pad) tokens per second: our loop (packed sequences, loss only at masked positions,
+    bf16 autocast) against BertForMaskedLM + DataCollatorForLanguageModeling + Trainer (fp32,
+    padded batches), the same Mini model from the same initialisation, the same texts, token-level
+    masking for both; then both models' held-out loss after the same number of real tokens."""
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from lab import models, train
+    from lab.mlm import MaskedLM, PackedBatches, evaluate
+    from lab.wwm import WholeWordMaskCollator
+
+    texts = _bench_texts(19484)
+    held, texts = texts[:400], texts[400:]
+    tokenizer = _full_tokenizer()
+    steps = 12 if quick else 120
+    batch = 32
+    preset = "Mini"
+    print(
+        f"pretrain bench: {preset}, batch {batch}, {steps} steps of the Trainer, then our loop to the same real tokens",
+        flush=True,
+    )
+
+    # the stock way: one paragraph per example, dynamic padding, token-level masking, fp32
+    enc = tokenizer(texts, truncation=True, max_length=128)
+    ds = Dataset.from_dict({"input_ids": enc["input_ids"]})
+    stock_model = models.build(preset, len(tokenizer), seed=0)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
+    real_tokens = {"n": 0}
+
+    class Counting(DataCollatorForLanguageModeling):
+        def __call__(self, features):
+            out = super().__call__(features)
+            real_tokens["n"] += int(out["attention_mask"].sum())
+            return out
+
+    collator = Counting(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=5e-4,
+            warmup_steps=max(1, steps // 10), weight_decay=0.01, logging_steps=max(1, steps // 4),
+            save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0,
+            disable_tqdm=True,
+        )  # fmt: skip
+        trainer = Trainer(model=stock_model, args=args, train_dataset=ds, data_collator=collator)
+        t0 = time.perf_counter()
+        trainer.train()
+        t_stock = time.perf_counter() - t0
+    stock_tokens = real_tokens["n"]
+
+    # ours: the stage's packing and loop
+    x, w = _packed_bench_data(texts, tokenizer, 128)
+    ours_model = models.build(preset, len(tokenizer), seed=0)
+    ours_steps = max(1, round(stock_tokens / (batch * 128)))
+    cfg = train.TrainConfig(
+        steps=ours_steps,
+        lr=5e-4,
+        warmup_steps=max(1, ours_steps // 10),
+        bf16=True,
+        log_every=max(1, ours_steps // 4),
+    )
+    batches = PackedBatches(x, w, WholeWordMaskCollator(tokenizer, whole_word=False), batch, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train.train(MaskedLM(ours_model), batches, cfg, Path(tmp), desc="ours")
+    ours_tokens, t_ours = res["tokens"], res["seconds"]
+
+    hx, hw = _packed_bench_data(held, tokenizer, 128)
+    loss_stock = evaluate(stock_model.float(), hx, hw, tokenizer, seed=1)["loss"]
+    loss_ours = evaluate(ours_model, hx, hw, tokenizer, seed=1)["loss"]
+    ours, base = ours_tokens / t_ours, stock_tokens / t_stock
+    print(
+        f"  stock Trainer {stock_tokens:,} real tokens in {t_stock:6.1f} s = {base:,.0f} tokens/s; held-out loss {loss_stock:.3f}"
+    )
+    print(
+        f"  lab loop      {ours_tokens:,} real tokens in {t_ours:6.1f} s = {ours:,.0f} tokens/s; held-out loss {loss_ours:.3f}"
+    )
+    torch.set_num_threads(torch.get_num_threads())
+    return {
+        "bench": "pretrain", "ours": round(ours), "baseline": round(base), "unit": "real tokens/s",
+        "ratio": round(ours / base, 2), "target": 3.0,
+        "loss_ours": round(loss_ours, 4), "loss_baseline": round(loss_stock, 4),
+        "tokens_ours": ours_tokens, "tokens_baseline": stock_tokens, "model": preset, "quick": quick,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# distill: cached top-k logits against a teacher forward every step
+
+
+def bench_distill(*, quick: bool = False) -> dict:
+    """Student training tokens/s from cached teacher top-k against online distillation, the same
+    Tiny student, the same Mini teacher, the same batches, KD + MLM losses for both."""
+    from lab import distill, models, train
+    from lab.mlm import PackedBatches
+    from lab.wwm import WholeWordMaskCollator
+
+    tokenizer = _full_tokenizer()
+    x, w = _packed_bench_data(_bench_texts(3000 if quick else 8000), tokenizer, 128)
+    steps, batch = (10, 32) if quick else (80, 32)
+    teacher = models.build("Mini", len(tokenizer), seed=0)
+    collator = WholeWordMaskCollator(tokenizer, seed=0)
+    weights = {"kd": 1.0, "mlm": 1.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        meta = distill.build_cache(teacher, x, w, collator, Path(tmp) / "cache", dupe_factor=1,
+                                   n_sequences=steps * batch, topk=128, seed=0, teacher_digest="bench")  # fmt: skip
+        t_cache = time.perf_counter() - t0
+        results = {}
+        for mode in ("online", "cached"):
+            student = models.build("Tiny", len(tokenizer), seed=1, dropout=0.0)
+            module = distill.Distiller(student, teacher if mode == "online" else None, weights=weights,
+                                       temperature=8.0, t2=True, layer_map=[1, 3], topk=128)  # fmt: skip
+            if mode == "cached":
+                batches = distill.CachedBatches(Path(tmp) / "cache", batch, 0)
+            else:
+                batches = PackedBatches(x, w, collator, batch, 0)
+            cfg = train.TrainConfig(
+                steps=steps, lr=1e-3, warmup_steps=2, bf16=True, log_every=max(1, steps // 4)
+            )
+            res = train.train(module, batches, cfg, Path(tmp) / mode, desc=f"distill {mode}")
+            results[mode] = res["tokens_per_s"]
+    ours, base = results["cached"], results["online"]
+    print(f"  online (teacher forward each step) {base:,.0f} tokens/s")
+    print(
+        f"  from cached top-128 logits         {ours:,.0f} tokens/s (cache built once in {t_cache:.1f} s)"
+    )
+    return {
+        "bench": "distill", "ours": round(ours), "baseline": round(base), "unit": "student tokens/s",
+        "ratio": round(ours / base, 2), "target": 1.5, "cache_seconds": round(t_cache, 1),
+        "cache_mb_per_million_tokens": round(meta["bytes_per_million_tokens"] / 1e6, 1), "quick": quick,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# longify: sliding-window attention against full attention at growing lengths
+
+
+def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
+    """In a fresh process: one model, one forward + backward at `length`; (seconds, peak MB)."""
+    import resource
+
+    import torch
+
+    from lab import longify, models, train
+
+    torch.manual_seed(0)
+    bert = models.build("Mini", 21128, seed=0, dropout=0.0)
+    if kind == "longformer":
+        model = longify.convert(bert, max_positions=4096, attention_window=window)
+    else:  # the same BERT, positions tiled out to 4,096, full attention
+        model = longify.convert(bert, max_positions=4096, attention_window=window)
+        model = _full_attention_twin(bert, model)
+    x = torch.randint(5, 21128, (1, length))
+    extra = (
+        {"global_attention_mask": (torch.arange(length) == 0).long()[None]}
+        if kind == "longformer"
+        else {}
+    )
+    with train.autocast(torch.device("cpu"), True):
+        model(input_ids=x, **extra).logits.float().mean().backward()  # warm-up
+    model.zero_grad()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with train.autocast(torch.device("cpu"), True):
+        model(input_ids=x, **extra).logits.float().mean().backward()
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((seconds, peak / 1024, (peak - before) / 1024))
+
+
+def _full_attention_twin(bert, long):
+    """BertForMaskedLM with 4,096 positions (the Longformer's tiled table) and full attention."""
+    from transformers import BertForMaskedLM
+
+    cfg = bert.config.__class__.from_dict(
+        {**bert.config.to_dict(), "max_position_embeddings": 4096}
+    )
+    twin = BertForMaskedLM(cfg)
+    state = bert.state_dict()
+    offset = bert.config.pad_token_id + 1
+    state["bert.embeddings.position_embeddings.weight"] = (
+        long.longformer.embeddings.position_embeddings.weight[offset:].detach().clone()
+    )
+    twin.load_state_dict(state, strict=False)
+    return twin
+
+
+def bench_longify(*, quick: bool = False) -> dict:
+    import multiprocessing as mp
+
+    from lab import config
+
+    window = config.profile_values("cpu")["longify"]["attention_window"]
+    lengths = [512, 1024] if quick else [512, 1024, 2048, 4096]
+    ctx = mp.get_context("spawn")
+    rows = {}
+    for length in lengths:
+        for kind in ("longformer", "bert"):
+            q = ctx.Queue()
+            p = ctx.Process(target=_fwd_bwd_child, args=(kind, length, window, q))
+            p.start()
+            seconds, peak_mb, grew_mb = q.get()
+            p.join()
+            rows[(kind, length)] = (seconds, grew_mb)
+            print(
+                f"  {kind:10s} {length:5d} tokens: forward+backward {seconds:7.2f} s, memory +{grew_mb:8.1f} MB",
+                flush=True,
+            )
+    top = lengths[-1]
+    speed = rows[("bert", top)][0] / rows[("longformer", top)][0]
+    memory = rows[("longformer", top)][1] / max(1e-9, rows[("bert", top)][1])
+    growth = rows[("longformer", top)][0] / rows[("longformer", 1024)][0]
+    return {
+        "bench": "longify", "ours": round(rows[("longformer", top)][0], 3), "baseline": round(rows[("bert", top)][0], 3),
+        "unit": f"s per forward+backward at {top} tokens (lower is better)", "ratio": round(speed, 2),
+        "target": 8.0, "memory_ratio": round(memory, 3), "memory_target": 0.25,
+        "time_growth_1024_to_top": round(growth, 2), "linear_growth_would_be": top / 1024,
+        "window": window, "model": "Mini", "lengths": lengths,
+        "seconds": {f"{k}@{n}": round(v[0], 3) for (k, n), v in rows.items()},
+        "memory_mb": {f"{k}@{n}": round(v[1], 1) for (k, n), v in rows.items()}, "quick": quick,
+    }  # fmt: skip
+
+
+BENCHES = {
+    "wwm": bench_wwm,
+    "pretrain": bench_pretrain,
+    "distill": bench_distill,
+    "longify": bench_longify,
+}

@@ -145,4 +145,32 @@ def cmd_bench(args) -> int:
     return bench.main(args.name, quick=args.quick)
 
 
+def stage_main(stage: str, run, argv: list[str] | None = None) -> int:
+    """`python -m lab.<stage>`: one stage without its notebook (and under torchrun / accelerate
+    launch for data-parallel training). Writes the same artifacts and manifest as the notebook."""
+    parser = argparse.ArgumentParser(prog=f"python -m lab.{stage}")
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--profile", default="cpu", choices=config.PROFILES)
+    parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: -p {item!r}: write KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides[key.removeprefix(f"{stage}.")] = config.parse_value(value)
+    try:
+        cfg = config.load(
+            stage, run_id=args.run_id or args.profile, profile=args.profile, overrides=overrides
+        )
+    except config.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = run(cfg)
+    if manifest:
+        print(f"{stage}: done, manifest {manifest['dir'] / 'manifest.json'}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "sources": cmd_sources, "bench": cmd_bench}

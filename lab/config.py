@@ -190,7 +190,243 @@ class WwmConfig(StageConfig):
             raise ConfigError("wwm.mask_replace_prob + wwm.random_replace_prob must not exceed 1")
 
 
-CONFIGS: dict[str, type[StageConfig]] = {"corpus": CorpusConfig, "wwm": WwmConfig}
+# ---------------------------------------------------------------------------------------------
+# 03 pretraining
+
+
+@dataclass(frozen=True)
+class PretrainConfig(StageConfig):
+    stage = "pretrain"
+    model: str = param(
+        "preset: Tiny, Mini, Small, Medium, Base, L{n}_H{h}, MiniRBT-H256, RBT4-H312, ..."
+    )
+    init_from: str = param(
+        "empty: random initialisation; or a model folder / hub name to start from"
+    )
+    vocab: str = param("compact or full vocabulary", choices=("compact", "full"))
+    masking: str = param("wwm (whole words) or token (single tokens)", choices=("wwm", "token"))
+    mlm_probability: float = param("share of tokens chosen for masking", min=0.0)
+    mask_replace_prob: float = param("share of chosen words replaced by [MASK]", min=0.0)
+    random_replace_prob: float = param("share of chosen words replaced by random tokens", min=0.0)
+    max_predictions: int = param("cap on chosen tokens per sequence (0: none)", min=0)
+    dupe_factor: int = param("0: dynamic masking; n: n fixed maskings per sequence (static)", min=0)
+    dropout: float = param(
+        "dropout while pretraining (0 is faster to learn on a small budget)", min=0.0
+    )
+    init_std: float = param(
+        "std of the random weights (BERT uses 0.02; 0 means 1/sqrt(hidden))", min=0.0
+    )
+    position_init: str = param(
+        "position embeddings: random (BERT) or sinusoidal init", choices=("random", "sinusoidal")
+    )
+    max_positions: int = param("position embeddings of the model (tokens)", min=8)
+    seq_len: int = param(
+        "stage 1 sequence length (tokens; a packed length of the wwm stage)", min=8
+    )
+    steps: int = param("stage 1 optimizer steps", min=1)
+    batch_size: int = param("stage 1 sequences per micro-batch per process", min=1)
+    lr: float = param("stage 1 peak learning rate", min=0.0)
+    stage2_seq_len: int = param("stage 2 sequence length (tokens)", min=8)
+    stage2_steps: int = param(
+        "stage 2 optimizer steps, continuing from stage 1 (0: no stage 2)", min=0
+    )
+    stage2_batch_size: int = param("stage 2 sequences per micro-batch per process", min=1)
+    stage2_lr: float = param("stage 2 peak learning rate", min=0.0)
+    warmup: float = param("warmup as a share of each stage's steps", min=0.0)
+    schedule: str = param("decay after warmup", choices=("linear", "cosine", "constant"))
+    weight_decay: float = param("AdamW weight decay", min=0.0)
+    clip: float = param("max gradient norm (0: off)", min=0.0)
+    grad_accum: int = param("micro-batches per optimizer step", min=1)
+    bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    eval_every: int = param("steps between held-out evaluations", min=1)
+    ckpt_every: int = param("steps between checkpoints (resume points)", min=1)
+    eval_sequences: int = param("held-out sequences per evaluation", min=1)
+    probes: list[str] = param("fill-mask probe sentences, [MASK] marks each blank")
+
+    def check(self):
+        from lab.models import ModelError, arch
+
+        try:
+            a = arch(self.model)
+        except ModelError as err:
+            raise ConfigError(f"pretrain.model: {err}") from None
+        del a
+        for name in ("seq_len", "stage2_seq_len"):
+            if getattr(self, name) > self.max_positions and (
+                name == "seq_len" or self.stage2_steps
+            ):
+                raise ConfigError(
+                    f"pretrain.{name} = {getattr(self, name)} is longer than the model's "
+                    f"pretrain.max_positions = {self.max_positions}"
+                )
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ConfigError(
+                "pretrain.mask_replace_prob + pretrain.random_replace_prob must not exceed 1"
+            )
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(
+                f"pretrain.mlm_probability = {self.mlm_probability}: must be between 0 and 1"
+            )
+        if self.warmup >= 1:
+            raise ConfigError(f"pretrain.warmup = {self.warmup}: a share of the steps, below 1")
+        if any("[MASK]" not in p for p in self.probes):
+            raise ConfigError("pretrain.probes: every probe sentence needs a [MASK]")
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 distillation
+
+
+@dataclass(frozen=True)
+class DistillConfig(StageConfig):
+    stage = "distill"
+    teacher: str = param("empty: this run's pretrained model; or a model folder")
+    vocab: str = param("vocabulary the teacher was trained with", choices=("compact", "full"))
+    student: str = param("student preset (at most the teacher's width)")
+    seeds: int = param("students trained per setting, seeds seed, seed+1, ...", min=1)
+    assistant_layers: list[int] = param(
+        "teacher layers copied into the teacher assistant (empty: uniform)"
+    )
+    assistant_steps: int = param(
+        "teacher-assistant training steps (0: no assistant, one-stage only)", min=0
+    )
+    assistant_lr: float = param("teacher-assistant peak learning rate", min=0.0)
+    layer_map: list[int] = param("teacher layer matched by each student layer (empty: uniform)")
+    mode: str = param(
+        "cached: teacher top-k stored once; online: teacher forward every step",
+        choices=("cached", "online"),
+    )
+    topk: int = param("teacher entries kept per masked position", min=1)
+    dupe_factor: int = param("fixed maskings per sequence in the cache (static masking)", min=1)
+    temperature: float = param("softmax temperature T of the KD term", min=0.01)
+    kd_t2: bool = param("multiply the KD term by T squared (Hinton); TextBrewer does not")
+    kd_weight: float = param("weight of the soft-target KD term", min=0.0)
+    mlm_weight: float = param("weight of the hard MLM term on the true tokens", min=0.0)
+    hidden_weight: float = param("weight of hidden-state MSE (online mode only)", min=0.0)
+    attention_weight: float = param("weight of attention-map MSE (online mode only)", min=0.0)
+    topk_weight: float = param("weight of the seed's top-k CE + (1 - cosine) term", min=0.0)
+    masking: str = param("wwm or token masking of the distillation data", choices=("wwm", "token"))
+    seq_len: int = param("sequence length (a packed length of the wwm stage)", min=8)
+    steps: int = param("student training steps (the same for one- and two-stage)", min=1)
+    batch_size: int = param("sequences per step", min=1)
+    lr: float = param("student peak learning rate", min=0.0)
+    warmup: float = param("warmup as a share of the steps", min=0.0)
+    dropout: float = param("student dropout", min=0.0)
+    bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    eval_every: int = param("steps between held-out evaluations", min=1)
+    ckpt_every: int = param("steps between checkpoints", min=1)
+    eval_sequences: int = param("held-out sequences per evaluation", min=1)
+    cache_dir: str = param("where teacher caches live (empty: inside the stage folder)")
+    keep_cache: bool = param("keep the cached teacher logits after the stage")
+
+    def check(self):
+        from lab.models import ModelError, arch
+
+        try:
+            arch(self.student)
+        except ModelError as err:
+            raise ConfigError(f"distill.student: {err}") from None
+        if self.mode == "cached" and (self.hidden_weight or self.attention_weight):
+            raise ConfigError(
+                "distill.hidden_weight / attention_weight need the teacher's hidden states: "
+                "set distill.mode = online, or those weights to 0"
+            )
+        if not any(
+            getattr(self, f"{k}_weight") for k in ("kd", "mlm", "hidden", "attention", "topk")
+        ):
+            raise ConfigError("distill: every loss weight is 0; give at least one term a weight")
+        if self.assistant_layers and not self.assistant_steps:
+            raise ConfigError("distill.assistant_layers is set but distill.assistant_steps = 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# 05 longify
+
+
+@dataclass(frozen=True)
+class LongifyConfig(StageConfig):
+    stage = "longify"
+    source: str = param("empty: this run's pretrained model; or a BERT model folder")
+    max_positions: int = param("positions of the Longformer (tokens)", min=16)
+    attention_window: int = param("sliding-window size (tokens, even)", min=2)
+    global_tokens: list[str] = param("tokens that get global attention")
+    masking: str = param("wwm or token masking in continued pretraining", choices=("wwm", "token"))
+    mlm_probability: float = param("share of tokens masked in continued pretraining", min=0.0)
+    seq_len: int = param("continued-pretraining sequence length (tokens)", min=16)
+    steps: int = param("continued-pretraining steps", min=0)
+    batch_size: int = param("sequences per step", min=1)
+    lr: float = param("peak learning rate", min=0.0)
+    warmup: float = param("warmup as a share of the steps", min=0.0)
+    bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    ckpt_every: int = param("steps between checkpoints", min=1)
+    eval_docs: int = param("held-out long documents for bits per character and the probe", min=1)
+    min_doc_chars: int = param(
+        "held-out documents shorter than this are skipped (characters)", min=1
+    )
+    probe_gap: int = param(
+        "a probed name's previous mention is more than this many tokens back", min=1
+    )
+    probe_right: int = param("tokens of right context after a probed name", min=0)
+    probe_limit: int = param("most probe mentions", min=1)
+
+    def check(self):
+        if self.attention_window % 2:
+            raise ConfigError(f"longify.attention_window = {self.attention_window}: must be even")
+        if self.attention_window > self.max_positions:
+            raise ConfigError("longify.attention_window must not exceed longify.max_positions")
+        if self.seq_len > self.max_positions:
+            raise ConfigError(
+                f"longify.seq_len = {self.seq_len} exceeds longify.max_positions = {self.max_positions}"
+            )
+        if not self.global_tokens:
+            raise ConfigError("longify.global_tokens is empty: give at least [CLS]")
+
+
+# ---------------------------------------------------------------------------------------------
+# 06 evaluate
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    stage = "evaluate"
+    models: list[str] = param(
+        "models to evaluate: [all] or names (teacher, assistant, one-stage-s1234, ...)"
+    )
+    all_seeds: bool = param("every seed's student (else the first seed of each kind)")
+    tasks: list[str] = param("downstream tasks: sentiment, thucnews, msra_ner, stsb")
+    scratch: bool = param("also fine-tune the teacher's architecture from random init (baseline)")
+    seeds: int = param("fine-tuning seeds per model and task", min=1)
+    lrs: list[float] = param(
+        "fine-tuning learning rates; several: chosen on the valid split", min=0.0
+    )
+    epochs: float = param("fine-tuning epochs", min=0.0)
+    batch_size: int = param("fine-tuning batch size", min=1)
+    task_seq_len: int = param("fine-tuning sequence length (tokens)", min=8)
+    task_train_examples: int = param("training examples per task", min=1)
+    task_eval_examples: int = param("valid / test examples per task", min=1)
+    bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    lm_sequences: int = param("held-out sequences for accuracy / perplexity / BPC", min=1)
+    speed_repeats: int = param("timed forward passes per speed measurement", min=1)
+    probes_file: str = param("fill-mask probe file, one sentence a line (empty: the packaged one)")
+
+    def check(self):
+        bad = [t for t in self.tasks if t not in ("sentiment", "thucnews", "msra_ner", "stsb")]
+        if bad:
+            raise ConfigError(
+                f"evaluate.tasks: unknown {bad}; choose from sentiment, thucnews, msra_ner, stsb"
+            )
+        if not self.lrs:
+            raise ConfigError("evaluate.lrs is empty: give at least one learning rate")
+
+
+CONFIGS: dict[str, type[StageConfig]] = {
+    "corpus": CorpusConfig,
+    "wwm": WwmConfig,
+    "pretrain": PretrainConfig,
+    "distill": DistillConfig,
+    "longify": LongifyConfig,
+    "evaluate": EvaluateConfig,
+}
 
 
 # ---------------------------------------------------------------------------------------------

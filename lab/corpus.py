@@ -477,6 +477,20 @@ def inputs(cfg: CorpusConfig) -> dict[str, str]:
     return out
 
 
+def samples(manifest: dict, per_source: int = 2, width: int = 120) -> list[dict]:
+    """The first `per_source` training documents of each source (for the report)."""
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(manifest["dir"] / "corpus"))["train"]
+    seen: dict[str, int] = {}
+    rows = []
+    for text, source in zip(train["text"], train["source"]):
+        if seen.get(source, 0) < per_source:
+            seen[source] = seen.get(source, 0) + 1
+            rows.append({"source": source, "text": text[:width]})
+    return rows
+
+
 def headline(manifest: dict) -> dict:
     m = manifest["metrics"]
     return {

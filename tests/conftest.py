@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,22 @@ def smoke_corpus(lab_home) -> dict:
 
     cfg = config.load("corpus", run_id="t-smoke", profile="smoke")
     return corpus.run(cfg)
+
+
+def lab(*args, home, check=True, env_extra=None):
+    """`python -m lab ...` in a subprocess with ZH_MINILAB_HOME=home."""
+    env = {**os.environ, "ZH_MINILAB_HOME": str(home), **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", *args], capture_output=True, text=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """`python -m lab run --profile smoke` through every stage that has a notebook, once."""
+    home = tmp_path_factory.mktemp("smoke-home")
+    proc = lab("run", "--profile", "smoke", "--run-id", "nb", home=home)
+    return home, proc

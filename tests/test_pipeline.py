@@ -20,14 +20,6 @@ def lab(*args, home, check=True):
     return proc
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """`python -m lab run --profile smoke` through every stage that has a notebook, once."""
-    home = tmp_path_factory.mktemp("smoke-home")
-    proc = lab("run", "--profile", "smoke", "--run-id", "nb", home=home)
-    return home, proc
-
-
 def manifest(home, stage):
     return json.loads((home / "data" / "runs" / "nb" / stage / "manifest.json").read_text())
 
@@ -73,6 +65,88 @@ def test_smoke_wwm_manifest(smoke_run):
     assert abs(m["wwm_mask_rate"] - 0.15) < 0.02
     assert m["builtin_all_or_nothing"] > 0.9 and m["ours_all_or_nothing"] < 0.05
     assert m["segmenter_check_differ"] == 0
+
+
+@pytest.mark.notebook
+def test_smoke_pretrain_model_loads_with_plain_transformers(smoke_run):
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    home = smoke_run[0]
+    m = manifest(home, "pretrain")
+    assert m["metrics"]["params"] > 0 and 0 <= m["metrics"]["masked_token_accuracy"] <= 1
+    assert set(m["metrics"]["train"]) == {"stage1", "stage2"}
+    folder = home / "data" / "runs" / "nb" / "pretrain" / "model"
+    assert (folder / "model.safetensors").exists() and (folder / "README.md").exists()
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlanguage: zh") and "widget:" in card and "non-embedding" in card
+    AutoModelForMaskedLM.from_pretrained(str(folder))
+    out = pipeline("fill-mask", model=str(folder))("中国的首都是[MASK]京。")
+    assert len(out) == 5 and all("token_str" in r for r in out)
+
+
+@pytest.mark.notebook
+def test_smoke_distill_manifest(smoke_run):
+    m = manifest(smoke_run[0], "distill")["metrics"]
+    assert {
+        "teacher",
+        "assistant",
+        "one-stage-s1234",
+        "one-stage-s1235",
+        "two-stage-s1234",
+        "two-stage-s1235",
+    } <= set(m["models"])
+    assert (
+        set(m["summary"]) == {"one-stage", "two-stage"} and m["summary"]["one-stage"]["seeds"] == 2
+    )
+    mass = m["caches"]["teacher"]["truncation_mass"]
+    assert 0 < mass["8"] <= mass["16"] <= 1
+    assert m["plan"]["assistant_init"] and m["plan"]["student_map"]
+
+
+@pytest.mark.notebook
+def test_smoke_longify_manifest(smoke_run):
+    from transformers import AutoModelForMaskedLM
+
+    home = smoke_run[0]
+    m = manifest(home, "longify")["metrics"]
+    assert m["equivalence_max_abs_diff"] < 1e-4
+    assert set(m["bpc"]) == {"bert_512_windows", "longformer_before", "longformer_after"}
+    model = AutoModelForMaskedLM.from_pretrained(
+        str(home / "data" / "runs" / "nb" / "longify" / "model")
+    )
+    assert model.config.model_type == "longformer"
+
+
+@pytest.mark.notebook
+def test_smoke_evaluate_manifest(smoke_run):
+    m = manifest(smoke_run[0], "evaluate")["metrics"]
+    assert {"teacher", "longformer", "scratch", "char n-gram LR"} <= set(m["tasks"])
+    assert set(m["tasks"]["teacher"]) == {"sentiment", "thucnews", "msra_ner", "stsb"}
+    assert "pretraining beats scratch" in m["findings"]
+    assert m["models"]["teacher"]["latency_ms_b1"] > 0
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_pretraining_runs_data_parallel_under_torchrun(smoke_run, tmp_path):
+    """`torchrun --nproc_per_node 2 -m lab.pretrain` (gloo on CPU) on the smoke run's data."""
+    import shutil
+
+    home = smoke_run[0]
+    runs_dir = home / "data" / "runs"
+    for stage in ("corpus", "wwm"):
+        shutil.copytree(runs_dir / "nb" / stage, runs_dir / "ddp" / stage, dirs_exist_ok=True)
+    env = {**os.environ, "ZH_MINILAB_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "lab.pretrain", "--profile", "smoke", "--run-id", "ddp"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = manifest_of(home, "ddp", "pretrain")
+    assert m["metrics"]["train"]["stage1"]["world_size"] == 2
+
+
+def manifest_of(home, run_id, stage):
+    return json.loads((home / "data" / "runs" / run_id / stage / "manifest.json").read_text())
 
 
 @pytest.mark.notebook
