@@ -80,7 +80,9 @@ def accelerator():
 
     cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not cuda)
-    if not cuda:  # one intra-op thread pool per process, sized to the cores it has
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:
+        # one intra-op thread pool per process, sized to its share of the cores; an explicit
+        # OMP_NUM_THREADS wins (several jobs side by side must not oversubscribe the cores)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
     return acc
 
