@@ -186,7 +186,6 @@ def bench_pretrain(*, quick: bool = False) -> dict:
     bf16 autocast) against BertForMaskedLM + DataCollatorForLanguageModeling + Trainer (fp32,
     padded batches), the same Mini model from the same initialisation, the same texts, token-level
     masking for both; then both models' held-out loss after the same number of real tokens."""
-    import torch
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lab import models, runs, train, vocab
+from lab import models, runs, train, vocab, wwm
 from lab.mlm import MaskedLM, PackedBatches, evaluate, load_packed
 from lab.wwm import WholeWordMaskCollator
 
@@ -32,15 +32,7 @@ def inputs(cfg) -> dict[str, str]:
 
 
 def collator_for(cfg, tokenizer, seed: int | None = None) -> WholeWordMaskCollator:
-    return WholeWordMaskCollator(
-        tokenizer,
-        mlm_probability=cfg.mlm_probability,
-        max_predictions=cfg.max_predictions or None,
-        mask_replace_prob=cfg.mask_replace_prob,
-        random_replace_prob=cfg.random_replace_prob,
-        seed=cfg.seed if seed is None else seed,
-        whole_word=cfg.masking == "wwm",
-    )
+    return wwm.collator_for(cfg, tokenizer, whole_word=cfg.masking == "wwm", seed=seed)
 
 
 class StaticMasks(PackedBatches):
