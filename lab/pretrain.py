@@ -293,7 +293,7 @@ pipeline_tag: fill-mask
 # zh-minilab {cfg.model} ({a.layers}/{a.hidden}) — run `{cfg.run_id}`
 
 A Chinese BERT-architecture masked language model pretrained from random initialisation by
-[zh-minilab](https://example.invalid/zh-minilab) on its offline corpus ({", ".join(sources_used)}),
+zh-minilab on its offline corpus ({", ".join(sources_used)}),
 following UER-py's two-stage miniature recipe. It is a plain `BertForMaskedLM`; load it with
 `BertTokenizer` / `AutoTokenizer` (never a RoBERTa tokenizer).
 

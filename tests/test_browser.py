@@ -1,5 +1,6 @@
 """Reports in a real browser (headless Chromium through Playwright) and the widgets in JupyterLab."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -135,11 +136,20 @@ def test_jupyterlab_runs_a_stage_notebook_and_its_widget_reacts(smoke_run, brows
                 if time.time() > deadline:
                     raise
                 time.sleep(1)
-        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook", timeout=120_000)
+        # run only once the kernel is up: a loaded machine can take a while to start it
+        # no kernel status shown: Run All still queues the cells until the kernel is ready
+        with contextlib.suppress(Exception):
+            page.wait_for_function(
+                "() => document.body.innerText.includes('Idle')", timeout=180_000
+            )
         page.locator("li.lm-MenuBar-item", has_text="Run").click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         toggle = page.locator(".widget-toggle-button", has_text="token")
-        toggle.wait_for(timeout=180_000)
+        try:
+            toggle.wait_for(timeout=300_000)
+        except Exception as e:  # say what the notebook shows instead (an error output, a dialog)
+            raise AssertionError(page.inner_text("body")[-3000:]) from e
         inspector = page.locator(".widget-html-content")
         before = inspector.first.inner_html()
         assert "outline" in before  # the masked words are drawn

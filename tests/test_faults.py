@@ -152,7 +152,7 @@ def test_changed_parameter_reruns_the_stage_and_everything_downstream(smoke_run)
         home=home,
     )
     lines = out.stdout
-    assert lines.count("cached") == 2, lines  # corpus, wwm
+    assert lines.count("cached: parameters and inputs match") == 2, lines  # corpus, wwm
     status = json.loads((home / "reports" / "cc" / "status.json").read_text())["stages"]
     assert status["pretrain"]["status"] == "ok" and status["distill"]["status"] == "ok"
     m = json.loads((home / "data" / "runs" / "cc" / "pretrain" / "manifest.json").read_text())
