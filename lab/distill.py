@@ -99,25 +99,28 @@ def new_student(preset: str, teacher, *, seed: int, dropout: float):
 def kd_loss(
     student_logits, teacher_logp, teacher_idx, temperature: float, t2: bool
 ) -> torch.Tensor:
-    """Soft-target cross-entropy at temperature T on the teacher's top-k entries.
+    """Soft-target cross-entropy at temperature T over the teacher's top-k entries.
 
-    teacher_logp / teacher_idx: (N, k) log-probabilities (at T = 1) and vocab ids; with k = V this
-    is Hinton's KD exactly. The targets are softmax(log p / T) over the k entries. Multiplied by T^2
-    when `t2` (Hinton's scaling, which keeps its gradient size independent of T; TextBrewer omits
-    it, its issue #39)."""
+    teacher_logp / teacher_idx: (N, k) log-probabilities (at T = 1) and vocab ids. Both
+    distributions are renormalised over those k entries: the cache knows nothing of the rest, and
+    a full-vocabulary student softmax would learn to push every token outside the teacher's top k
+    (the true one too, where the teacher missed it) towards zero probability. With k = V this is
+    Hinton's KD exactly. Multiplied by T^2 when `t2` (Hinton's scaling, which keeps its gradient
+    size independent of T; TextBrewer omits it, its issue #39)."""
     target = (teacher_logp.float() / temperature).softmax(-1)
-    log_student = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(
-        -1, teacher_idx.long()
-    )
+    gathered = student_logits.float().gather(-1, teacher_idx.long())
+    log_student = F.log_softmax(gathered / temperature, dim=-1)
     loss = -(target * log_student).sum(-1).mean()
     return loss * temperature**2 if t2 else loss
 
 
 def topk_loss(student_logits, teacher_logp, teacher_idx) -> torch.Tensor:
     """The roberta-wwm-ext-distill seed's loss: cross-entropy against the teacher's top-k
-    distribution plus (1 - cosine) between the student's and the teacher's top-k probabilities."""
-    target = teacher_logp.float().softmax(-1)  # renormalised over the k entries
-    log_student = F.log_softmax(student_logits.float(), dim=-1).gather(-1, teacher_idx.long())
+    distribution plus (1 - cosine) between the student's and the teacher's top-k probabilities,
+    both renormalised over the k entries."""
+    target = teacher_logp.float().softmax(-1)
+    gathered = student_logits.float().gather(-1, teacher_idx.long())
+    log_student = F.log_softmax(gathered, dim=-1)
     ce = -(target * log_student).sum(-1).mean()
     cos = F.cosine_similarity(log_student.exp(), target, dim=-1).mean()
     return ce + (1 - cos)

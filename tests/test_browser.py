@@ -143,8 +143,19 @@ def test_jupyterlab_runs_a_stage_notebook_and_its_widget_reacts(smoke_run, brows
             page.wait_for_function(
                 "() => document.body.innerText.includes('Idle')", timeout=180_000
             )
-        page.locator("li.lm-MenuBar-item", has_text="Run").click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        started = "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.innerText))"
+        for _attempt in range(5):  # a freshly loaded page may ignore the first menu click
+            page.locator("li.lm-MenuBar-item", has_text="Run").click()
+            page.locator(
+                ".lm-Menu-item:not(.lm-mod-disabled)", has_text="Run All Cells"
+            ).first.click()
+            try:
+                page.wait_for_function(started, timeout=20_000)
+                break
+            except Exception:
+                page.keyboard.press("Escape")
+        else:
+            raise AssertionError("Run All Cells never started the notebook")
         toggle = page.locator(".widget-toggle-button", has_text="token")
         try:
             toggle.wait_for(timeout=300_000)

@@ -44,6 +44,22 @@ def test_kd_loss_is_hinton_kd_with_full_vocab_and_t2_scaling():
     )
 
 
+@pytest.mark.parametrize("loss", ["kd", "topk"])
+def test_truncated_targets_leave_the_tokens_outside_the_top_k_alone(loss):
+    """A student that already matches the teacher gets no gradient from a top-k target: the loss
+    must not push the probability of tokens the cache does not hold (the true one among them)."""
+    torch.manual_seed(0)
+    t = torch.randn(4, 30)
+    logp = F.log_softmax(t, -1)
+    top_logp, top_idx = logp.topk(5, dim=-1)
+    s = t.clone().requires_grad_(True)
+    if loss == "kd":
+        distill.kd_loss(s, top_logp, top_idx, 8.0, t2=True).backward()
+    else:
+        distill.topk_loss(s, top_logp, top_idx).backward()
+    assert s.grad.abs().max() < 1e-5
+
+
 def test_topk_loss_of_a_perfect_student_is_the_target_entropy():
     z = torch.randn(3, 40)
     logp = F.log_softmax(z, -1)
