@@ -290,15 +290,18 @@ class Stage:
             "finished": now(),
             "duration_s": round(finished - self.started, 2),
         }
+        old = self.dir.with_name(f"{self.name}.old-{os.getpid()}")
         try:
             write_json(self.work / MANIFEST, manifest)
-            old = self.dir.with_name(f"{self.name}.old-{os.getpid()}")
             if self.dir.exists():
                 os.replace(self.dir, old)
             os.replace(self.work, self.dir)
             shutil.rmtree(old, ignore_errors=True)
             (self.dir / ".key").unlink(missing_ok=True)
         except OSError as err:
+            if old.exists() and not self.dir.exists():  # put the previous result back
+                with contextlib.suppress(OSError):
+                    os.replace(old, self.dir)
             raise explain_os_error(err, self.dir) from err
         manifest["dir"] = self.dir
         self.manifest = manifest
@@ -310,7 +313,11 @@ def clean_stale(run_id: str) -> None:
     root = run_dir(run_id)
     if root.exists():
         for path in root.glob("*.old-*"):
-            shutil.rmtree(path, ignore_errors=True)
+            stage = path.with_name(path.name.split(".old-")[0])
+            if stage.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # killed between the two renames: the previous result is still the valid one
+                os.replace(path, stage)
 
 
 def save_dataset(ds, path: Path) -> None:

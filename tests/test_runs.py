@@ -76,6 +76,25 @@ def test_write_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
 
 
+def test_failure_between_the_two_renames_puts_the_previous_result_back(lab_home, monkeypatch):
+    first = _finish(FakeConfig(run_id="r5"), payload="v1")
+    st = runs.Stage(FakeConfig(run_id="r5", size=3), {"up": "abc"})
+    (st.begin() / "out.txt").write_text("v2")
+    real = os.replace
+
+    def second_fails(src, dst):  # the previous result has moved aside; the new one cannot move in
+        if str(src).endswith(".partial"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(runs.StageError, match="disk is full"):
+        st.finish({"out": "out.txt"}, {})
+    monkeypatch.undo()
+    assert runs.read_manifest(runs.stage_dir("r5", "fake"))["key"] == first["key"]
+    assert (runs.stage_dir("r5", "fake") / "out.txt").read_text() == "v1"
+
+
 def test_upstream_detects_tampering_and_missing_stage(lab_home):
     _finish(FakeConfig(run_id="r4"))
     assert runs.upstream("r4", "fake")["digest"]
