@@ -20,11 +20,9 @@ from lab.text import is_cjk, normalize
 def main(name: str, *, quick: bool = False) -> int:
     names = ["wwm", "pretrain", "distill", "longify"] if name == "all" else [name]
     for n in names:
-        fn = BENCHES.get(n)
-        if fn is None:
-            print(json.dumps({"bench": n, "error": "not implemented yet"}))
-            continue
-        result = fn(quick=quick)
+        if n not in BENCHES:
+            raise SystemExit(f"unknown benchmark {n!r}: choose from {', '.join(BENCHES)} or all")
+        result = BENCHES[n](quick=quick)
         print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
 
