@@ -326,8 +326,8 @@ def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
     torch.manual_seed(0)
     bert = models.build("Mini", 21128, seed=0, dropout=0.0)
     model = longify.convert(bert, max_positions=4096, attention_window=window)
-    if kind == "bert":  # the same BERT, positions tiled out to 4,096, full attention
-        model = _full_attention_twin(bert, model)
+    if kind != "longformer":  # the same BERT, positions tiled out to 4,096, full attention
+        model = _full_attention_twin(bert, model, "eager" if kind == "bert-eager" else "sdpa")
 
     def step(n: int) -> float:
         x = torch.randint(5, 21128, (1, n))
@@ -346,13 +346,15 @@ def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
     queue.put((seconds, peak / 1024, (peak - before) / 1024))
 
 
-def _full_attention_twin(bert, long):
-    """BertForMaskedLM with 4,096 positions (the Longformer's tiled table) and full attention."""
+def _full_attention_twin(bert, long, attn: str):
+    """BertForMaskedLM with 4,096 positions (the Longformer's tiled table) and full attention,
+    through SDPA (fused kernel, no stored attention maps) or eager (the maps materialised)."""
     from transformers import BertForMaskedLM
 
     cfg = bert.config.__class__.from_dict(
         {**bert.config.to_dict(), "max_position_embeddings": 4096}
     )
+    cfg._attn_implementation = attn
     twin = BertForMaskedLM(cfg)
     state = bert.state_dict()
     offset = bert.config.pad_token_id + 1
@@ -373,7 +375,7 @@ def bench_longify(*, quick: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     rows = {}
     for length in lengths:
-        for kind in ("longformer", "bert"):
+        for kind in ("longformer", "bert", "bert-eager"):
             q = ctx.Queue()
             p = ctx.Process(target=_fwd_bwd_child, args=(kind, length, window, q))
             p.start()
@@ -387,11 +389,14 @@ def bench_longify(*, quick: bool = False) -> dict:
     top = lengths[-1]
     speed = rows[("bert", top)][0] / rows[("longformer", top)][0]
     memory = rows[("longformer", top)][1] / max(1e-9, rows[("bert", top)][1])
+    eager_speed = rows[("bert-eager", top)][0] / rows[("longformer", top)][0]
+    eager_memory = rows[("longformer", top)][1] / max(1e-9, rows[("bert-eager", top)][1])
     growth = rows[("longformer", top)][0] / rows[("longformer", 1024)][0]
     return {
         "bench": "longify", "ours": round(rows[("longformer", top)][0], 3), "baseline": round(rows[("bert", top)][0], 3),
         "unit": f"s per forward+backward at {top} tokens (lower is better)", "ratio": round(speed, 2),
         "target": 8.0, "memory_ratio": round(memory, 3), "memory_target": 0.25,
+        "ratio_vs_eager": round(eager_speed, 2), "memory_ratio_vs_eager": round(eager_memory, 3),
         "time_growth_1024_to_top": round(growth, 2), "linear_growth_would_be": top / 1024,
         "window": window, "model": "Mini", "lengths": lengths,
         "seconds": {f"{k}@{n}": round(v[0], 3) for (k, n), v in rows.items()},
