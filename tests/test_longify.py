@@ -78,3 +78,10 @@ def test_banded_attention_rows_are_distributions(tok, bert):
     assert a.shape == (len(ids) + 2, len(ids) + 2)
     assert np.allclose(a.sum(1), 1, atol=1e-4)
     assert (a[40, :30] == 0).sum() > 0 and a[40, 0] > 0  # outside the band: zero; [CLS] is global
+
+
+def test_names_followed_by_a_verb_fold_into_the_name():
+    from collections import Counter
+
+    merged = longify.merge_prefixed(Counter({"玄德": 5, "玄德曰": 3, "孔明曰": 2, "诸葛亮": 4}))
+    assert merged == Counter({"玄德": 8, "诸葛亮": 4, "孔明曰": 2})
