@@ -109,18 +109,12 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
     ids, wids, counts = wwm.WordTokenizer(tok)(seg_words)
     x, w = wwm.pack(ids, wids, counts, seq_len=32, cls_id=101, sep_id=102, pad_id=0)
     col = WholeWordMaskCollator(tok, seed=0)
-    meta = distill.build_cache(
-        teacher,
-        x,
-        w,
-        col,
-        tmp_path / "c",
-        dupe_factor=2,
-        n_sequences=20,
-        topk=8,
-        seed=0,
-        teacher_digest="aaa",
-    )
+
+    def cache(digest):
+        return distill.build_cache(teacher, x, w, col, tmp_path / "c", dupe_factor=2,
+                                   n_sequences=20, topk=8, seed=0, teacher_digest=digest)  # fmt: skip
+
+    meta = cache("aaa")
     assert 0 < meta["truncation_mass"]["8"] <= 1 and meta["masked_positions"] > 0
     batch = distill.CachedBatches(tmp_path / "c", 4, 0)(0)
     n_masked = int((batch["labels"] != -100).sum())
@@ -137,18 +131,7 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
     )
     assert torch.isfinite(module(**batch)["loss"])
     with pytest.raises(DistillError, match="holds logits of another teacher"):
-        distill.build_cache(
-            teacher,
-            x,
-            w,
-            col,
-            tmp_path / "c",
-            dupe_factor=2,
-            n_sequences=20,
-            topk=8,
-            seed=0,
-            teacher_digest="bbb",
-        )
+        cache("bbb")
 
 
 def test_cached_mode_refuses_hidden_losses(tok):
