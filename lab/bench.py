@@ -18,13 +18,37 @@ from lab.text import is_cjk, normalize
 
 
 def main(name: str, *, quick: bool = False) -> int:
-    names = ["wwm", "pretrain", "distill", "longify"] if name == "all" else [name]
+    names = ["wwm", "pretrain", "locality", "distill", "longify"] if name == "all" else [name]
     for n in names:
         if n not in BENCHES:
             raise SystemExit(f"unknown benchmark {n!r}: choose from {', '.join(BENCHES)} or all")
         result = BENCHES[n](quick=quick)
+        result["measured"] = time.strftime("%Y-%m-%d %H:%M")
+        save(result)
         print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
+
+
+def save(result: dict) -> None:
+    """Keep the latest result of each benchmark in reports/bench/NAME[-quick].json, where the
+    notebooks show it; a folder that cannot be written only costs the copy."""
+    from lab import runs
+
+    name = result["bench"] + ("-quick" if result.get("quick") else "")
+    folder = runs.reports_dir() / "bench"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.write_json(folder / f"{name}.json", result)
+    except OSError as err:
+        print(f"(bench result not saved: {err})", flush=True)
+
+
+def latest(name: str) -> dict | None:
+    """The last saved full (not --quick) result of benchmark `name`, or None."""
+    from lab import runs
+
+    path = runs.reports_dir() / "bench" / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _bench_texts(n_paragraphs: int) -> list[str]:
@@ -264,6 +288,83 @@ def bench_pretrain(*, quick: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# locality: pretraining with the locality warm-up against plain pretraining, equal tokens
+
+
+def _locality_arm(slope: float, steps: int, queue) -> None:
+    """One arm of the locality bench, in its own process with one thread: pretrain L2_H128 on
+    People's Daily (token-level masking, fp32, lr 3e-3, ANCHORS' plateau setting), with the
+    locality warm-up over the first half when `slope` > 0; report held-out accuracy as it goes."""
+    import torch
+
+    torch.set_num_threads(1)
+    from lab import models, train
+    from lab.mlm import LocalityWarmup, MaskedLM, PackedBatches, evaluate
+    from lab.pretrain import fill_mask
+    from lab.wwm import WholeWordMaskCollator
+
+    texts = _bench_texts(19484)
+    tokenizer = _full_tokenizer()
+    hx, hw = _packed_bench_data(texts[:400], tokenizer, 128)
+    x, w = _packed_bench_data(texts[400:], tokenizer, 128)
+    model = models.build("L2_H128", len(tokenizer), seed=0, dropout=0.0)
+    batches = PackedBatches(x, w, WholeWordMaskCollator(tokenizer, whole_word=False), 32, 0)
+    if slope:
+        batches = LocalityWarmup(
+            batches, heads=model.config.num_attention_heads, slope=slope, steps=steps // 2
+        )
+    cfg = train.TrainConfig(steps=steps, lr=3e-3, warmup_steps=max(1, steps // 20), bf16=False,
+                            eval_every=max(1, steps // 8), checkpoints=False, log_every=max(1, steps // 8))  # fmt: skip
+    curve = []
+
+    def held_out(module) -> dict:
+        r = evaluate(module.model, hx, hw, tokenizer, seed=1)
+        curve.append(round(r["acc"], 4))
+        return r
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train.train(MaskedLM(model), batches, cfg, Path(tmp), evaluate=held_out,
+                          desc="warm-up" if slope else "plain")  # fmt: skip
+    probe = fill_mask(model.eval(), tokenizer, "中国的首都是[MASK]京。")[0][0][0]
+    queue.put({"acc": res["eval"]["acc"], "loss": res["eval"]["loss"], "curve": curve,
+               "probe": probe, "tokens": res["tokens"], "seconds": res["seconds"]})  # fmt: skip
+
+
+def bench_locality(*, quick: bool = False) -> dict:
+    """Held-out masked-token accuracy after equal tokens: L2_H128 pretrained with the locality
+    warm-up (attention bias slope 1 annealed to 0 over the first half) against the same model,
+    data and schedule without it. Both arms run at once, one core each."""
+    import multiprocessing as mp
+
+    steps = 300 if quick else 2000
+    print(
+        f"locality bench: L2_H128 on People's Daily, {steps} steps x 32 x 128, both arms side by side",
+        flush=True,
+    )
+    ctx = mp.get_context("spawn")
+    arms = {}
+    for name, slope in (("warmup", 1.0), ("plain", 0.0)):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_locality_arm, args=(slope, steps, queue))
+        proc.start()
+        arms[name] = (proc, queue)
+    out = {}
+    for name, (proc, queue) in arms.items():
+        out[name] = queue.get()
+        proc.join()
+    for name, r in out.items():
+        print(f"  {name:7s} held-out accuracy {r['acc']:.3f} (loss {r['loss']:.3f}) after {r['tokens']:,} tokens, "
+              f"curve {r['curve']}, 中国的首都是[MASK]京。 -> {r['probe']}")  # fmt: skip
+    return {
+        "bench": "locality", "ours": round(out["warmup"]["acc"], 4), "baseline": round(out["plain"]["acc"], 4),
+        "unit": "held-out masked-token accuracy", "ratio": round(out["warmup"]["acc"] / out["plain"]["acc"], 2),
+        "target": 1.5, "curve_ours": out["warmup"]["curve"], "curve_baseline": out["plain"]["curve"],
+        "probe_ours": out["warmup"]["probe"], "probe_baseline": out["plain"]["probe"],
+        "tokens": out["warmup"]["tokens"], "quick": quick,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
 # distill: cached top-k logits against a teacher forward every step
 
 
@@ -407,6 +508,7 @@ def bench_longify(*, quick: bool = False) -> dict:
 BENCHES = {
     "wwm": bench_wwm,
     "pretrain": bench_pretrain,
+    "locality": bench_locality,
     "distill": bench_distill,
     "longify": bench_longify,
 }

@@ -4,7 +4,7 @@ python -m lab run [--profile smoke|cpu|gpu] [--run-id ID] [--from STAGE] [--to S
                   [-p KEY=VALUE ...] [--params FILE.yaml] [--dry-run]
 python -m lab report RUN_ID
 python -m lab sources [--fetch] [--all]
-python -m lab bench {wwm,pretrain,distill,longify,all} [--quick]
+python -m lab bench {wwm,pretrain,locality,distill,longify,all} [--quick]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     p = sub.add_parser("bench", help="side-by-side benchmarks; the last line is JSON")
-    p.add_argument("name", choices=["wwm", "pretrain", "distill", "longify", "all"])
+    p.add_argument("name", choices=["wwm", "pretrain", "locality", "distill", "longify", "all"])
     p.add_argument(
         "--quick", action="store_true", help="a smaller run that still measures both sides"
     )

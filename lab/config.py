@@ -219,6 +219,15 @@ class PretrainConfig(StageConfig):
     position_init: str = param(
         "position embeddings: random (BERT) or sinusoidal init", choices=("random", "sinusoidal")
     )
+    locality_bias: float = param(
+        "locality warm-up: slope of an ALiBi-style attention bias -slope*|i-j| (head h gets "
+        "slope/2^h) added while pretraining starts, annealed to 0; 0: off",
+        min=0.0,
+    )
+    locality_steps: float = param(
+        "share of stage 1 over which the locality bias anneals to 0 (the model is plain BERT after)",
+        min=0.0,
+    )
     max_positions: int = param("position embeddings of the model (tokens)", min=8)
     seq_len: int = param(
         "stage 1 sequence length (tokens; a packed length of the wwm stage)", min=8
@@ -269,6 +278,7 @@ class PretrainConfig(StageConfig):
             )
         if self.warmup >= 1:
             raise ConfigError(f"pretrain.warmup = {self.warmup}: a share of the steps, below 1")
+        _check_share(self, "locality_steps")
         if any("[MASK]" not in p for p in self.probes):
             raise ConfigError("pretrain.probes: every probe sentence needs a [MASK]")
 
@@ -312,6 +322,13 @@ class DistillConfig(StageConfig):
     lr: float = param("student peak learning rate", min=0.0)
     warmup: float = param("warmup as a share of the steps", min=0.0)
     dropout: float = param("student dropout", min=0.0)
+    locality_bias: float = param(
+        "locality warm-up of the students, as pretrain.locality_bias (0: off)",
+        min=0.0,
+    )
+    locality_steps: float = param(
+        "share of the student's steps over which the locality bias anneals to 0", min=0.0
+    )
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
     eval_every: int = param("steps between held-out evaluations", min=1)
     ckpt_every: int = param("steps between checkpoints", min=1)
@@ -337,6 +354,14 @@ class DistillConfig(StageConfig):
             raise ConfigError("distill: every loss weight is 0; give at least one term a weight")
         if self.assistant_layers and not self.assistant_steps:
             raise ConfigError("distill.assistant_layers is set but distill.assistant_steps = 0")
+        _check_share(self, "locality_steps")
+
+
+def _check_share(cfg: StageConfig, name: str) -> None:
+    if getattr(cfg, name) > 1:
+        raise ConfigError(
+            f"{cfg.stage}.{name} = {getattr(cfg, name)}: a share of the steps, between 0 and 1"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

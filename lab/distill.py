@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab import models, runs, train, vocab
-from lab.mlm import PackedBatches, evaluate, load_packed
+from lab.mlm import LocalityWarmup, PackedBatches, evaluate, load_packed, with_bias
 from lab.wwm import WholeWordMaskCollator, static_copies
 
 CODE = ("distill", "mlm", "train", "models", "wwm")  # modules whose changes rerun the stage
@@ -164,11 +164,12 @@ class Distiller(nn.Module):
             self.teacher.eval()  # the teacher stays in eval mode (no dropout)
         return self
 
-    def forward(self, input_ids, attention_mask=None, labels=None, topk_logp=None, topk_idx=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, topk_logp=None, topk_idx=None,
+                attention_bias=None):  # fmt: skip
         want_hidden = "hidden" in self.weights
         want_attn = "attention" in self.weights
-        s_out = self.student.bert(
-            input_ids=input_ids, attention_mask=attention_mask,
+        s_out = self.student.bert(  # a locality warm-up bias reaches the student only
+            input_ids=input_ids, attention_mask=with_bias(attention_mask, attention_bias),
             output_hidden_states=want_hidden, output_attentions=want_attn,
         )  # fmt: skip
         chosen = labels != -100
@@ -428,10 +429,10 @@ def run(cfg) -> dict:
             n_sequences=n_cache, topk=cfg.topk, seed=cfg.seed, teacher_digest=digest, bf16=cfg.bf16,
         )  # fmt: skip
 
-    def distill_one(
-        student, teacher_model, layer_map, cache, out: Path, steps: int, lr: float, seed: int
-    ):
-        """One student through the common loop; returns its training summary."""
+    def distill_one(student, teacher_model, layer_map, cache, out: Path, steps: int, lr: float,
+                    seed: int, local_warmup: bool = True):  # fmt: skip
+        """One student through the common loop; returns its training summary. A student from random
+        initialisation starts with the locality warm-up (see lab.mlm.LocalityWarmup)."""
         done = out / "done.json"
         if done.exists():
             from safetensors.torch import load_model
@@ -453,6 +454,11 @@ def run(cfg) -> dict:
                 cfg.batch_size,
                 seed,
             )
+        if local_warmup and cfg.locality_bias and cfg.locality_steps:
+            batches = LocalityWarmup(
+                batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
+                steps=int(cfg.locality_steps * steps),
+            )  # fmt: skip
         tc = train.TrainConfig(
             steps=steps, lr=lr, warmup_steps=max(1, int(cfg.warmup * steps)), bf16=cfg.bf16,
             eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=seed, weight_decay=0.01,
@@ -480,6 +486,7 @@ def run(cfg) -> dict:
         summaries["assistant"] = distill_one(
             assistant, teacher, plan["assistant_init"],
             "teacher" if caches["teacher"] else None, work / "assistant", cfg.assistant_steps, cfg.assistant_lr, cfg.seed,
+            local_warmup=False,  # its layers come from the teacher
         )  # fmt: skip
         trained["assistant"] = assistant
         a_digest = runs.sha256_json(

@@ -29,9 +29,8 @@ class MaskedLM(nn.Module):
     def head(self):
         return self.model.cls if hasattr(self.model, "cls") else self.model.lm_head
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # packed: no padding, let attention take its unmasked fast path
+    def forward(self, input_ids, attention_mask=None, labels=None, attention_bias=None, **kwargs):
+        attention_mask = with_bias(attention_mask, attention_bias)
         hidden = self.encoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[
             0
         ]  # (B, T, H)
@@ -41,6 +40,61 @@ class MaskedLM(nn.Module):
         loss = F.cross_entropy(logits.float(), target)
         acc = (logits.argmax(-1) == target).float().mean()
         return {"loss": loss, "acc": acc.detach()}
+
+
+def with_bias(attention_mask, attention_bias):
+    """The attention mask to hand a model: None for a packed batch without padding (attention then
+    takes its unmasked fast path); with an additive `attention_bias` (B or 1, heads, T, T), the bias,
+    with padded keys blocked."""
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    if attention_bias is None:
+        return attention_mask
+    if attention_mask is not None:
+        blocked = attention_mask[:, None, None, :] == 0
+        attention_bias = attention_bias.masked_fill(blocked, torch.finfo(attention_bias.dtype).min)
+    return attention_bias
+
+
+def locality_bias(length: int, heads: int, slope: float) -> torch.Tensor:
+    """ALiBi-style additive attention bias (1, heads, T, T): -slope / 2^h * |i - j| for head h.
+
+    From random initialisation, attention is uniform and the position embeddings get too little
+    signal to learn where a token's neighbours are; masked-LM training then sits on the unigram
+    plateau (every [MASK] predicted as '，' or '的') for millions of tokens. Adding this bias while
+    training starts, and annealing it to zero, lets the model use its neighbours at once and learn
+    to find them through its own weights; the trained model is plain BERT."""
+    pos = torch.arange(length, dtype=torch.float32)
+    distance = (pos[:, None] - pos[None, :]).abs()
+    slopes = slope / 2 ** torch.arange(heads, dtype=torch.float32)
+    return -(slopes[:, None, None] * distance)[None]
+
+
+class LocalityWarmup:
+    """Wraps a batch source: adds `locality_bias` scaled from 1 at step 0 linearly down to 0 at
+    `steps` optimizer steps; later batches pass through unchanged. Still a pure function of the
+    batch index (resume-safe)."""
+
+    def __init__(self, batches, *, heads: int, slope: float, steps: int, grad_accum: int = 1):
+        self.batches, self.heads, self.slope = batches, heads, slope
+        self.steps, self.grad_accum = steps, grad_accum
+
+    def __getattr__(self, name):  # anything else (epochs, ...) is the wrapped source's
+        if name == "batches":
+            raise AttributeError(name)
+        return getattr(self.batches, name)
+
+    def scale(self, index: int) -> float:
+        return max(0.0, 1.0 - (index // self.grad_accum) / max(1, self.steps))
+
+    def __call__(self, index: int, rank: int = 0, world: int = 1) -> dict:
+        batch = self.batches(index, rank, world)
+        s = self.scale(index)
+        if s > 0 and self.slope > 0:
+            batch["attention_bias"] = locality_bias(
+                batch["input_ids"].shape[1], self.heads, self.slope * s
+            )
+        return batch
 
 
 class PackedBatches:

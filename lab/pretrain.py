@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lab import models, runs, train, vocab, wwm
-from lab.mlm import MaskedLM, PackedBatches, evaluate, load_packed
+from lab.mlm import LocalityWarmup, MaskedLM, PackedBatches, evaluate, load_packed
 from lab.wwm import WholeWordMaskCollator
 
 CODE = ("pretrain", "mlm", "train", "models", "wwm")  # modules whose changes rerun the stage
@@ -195,13 +195,24 @@ def run(cfg) -> dict:
             )
         else:
             batches = PackedBatches(ids, wids, collator, bs, cfg.seed + i)
+        if i == 0 and cfg.locality_bias and cfg.locality_steps:
+            batches = LocalityWarmup(
+                batches, heads=model.config.num_attention_heads, slope=cfg.locality_bias,
+                steps=int(cfg.locality_steps * steps), grad_accum=cfg.grad_accum,
+            )  # fmt: skip
         tc = train_config(cfg, steps=steps, lr=lr, seed_offset=i)
         if acc.is_main_process:
             per_step = bs * L * cfg.grad_accum * world
             print(
                 f"{name}: seq {L}, {steps:,} steps x {per_step:,} tokens = {steps * per_step:,} tokens "
                 f"({batches.epochs(steps * cfg.grad_accum, world):.1f} epochs of {len(ids):,} sequences), "
-                f"lr {lr:g}, {world} process(es)",
+                f"lr {lr:g}, {world} process(es)"
+                + (
+                    f"; locality warm-up: attention bias slope {cfg.locality_bias:g} annealed to 0 "
+                    f"over {batches.steps:,} steps"
+                    if isinstance(batches, LocalityWarmup)
+                    else ""
+                ),
                 flush=True,
             )
         res = train.train(
@@ -252,7 +263,32 @@ def finish(cfg, model, tokenizer, work: Path, results: dict, counts: dict, corpu
         "tokens_per_s": tokens / max(1e-9, seconds),
     }
     save_model_dir(cfg, model, tokenizer, work / "model", metrics, corpus_m)
+    metrics["attention_offsets"] = attention_by_offset(work / "model", valid[0])
     return metrics
+
+
+def attention_by_offset(folder: Path, ids, max_offset: int = 8, sequences: int = 16) -> dict:
+    """Mean attention weight each head puts at relative offsets -max_offset..max_offset, over held-out
+    sequences: a model that has left the unigram plateau attends to its neighbours by itself (the
+    uniform level is 1 / sequence length)."""
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(folder, attn_implementation="eager").eval()
+    x = torch.as_tensor(ids[:sequences])
+    with torch.no_grad():
+        maps = model(input_ids=x, output_attentions=True).attentions  # per layer (B, heads, T, T)
+    T = x.shape[1]
+    offsets = list(range(-max_offset, max_offset + 1))
+    rows = []
+    for layer, a in enumerate(maps):
+        by_offset = [a.diagonal(offset=d, dim1=-2, dim2=-1).mean(dim=(0, 2)) for d in offsets]
+        weights = torch.stack(by_offset, dim=1)  # (heads, offsets)
+        near = sum(a.diagonal(offset=d, dim1=-2, dim2=-1).sum(-1) for d in (-2, -1, 1, 2))
+        share = (near / T).mean(dim=0)  # (heads,) share of attention on the 4 nearest neighbours
+        for head in range(weights.shape[0]):
+            rows.append({"layer": layer, "head": head, "weights": weights[head].tolist(),
+                         "neighbour_share": float(share[head])})  # fmt: skip
+    return {"offsets": offsets, "uniform": 1 / T, "rows": rows}
 
 
 def save_model_dir(cfg, model, tokenizer, folder: Path, metrics: dict, corpus_m: dict) -> None:
@@ -278,6 +314,13 @@ def model_card(cfg, metrics: dict, corpus_m: dict) -> str:
         for name, r in metrics["train"].items()
     )
     held = metrics["heldout"]
+    locality = (
+        f"; locality warm-up: an ALiBi-style attention bias (slope {cfg.locality_bias:g}, halved per head) "
+        f"added during the first {cfg.locality_steps:.0%} of the stage and annealed linearly to zero, "
+        "so the saved model is plain BERT"
+        if cfg.locality_bias and cfg.locality_steps
+        else ""
+    )
     return f"""---
 language: zh
 datasets:
@@ -316,7 +359,7 @@ Masking: {cfg.masking} ({"whole words from jieba" if cfg.masking == "wwm" else "
 {1 - cfg.mask_replace_prob - cfg.random_replace_prob:.0%} kept, {"dynamic" if not cfg.dupe_factor else f"static x{cfg.dupe_factor}"}.
 Dropout {cfg.dropout}; position embeddings initialised {cfg.position_init}; AdamW, weight decay
 {cfg.weight_decay}, warmup {cfg.warmup:.0%} then {cfg.schedule} decay; bf16 autocast: {cfg.bf16}; seed {cfg.seed}.
-Stage 1: sequence length {cfg.seq_len}, batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr:g}.
+Stage 1: sequence length {cfg.seq_len}, batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr:g}{locality}.
 Stage 2: sequence length {cfg.stage2_seq_len}, batch {cfg.stage2_batch_size} x {cfg.grad_accum}, lr {cfg.stage2_lr:g}.
 
 | stage | steps | tokens | time | tokens/s |
@@ -348,7 +391,14 @@ def headline(manifest: dict) -> dict:
         "perplexity": f"{m['perplexity']:.1f}",
         "probe top-1": f"{next(iter(m['probes']))} → {first[0]} ({first[1]:.2f})",
         "training": f"{m['train_tokens'] / 1e6:.1f} M tokens in {m['train_seconds'] / 60:.1f} min",
-    }
+    } | (
+        {
+            "most local head": f"{max(r['neighbour_share'] for r in att['rows']):.0%} of its attention on "
+            f"the 4 nearest neighbours (uniform {4 * att['uniform']:.0%})"
+        }
+        if (att := m.get("attention_offsets"))
+        else {}
+    )
 
 
 def describe(cfg) -> dict:

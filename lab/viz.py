@@ -274,6 +274,29 @@ def training_curves(logs: dict[str, list[dict]], title: str = "Pretraining") -> 
     return fig
 
 
+def attention_offsets(info: dict) -> go.Figure:
+    """Heatmap: each head's mean attention at relative offsets, as a multiple of uniform attention."""
+    rows = info["rows"]
+    z = [[w / info["uniform"] for w in r["weights"]] for r in rows]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=info["offsets"],
+            y=[f"layer {r['layer']} head {r['head']}" for r in rows],
+            colorscale="Blues",
+            colorbar={"title": "× uniform"},
+            hovertemplate="%{y}, offset %{x}: %{z:.1f}× uniform<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Where each head looks: mean attention by relative offset (held-out text)",
+        xaxis_title="key position − query position",
+        yaxis={"autorange": "reversed"},
+        height=120 + 24 * len(rows),
+    )
+    return fig
+
+
 def probe_table(probes: dict, title: str = "Fill-mask probes: top 5 per [MASK]"):
     rows = []
     for sentence, slots in probes.items():
