@@ -283,10 +283,63 @@ def findings(run_id: str, rows: dict, scores: dict) -> dict:
             "two_stage": float(np.mean(two)),
             "one_stage": float(np.mean(one)),
         }
-    pre = runs.read_manifest(runs.stage_dir(run_id, "pretrain"))
-    if pre and pre["metrics"].get("ablations"):
-        for claim, v in pre["metrics"]["ablations"].get("findings", {}).items():
-            out[claim] = v
+    if "teacher" in avg:
+        out.update(ablation_findings(run_id, float(avg["teacher"])))
+    return out
+
+
+# the seeds' ablation claims: (the one parameter that differs, the value the claim favours, claim)
+ABLATIONS = (
+    ("pretrain.masking", "wwm", "whole-word masking beats token-level masking"),
+    ("pretrain.vocab", "compact", "the compact vocabulary keeps the full vocabulary's score"),
+)
+# parameters that do not change the teacher or how it is scored
+_NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_sequences",
+                    "speed_repeats", "probes_file"}  # fmt: skip
+
+
+def _teacher_params(run_id: str) -> dict | None:
+    """Everything that shapes a run's teacher and its scores: corpus, wwm, pretrain and evaluate
+    parameters (with the vocabulary the other stages follow counted once, as pretrain.vocab)."""
+    out = {}
+    for stage in ("corpus", "wwm", "pretrain", "evaluate"):
+        m = runs.read_manifest(runs.stage_dir(run_id, stage))
+        if not m:
+            return None
+        out.update({f"{stage}.{k}": v for k, v in m["params"].items() if k not in _NOT_THE_TEACHER})
+    return out
+
+
+def ablation_findings(run_id: str, teacher_avg: float) -> dict:
+    """Compare this run's teacher with every other run whose teacher differs in exactly one of the
+    ABLATIONS parameters (say `python -m lab run --run-id cpu-wwm -p pretrain.masking=wwm`), by the
+    average downstream score. A claim holds when the favoured side scores higher; the compact
+    vocabulary claim (no loss) holds within 0.01."""
+    mine = _teacher_params(run_id)
+    root = runs.data_dir() / "runs"
+    if mine is None or not root.exists():
+        return {}
+    out = {}
+    for other in sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != run_id):
+        theirs = _teacher_params(other)
+        ev = runs.read_manifest(runs.stage_dir(other, "evaluate"))
+        if theirs is None or not ev or "teacher" not in ev["metrics"].get("average", {}):
+            continue
+        keys = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+        for key, favoured, claim in ABLATIONS:
+            if keys != {key}:
+                continue
+            scores = {
+                mine[key]: teacher_avg,
+                theirs[key]: float(ev["metrics"]["average"]["teacher"]),
+            }
+            rest = next(v for v in scores if v != favoured)
+            margin = 0.01 if key == "pretrain.vocab" else 0.0
+            out[claim] = {
+                "holds": bool(scores[favoured] > scores[rest] - margin),
+                favoured: scores[favoured], rest: scores[rest],
+                "runs": f"{run_id} vs {other}",
+            }  # fmt: skip
     return out
 
 

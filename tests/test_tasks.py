@@ -67,3 +67,39 @@ def test_speed_and_relative_scores(tok):
     assert s["latency_ms_b1"] > 0 and s["throughput_seq_s_b32"] > 0
     scores = {"teacher": {"a": {"mean": 0.8}}, "student": {"a": {"mean": 0.6}}}
     assert relative_scores(scores)["student"]["a"] == pytest.approx(0.75)
+
+
+def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, monkeypatch):
+    """A run whose teacher differs only in the masking (or only in the vocab) is an ablation of
+    this one; a run that differs in two parameters is not."""
+    from lab import runs
+    from lab.evaluate import ablation_findings
+
+    monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
+    base = {"pretrain": {"masking": "token", "vocab": "compact", "steps": 10}, "corpus": {},
+            "wwm": {}, "evaluate": {"lrs": [5e-4], "scratch": True}}  # fmt: skip
+
+    def make_run(run_id, avg, **changes):
+        for stage, params in base.items():
+            params = {**params, **changes.get(stage, {}), "run_id": run_id}
+            folder = runs.stage_dir(run_id, stage)
+            folder.mkdir(parents=True)
+            metrics = {"average": {"teacher": avg}} if stage == "evaluate" else {}
+            runs.write_json(folder / "manifest.json",
+                            {"complete": True, "params": params, "metrics": metrics})  # fmt: skip
+
+    make_run("base", 0.50)
+    make_run("wwm", 0.55, pretrain={"masking": "wwm"}, evaluate={"scratch": False})
+    make_run("full", 0.52, pretrain={"vocab": "full"})
+    make_run("two-changes", 0.90, pretrain={"masking": "wwm", "steps": 20})
+    found = ablation_findings("base", 0.50)
+    assert set(found) == {
+        "whole-word masking beats token-level masking",
+        "the compact vocabulary keeps the full vocabulary's score",
+    }
+    wwm = found["whole-word masking beats token-level masking"]
+    assert wwm["holds"] and wwm["wwm"] == 0.55 and wwm["token"] == 0.50
+    assert wwm["runs"] == "base vs wwm"
+    vocab = found["the compact vocabulary keeps the full vocabulary's score"]
+    assert not vocab["holds"] and vocab["full"] == 0.52  # 0.02 lost: more than the 0.01 allowed
+    assert ablation_findings("wwm", 0.55)["whole-word masking beats token-level masking"]["holds"]
