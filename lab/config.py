@@ -322,8 +322,13 @@ class DistillConfig(StageConfig):
     lr: float = param("student peak learning rate", min=0.0)
     warmup: float = param("warmup as a share of the steps", min=0.0)
     dropout: float = param("student dropout", min=0.0)
+    student_init: str = param(
+        "random (MiniRBT), or select: evenly spaced dimensions and whole heads of the teacher's "
+        "(two-stage: the assistant's) mapped layers (weight selection, Xu et al. 2023)",
+        choices=("random", "select"),
+    )
     locality_bias: float = param(
-        "locality warm-up of the students, as pretrain.locality_bias (0: off)",
+        "locality warm-up of students from random init, as pretrain.locality_bias (0: off)",
         min=0.0,
     )
     locality_steps: float = param(

@@ -85,6 +85,63 @@ def student_from_teacher(teacher, layers: list[int], *, seed: int):
     return student
 
 
+def _evenly(n_from: int, n_to: int) -> torch.Tensor:
+    return torch.linspace(0, n_from - 1, n_to).round().long()
+
+
+def select_weights(student, source, layers: list[int]) -> list[int]:
+    """Initialise a narrower `student` with a selection of `source`'s weights ("weight selection",
+    Xu et al. 2023, Initializing Models with Larger Ones): student layer i takes source layer
+    `layers[i]`; of every weight it keeps evenly spaced residual dimensions, whole attention heads
+    (evenly spaced; the head size must match) and evenly spaced feed-forward units. Returns the
+    source heads kept. The student stays a plain BERT of its own shape."""
+    sc, tc = student.config, source.config
+    head = tc.hidden_size // tc.num_attention_heads
+    if sc.hidden_size // sc.num_attention_heads != head:
+        raise DistillError(
+            f"weight selection keeps whole heads: the student's heads are {sc.hidden_size // sc.num_attention_heads} "
+            f"wide, the teacher's {head}; use distill.student_init = random"
+        )
+    hid = _evenly(tc.hidden_size, sc.hidden_size)
+    heads = _evenly(tc.num_attention_heads, sc.num_attention_heads)
+    qkv = (heads[:, None] * head + torch.arange(head)[None]).flatten()
+    ffn = _evenly(tc.intermediate_size, sc.intermediate_size)
+    rules = (  # (name ending, selection per dimension of the weight / of the bias)
+        ("attention.self.query", (qkv, hid)), ("attention.self.key", (qkv, hid)),
+        ("attention.self.value", (qkv, hid)), ("attention.output.dense", (hid, qkv)),
+        ("intermediate.dense", (ffn, hid)), ("output.dense", (hid, ffn)),
+        ("transform.dense", (hid, hid)), ("LayerNorm", (hid,)), ("decoder", (slice(None), hid)),
+        ("embeddings", (slice(None), hid)),
+    )  # fmt: skip
+    src = source.state_dict()
+    mine = student.state_dict()
+    for key, value in mine.items():
+        if not value.is_floating_point():
+            continue
+        name = key
+        if ".encoder.layer." in key:
+            pre, rest = key.split(".encoder.layer.", 1)
+            i, tail = rest.split(".", 1)
+            name = f"{pre}.encoder.layer.{layers[int(i)]}.{tail}"
+        w = src[name]
+        stem = key.rsplit(".", 1)[0]
+        for ending, dims in rules:
+            if stem.endswith(ending) or (ending == "embeddings" and ".embeddings." in key):
+                if key.endswith(".bias") and ending != "embeddings":
+                    dims = dims[:1]
+                for axis, pick in enumerate(dims):
+                    if not isinstance(pick, slice):
+                        w = w.index_select(axis, pick)
+                break
+        if w.shape != value.shape:
+            raise DistillError(
+                f"weight selection: {key} is {tuple(value.shape)}, selected {tuple(w.shape)}"
+            )
+        mine[key] = w.clone()
+    student.load_state_dict(mine)
+    return heads.tolist()
+
+
 def new_student(preset: str, teacher, *, seed: int, dropout: float):
     return models.build(
         preset, teacher.config.vocab_size, seed=seed, max_positions=teacher.config.max_position_embeddings,
@@ -381,7 +438,15 @@ def check_setup(cfg, teacher, tokenizer) -> dict:
             f"distill.student = {cfg.student} is {s.hidden} wide, wider than the teacher ({t_hidden}); the "
             "hidden-state projection maps a narrower student onto the teacher. Choose a smaller student."
         )
+    t_head = t_hidden // teacher.config.num_attention_heads
+    if cfg.student_init == "select" and s.hidden // s.heads != t_head:
+        raise DistillError(
+            f"distill.student_init = select keeps whole heads, but {cfg.student}'s heads are "
+            f"{s.hidden // s.heads} wide and the teacher's {t_head}: choose a student with {t_head}-wide "
+            "heads or distill.student_init = random"
+        )
     plan = {"student_map": check_layer_map(cfg.layer_map, s.layers, t_layers, "distill.layer_map")}
+    plan["student_init"] = cfg.student_init
     if cfg.assistant_layers or cfg.assistant_steps:
         n = len(cfg.assistant_layers) or max(1, t_layers // 2)
         plan["assistant_init"] = check_layer_map(
@@ -432,7 +497,8 @@ def run(cfg) -> dict:
     def distill_one(student, teacher_model, layer_map, cache, out: Path, steps: int, lr: float,
                     seed: int, local_warmup: bool = True):  # fmt: skip
         """One student through the common loop; returns its training summary. A student from random
-        initialisation starts with the locality warm-up (see lab.mlm.LocalityWarmup)."""
+        initialisation starts with the locality warm-up (see lab.mlm.LocalityWarmup); one whose
+        weights were selected from a larger model already attends locally."""
         done = out / "done.json"
         if done.exists():
             from safetensors.torch import load_model
@@ -454,7 +520,12 @@ def run(cfg) -> dict:
                 cfg.batch_size,
                 seed,
             )
-        if local_warmup and cfg.locality_bias and cfg.locality_steps:
+        if (
+            local_warmup
+            and cfg.student_init == "random"
+            and cfg.locality_bias
+            and cfg.locality_steps
+        ):
             batches = LocalityWarmup(
                 batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
                 steps=int(cfg.locality_steps * steps),
@@ -497,6 +568,8 @@ def run(cfg) -> dict:
     for k in range(cfg.seeds):
         seed = cfg.seed + k
         s1 = new_student(cfg.student, teacher, seed=seed, dropout=cfg.dropout)
+        if cfg.student_init == "select":
+            plan["heads_kept"] = select_weights(s1, teacher, plan["student_map"])
         summaries[f"one-stage-s{seed}"] = distill_one(
             s1, teacher, plan["student_map"], "teacher" if caches["teacher"] else None,
             work / "students" / f"one-stage-s{seed}", cfg.steps, cfg.lr, seed,
@@ -504,6 +577,8 @@ def run(cfg) -> dict:
         trained[f"one-stage-s{seed}"] = s1
         if assistant is not None:
             s2 = new_student(cfg.student, teacher, seed=seed, dropout=cfg.dropout)
+            if cfg.student_init == "select":
+                select_weights(s2, assistant, plan["student_map_from_assistant"])
             summaries[f"two-stage-s{seed}"] = distill_one(
                 s2, assistant, plan["student_map_from_assistant"], "assistant" if caches.get("assistant") else None,
                 work / "students" / f"two-stage-s{seed}", cfg.steps, cfg.lr, seed,

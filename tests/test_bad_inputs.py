@@ -99,6 +99,11 @@ def test_teacher_with_another_vocabulary_is_refused():
     wide = config.load("distill", run_id="x", profile="smoke", overrides={"student": "L2_H128"})
     with pytest.raises(distill.DistillError, match="wider than the teacher"):
         distill.check_setup(wide, models.build("L2_H64", len(tok)), tok)
+    select = config.load(
+        "distill", run_id="x", profile="smoke", overrides={"student_init": "select"}
+    )
+    with pytest.raises(distill.DistillError, match="heads are 16 wide and the teacher's 64"):
+        distill.check_setup(select, models.build("L2_H64", len(tok)), tok)
 
 
 # --- property-based: cleaning and word boundaries on arbitrary Unicode --------------------------

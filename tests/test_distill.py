@@ -30,6 +30,36 @@ def test_assistant_copies_the_chosen_teacher_layers():
         assert torch.equal(s[k], t[src]), k
 
 
+def test_weight_selection_keeps_whole_heads_and_evenly_spaced_dimensions():
+    teacher = models.build("L4_H64_A4", 300, seed=0)  # heads of 16
+    student = models.build("L2_H32_A2", 300, seed=1, max_positions=512)
+    kept = distill.select_weights(student, teacher, [1, 3])
+    assert kept == [0, 3]
+    hid = torch.linspace(0, 63, 32).round().long()
+    qkv = torch.cat([torch.arange(0, 16), torch.arange(48, 64)])
+    t_q = teacher.bert.encoder.layer[3].attention.self.query.weight
+    assert torch.equal(student.bert.encoder.layer[1].attention.self.query.weight, t_q[qkv][:, hid])
+    t_out = teacher.bert.encoder.layer[1].output.dense.weight  # (64, 256)
+    ffn = torch.linspace(0, 255, 128).round().long()
+    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, t_out[hid][:, ffn])
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight,
+        teacher.bert.embeddings.word_embeddings.weight[:, hid],
+    )
+    assert torch.equal(student.cls.predictions.bias, teacher.cls.predictions.bias)
+    student(input_ids=torch.randint(5, 300, (2, 12)))  # a working plain BERT
+
+
+def test_weight_selection_at_the_same_width_is_the_teacher():
+    teacher = models.build("L2_H32_A2", 300, seed=0).eval()
+    student = models.build("L2_H32_A2", 300, seed=1, max_positions=512).eval()
+    distill.select_weights(student, teacher, [0, 1])
+    x = torch.randint(5, 300, (2, 12))
+    assert torch.equal(student(input_ids=x).logits, teacher(input_ids=x).logits)
+    with pytest.raises(DistillError, match="keeps whole heads"):
+        distill.select_weights(models.build("L2_H32_A4", 300, seed=1), teacher, [0, 1])
+
+
 def test_kd_loss_is_hinton_kd_as_kl_with_full_vocab_and_t2_scaling():
     torch.manual_seed(0)
     s, t = torch.randn(5, 50), torch.randn(5, 50)
