@@ -495,10 +495,10 @@ def run(cfg) -> dict:
         )  # fmt: skip
 
     def distill_one(student, teacher_model, layer_map, cache, out: Path, steps: int, lr: float,
-                    seed: int, local_warmup: bool = True):  # fmt: skip
-        """One student through the common loop; returns its training summary. A student from random
-        initialisation starts with the locality warm-up (see lab.mlm.LocalityWarmup); one whose
-        weights were selected from a larger model already attends locally."""
+                    seed: int, warm_up: bool):  # fmt: skip
+        """One student through the common loop; returns its training summary. `warm_up`: start
+        with the locality warm-up (lab.mlm.LocalityWarmup), for students from random init; one built
+        from a larger model's weights already attends locally."""
         done = out / "done.json"
         if done.exists():
             from safetensors.torch import load_model
@@ -520,12 +520,7 @@ def run(cfg) -> dict:
                 cfg.batch_size,
                 seed,
             )
-        if (
-            local_warmup
-            and cfg.student_init == "random"
-            and cfg.locality_bias
-            and cfg.locality_steps
-        ):
+        if warm_up and cfg.locality_bias and cfg.locality_steps:
             batches = LocalityWarmup(
                 batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
                 steps=int(cfg.locality_steps * steps),
@@ -557,7 +552,7 @@ def run(cfg) -> dict:
         summaries["assistant"] = distill_one(
             assistant, teacher, plan["assistant_init"],
             "teacher" if caches["teacher"] else None, work / "assistant", cfg.assistant_steps, cfg.assistant_lr, cfg.seed,
-            local_warmup=False,  # its layers come from the teacher
+            warm_up=False,  # its layers come from the teacher
         )  # fmt: skip
         trained["assistant"] = assistant
         a_digest = runs.sha256_json(
@@ -572,7 +567,7 @@ def run(cfg) -> dict:
             plan["heads_kept"] = select_weights(s1, teacher, plan["student_map"])
         summaries[f"one-stage-s{seed}"] = distill_one(
             s1, teacher, plan["student_map"], "teacher" if caches["teacher"] else None,
-            work / "students" / f"one-stage-s{seed}", cfg.steps, cfg.lr, seed,
+            work / "students" / f"one-stage-s{seed}", cfg.steps, cfg.lr, seed, warm_up=cfg.student_init == "random",
         )  # fmt: skip
         trained[f"one-stage-s{seed}"] = s1
         if assistant is not None:
@@ -581,7 +576,7 @@ def run(cfg) -> dict:
                 select_weights(s2, assistant, plan["student_map_from_assistant"])
             summaries[f"two-stage-s{seed}"] = distill_one(
                 s2, assistant, plan["student_map_from_assistant"], "assistant" if caches.get("assistant") else None,
-                work / "students" / f"two-stage-s{seed}", cfg.steps, cfg.lr, seed,
+                work / "students" / f"two-stage-s{seed}", cfg.steps, cfg.lr, seed, warm_up=cfg.student_init == "random",
             )  # fmt: skip
             trained[f"two-stage-s{seed}"] = s2
 
@@ -607,6 +602,19 @@ def run(cfg) -> dict:
     if not cfg.keep_cache and not cfg.cache_dir:
         shutil.rmtree(work / "cache", ignore_errors=True)
     return stage.finish({"models": "models"}, metrics)
+
+
+def _init_text(cfg, plan: dict, name: str) -> str:
+    """How a student's weights started, for its model card."""
+    if cfg.student_init == "select":
+        two = name.startswith("two-stage")
+        layers = plan["student_map_from_assistant" if two else "student_map"]
+        source = "assistant" if two else "teacher"
+        return f"initialised by weight selection from the {source}'s layers {layers} (heads {plan.get('heads_kept')})"
+    warm = cfg.locality_bias and cfg.locality_steps
+    return "initialised randomly" + (
+        f", locality warm-up over {cfg.locality_steps:.0%} of the steps" if warm else ""
+    )
 
 
 def _log_dir(work: Path, name: str) -> Path:
@@ -739,8 +747,9 @@ def save_model_dir(
     tokenizer.save_pretrained(folder)
     kind = "teacher assistant" if name == "assistant" else f"{name.split('-s')[0]} student"
     a = models.arch(cfg.student) if name != "assistant" else None
+    init = _init_text(cfg, plan, name)
     arch_line = (
-        f"{a.layers} layers x {a.hidden} hidden, {a.heads} heads" if a
+        f"{a.layers} layers x {a.hidden} hidden, {a.heads} heads, {init}" if a
         else f"{model.config.num_hidden_layers} layers x {model.config.hidden_size} hidden, initialised from teacher layers {plan.get('assistant_init')}"
     )  # fmt: skip
     (folder / "README.md").write_text(
