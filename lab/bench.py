@@ -293,18 +293,22 @@ def bench_pretrain(*, quick: bool = False) -> dict:
 
 def _locality_arm(slope: float, steps: int, queue) -> None:
     """One arm of the locality bench, in its own process with one thread: pretrain L2_H128 on
-    People's Daily (token-level masking, fp32, lr 3e-3, ANCHORS' plateau setting), with the
-    locality warm-up over the first half when `slope` > 0; report held-out accuracy as it goes."""
+    People's Daily (token-level masking, fp32, lr 3e-3, ANCHORS' plateau setting; a compact vocab of
+    the training text's most frequent tokens, as the corpus stage builds one), with the locality
+    warm-up over the first half when `slope` > 0; report held-out accuracy as it goes."""
     import torch
 
     torch.set_num_threads(1)
-    from lab import models, train
+    from lab import models, train, vocab
     from lab.mlm import LocalityWarmup, MaskedLM, PackedBatches, evaluate
     from lab.pretrain import fill_mask
     from lab.wwm import WholeWordMaskCollator
 
     texts = _bench_texts(19484)
-    tokenizer = _full_tokenizer()
+    full = _full_tokenizer()
+    tokenizer = vocab.make_tokenizer(
+        vocab.compact_tokens(full, vocab.token_counts(full, texts[400:]), 8000)
+    )
     hx, hw = _packed_bench_data(texts[:400], tokenizer, 128)
     x, w = _packed_bench_data(texts[400:], tokenizer, 128)
     model = models.build("L2_H128", len(tokenizer), seed=0, dropout=0.0)
