@@ -296,6 +296,9 @@ def _locality_arm(slope: float, steps: int, queue) -> None:
     People's Daily (token-level masking, fp32, lr 3e-3, ANCHORS' plateau setting; a compact vocab of
     the training text's most frequent tokens, as the corpus stage builds one), with the locality
     warm-up over the first half when `slope` > 0; report held-out accuracy as it goes."""
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # one core per arm; the training loop respects it
     import torch
 
     torch.set_num_threads(1)
