@@ -230,7 +230,7 @@ def run(cfg) -> dict:
         },
         "probes": probe_out,
         "seconds": time.time() - t0,
-        "findings": findings(cfg.run_id, rows, scores),
+        "findings": findings(cfg.run_id, rows, scores, cfg.params()),
     }
     runs.write_json(work / "results.json", metrics)
     return stage.finish({"results": "results.json"}, metrics)
@@ -258,8 +258,9 @@ def relative_scores(scores: dict) -> dict:
     return out
 
 
-def findings(run_id: str, rows: dict, scores: dict) -> dict:
-    """Which of the seeds' qualitative claims this run reproduces, stated from its own numbers."""
+def findings(run_id: str, rows: dict, scores: dict, params: dict) -> dict:
+    """Which of the seeds' qualitative claims this run reproduces, stated from its own numbers
+    (`params`: this evaluate stage's, whose manifest is not written yet)."""
     out = {}
     avg = {n: np.mean([v["mean"] for v in t.values()]) for n, t in scores.items() if t}
     if "teacher" in avg and "scratch" in avg:
@@ -284,7 +285,7 @@ def findings(run_id: str, rows: dict, scores: dict) -> dict:
             "one_stage": float(np.mean(one)),
         }
     if "teacher" in avg:
-        out.update(ablation_findings(run_id, float(avg["teacher"])))
+        out.update(ablation_findings(run_id, float(avg["teacher"]), params))
     return out
 
 
@@ -298,24 +299,28 @@ _NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_s
                     "speed_repeats", "probes_file"}  # fmt: skip
 
 
-def _teacher_params(run_id: str) -> dict | None:
+def _teacher_params(run_id: str, evaluate_params: dict | None = None) -> dict | None:
     """Everything that shapes a run's teacher and its scores: corpus, wwm, pretrain and evaluate
-    parameters (with the vocabulary the other stages follow counted once, as pretrain.vocab)."""
+    parameters (the evaluate ones given, or read from the run's evaluate manifest)."""
     out = {}
     for stage in ("corpus", "wwm", "pretrain", "evaluate"):
-        m = runs.read_manifest(runs.stage_dir(run_id, stage))
-        if not m:
-            return None
-        out.update({f"{stage}.{k}": v for k, v in m["params"].items() if k not in _NOT_THE_TEACHER})
+        if stage == "evaluate" and evaluate_params is not None:
+            params = evaluate_params
+        else:
+            m = runs.read_manifest(runs.stage_dir(run_id, stage))
+            if not m:
+                return None
+            params = m["params"]
+        out.update({f"{stage}.{k}": v for k, v in params.items() if k not in _NOT_THE_TEACHER})
     return out
 
 
-def ablation_findings(run_id: str, teacher_avg: float) -> dict:
+def ablation_findings(run_id: str, teacher_avg: float, evaluate_params: dict) -> dict:
     """Compare this run's teacher with every other run whose teacher differs in exactly one of the
     ABLATIONS parameters (say `python -m lab run --run-id cpu-wwm -p pretrain.masking=wwm`), by the
     average downstream score. A claim holds when the favoured side scores higher; the compact
     vocabulary claim (no loss) holds within 0.01."""
-    mine = _teacher_params(run_id)
+    mine = _teacher_params(run_id, evaluate_params)
     root = runs.data_dir() / "runs"
     if mine is None or not root.exists():
         return {}

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 from datasets import Dataset
 
@@ -92,7 +94,9 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     make_run("wwm", 0.55, pretrain={"masking": "wwm"}, evaluate={"scratch": False})
     make_run("full", 0.52, pretrain={"vocab": "full"})
     make_run("two-changes", 0.90, pretrain={"masking": "wwm", "steps": 20})
-    found = ablation_findings("base", 0.50)
+    # the run being evaluated has no evaluate manifest yet: its evaluate parameters come from it
+    shutil.rmtree(runs.stage_dir("base", "evaluate"))
+    found = ablation_findings("base", 0.50, base["evaluate"])
     assert set(found) == {
         "whole-word masking beats token-level masking",
         "the compact vocabulary keeps the full vocabulary's score",
@@ -102,4 +106,8 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     assert wwm["runs"] == "base vs wwm"
     vocab = found["the compact vocabulary keeps the full vocabulary's score"]
     assert not vocab["holds"] and vocab["full"] == 0.52  # 0.02 lost: more than the 0.01 allowed
-    assert ablation_findings("wwm", 0.55)["whole-word masking beats token-level masking"]["holds"]
+    assert ablation_findings("wwm", 0.55, base["evaluate"]) == {}  # "base" is not evaluated now
+    make_run("base2", 0.50)
+    claim = "whole-word masking beats token-level masking"
+    assert ablation_findings("wwm", 0.55, {"lrs": [5e-4], "scratch": False})[claim]["holds"]
+    assert ablation_findings("wwm", 0.55, {"lrs": [1e-3]}) == {}  # scored differently
