@@ -46,7 +46,7 @@ def table(rows: list[dict], title: str | None = None):
     from IPython.display import HTML
 
     if not rows:
-        return HTML("<p><em>(empty)</em></p>")
+        return HTML(f"<p><em>{html.escape(title) + ': ' if title else ''}(empty)</em></p>")
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join(
