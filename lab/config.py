@@ -435,7 +435,9 @@ class EvaluateConfig(StageConfig):
     task_train_examples: int = param("training examples per task", min=1)
     task_eval_examples: int = param("valid / test examples per task", min=1)
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
-    lm_sequences: int = param("held-out sequences for accuracy / perplexity / BPC", min=1)
+    lm_sequences: int = param(
+        "held-out sequences for accuracy / perplexity / BPC, evenly spaced", min=1
+    )
     speed_repeats: int = param("timed forward passes per speed measurement", min=1)
     probes_file: str = param("fill-mask probe file, one sentence a line (empty: the packaged one)")
 

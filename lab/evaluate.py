@@ -141,6 +141,15 @@ def speed(model, *, length: int = 128, repeats: int = 5) -> dict:
     return {"latency_ms_b1": 1000 * b1, "throughput_seq_s_b32": 32 / b32}
 
 
+def spread(ids: np.ndarray, wids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` sequences evenly spaced over the split (the split is ordered by source, so its first `n`
+    would all come from one corpus)."""
+    if n >= len(ids):
+        return ids, wids
+    pick = np.unique(np.linspace(0, len(ids) - 1, n).round().astype(int))
+    return ids[pick], wids[pick]
+
+
 def lm_metrics(model, tokenizer, ids: np.ndarray, wids: np.ndarray, seed: int) -> dict:
     """Held-out masked-token accuracy, perplexity, and bits per character (loss / ln 2 per char)."""
     r = mlm_evaluate(model, ids, wids, tokenizer, seed=seed)
@@ -187,7 +196,7 @@ def run(cfg) -> dict:
         vocab_name = "full" if len(tok) > 20000 else "compact"
         packed = wwm_m["dir"] / "packed" / vocab_name / str(min(wwm_m["params"]["seq_lengths"]))
         ids, wids = load_packed(packed, "test")
-        ids, wids = ids[: cfg.lm_sequences], wids[: cfg.lm_sequences]
+        ids, wids = spread(ids, wids, cfg.lm_sequences)
         from lab.models import count
 
         c = count(model.config) if model.config.model_type == "bert" else _count_longformer(model)

@@ -1,10 +1,11 @@
 import shutil
 
+import numpy as np
 import pytest
 from datasets import Dataset
 
 from lab import models, sources, tasks, vocab
-from lab.evaluate import fill_mask, relative_scores, speed
+from lab.evaluate import fill_mask, relative_scores, speed, spread
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,14 @@ def test_speed_and_relative_scores(tok):
     assert s["latency_ms_b1"] > 0 and s["throughput_seq_s_b32"] > 0
     scores = {"teacher": {"a": {"mean": 0.8}}, "student": {"a": {"mean": 0.6}}}
     assert relative_scores(scores)["student"]["a"] == pytest.approx(0.75)
+
+
+def test_lm_sequences_are_spread_over_the_split():
+    ids = np.arange(1000)[:, None] * np.ones((1, 4), int)
+    picked, wids = spread(ids, ids + 1, 5)
+    assert picked[:, 0].tolist() == [0, 250, 500, 749, 999]
+    assert (wids == picked + 1).all()
+    assert len(spread(ids, ids, 5000)[0]) == 1000
 
 
 def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, monkeypatch):
