@@ -424,34 +424,51 @@ def bench_distill(*, quick: bool = False) -> dict:
 
 
 def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
-    """In a fresh process: one model, one forward + backward at `length`; (seconds, peak MB)."""
+    """In a fresh process: one training step as the longify stage takes it (masked-LM loss at 15% of
+    the positions, bf16 autocast, forward + backward) at `length`; (seconds, peak MB, growth MB,
+    GFLOP). SDPA's fused CPU kernel escapes torch's FLOP counter, so only the Longformer and eager
+    arms count their arithmetic (SDPA does the same as eager)."""
     import resource
 
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from lab import longify, models, train
+    from lab.mlm import MaskedLM
 
     torch.manual_seed(0)
     bert = models.build("Mini", 21128, seed=0, dropout=0.0)
     model = longify.convert(bert, max_positions=4096, attention_window=window)
     if kind != "longformer":  # the same BERT, positions tiled out to 4,096, full attention
         model = _full_attention_twin(bert, model, "eager" if kind == "bert-eager" else "sdpa")
+    module = MaskedLM(model)
 
     def step(n: int) -> float:
-        x = torch.randint(5, 21128, (1, n))
-        extra = {"global_attention_mask": (torch.arange(n) == 0).long()[None]}
+        g = torch.Generator().manual_seed(n)
+        x = torch.randint(5, 21128, (1, n), generator=g)
+        batch = {
+            "input_ids": x,
+            "labels": torch.where(torch.rand(1, n, generator=g) < 0.15, x, -100),
+        }
+        if kind == "longformer":
+            batch["global_attention_mask"] = (torch.arange(n) == 0).long()[None]
         t0 = time.perf_counter()
         with train.autocast(torch.device("cpu"), True):
-            out = model(input_ids=x, **(extra if kind == "longformer" else {}))
-            out.logits.float().mean().backward()
-        model.zero_grad(set_to_none=True)
+            loss = module(**batch)["loss"]
+        loss.backward()
+        module.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
     step(2 * window)  # warm-up on a short input, so the peak below belongs to `length`
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds = step(length)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((seconds, peak / 1024, (peak - before) / 1024))
+    gflop = None
+    if kind != "bert":
+        with FlopCounterMode(display=False) as counter:
+            step(length)
+        gflop = counter.get_total_flops() / 1e9
+    queue.put((seconds, peak / 1024, (peak - before) / 1024, gflop))
 
 
 def _full_attention_twin(bert, long, attn: str):
@@ -487,11 +504,12 @@ def bench_longify(*, quick: bool = False) -> dict:
             q = ctx.Queue()
             p = ctx.Process(target=_fwd_bwd_child, args=(kind, length, window, q))
             p.start()
-            seconds, peak_mb, grew_mb = q.get()
+            seconds, peak_mb, grew_mb, gflop = q.get()
             p.join()
-            rows[(kind, length)] = (seconds, grew_mb)
+            rows[(kind, length)] = (seconds, grew_mb, gflop)
+            work = f", {gflop:7.1f} GFLOP" if gflop is not None else ""
             print(
-                f"  {kind:10s} {length:5d} tokens: forward+backward {seconds:7.2f} s, memory +{grew_mb:8.1f} MB",
+                f"  {kind:10s} {length:5d} tokens: forward+backward {seconds:7.2f} s, memory +{grew_mb:8.1f} MB{work}",
                 flush=True,
             )
     top = lengths[-1]
@@ -500,12 +518,21 @@ def bench_longify(*, quick: bool = False) -> dict:
     eager_speed = rows[("bert-eager", top)][0] / rows[("longformer", top)][0]
     eager_memory = rows[("longformer", top)][1] / max(1e-9, rows[("bert-eager", top)][1])
     growth = rows[("longformer", top)][0] / rows[("longformer", 1024)][0]
+    # what a sliding window can save at most here: full attention's arithmetic over the Longformer's
+    arithmetic = rows[("bert-eager", top)][2] / rows[("longformer", top)][2]
+    print(
+        f"  at {top} tokens full attention does {arithmetic:.2f}x the Longformer's arithmetic: the most a"
+        " sliding window can save when both run at the same FLOP/s"
+    )
     return {
         "bench": "longify", "ours": round(rows[("longformer", top)][0], 3), "baseline": round(rows[("bert", top)][0], 3),
         "unit": f"s per forward+backward at {top} tokens (lower is better)", "ratio": round(speed, 2),
         "target": 8.0, "memory_ratio": round(memory, 3), "memory_target": 0.25,
         "ratio_vs_eager": round(eager_speed, 2), "memory_ratio_vs_eager": round(eager_memory, 3),
         "time_growth_1024_to_top": round(growth, 2), "linear_growth_would_be": top / 1024,
+        "arithmetic_ratio": round(arithmetic, 2),
+        "gflop": {f"{k}@{n}": round(v[2], 1) for (k, n), v in rows.items() if v[2] is not None},
+        "step": "masked-LM loss at 15% of positions, bf16 autocast, forward + backward, batch 1",
         "window": window, "model": "Mini", "lengths": lengths,
         "seconds": {f"{k}@{n}": round(v[0], 3) for (k, n), v in rows.items()},
         "memory_mb": {f"{k}@{n}": round(v[1], 1) for (k, n), v in rows.items()}, "quick": quick,
