@@ -5,7 +5,8 @@ Conversion: position embeddings copied out to `max_positions` (a Longformer coun
 `pad_token_id + 1`, so BERT's position p becomes row p + 1 + pad), Q/K/V copied into the global-
 attention projections, the MLM head renamed; sliding-window attention of `attention_window` tokens,
 global attention on [CLS] (which tokens are global is a parameter). Inside one window the converted
-model computes exactly what BERT computes: the stage measures the largest logit difference.
+model computes exactly what BERT computes: the stage measures the largest logit difference. The stage
+runs the sliding window through PyTorch's fused attention, block by block (`block_attention`).
 
     python -m lab.longify --run-id X [--profile P] [-p key=value ...]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,76 @@ def convert(model_or_dir, *, max_positions: int = 4096, attention_window: int = 
     dst["longformer.embeddings.position_embeddings.weight"] = new
     long.load_state_dict(dst)
     return long
+
+
+# ---------------------------------------------------------------------------------------------
+# sliding-window attention through PyTorch's fused attention
+
+
+def block_attention(long) -> None:
+    """Compute each layer's sliding-window attention block by block with
+    `F.scaled_dot_product_attention`: every block of w = window/2 queries attends to the keys of
+    its own and both neighbouring blocks under a band mask, plus the global tokens. The function is
+    transformers' (tested against it, values and gradients), with about half its arithmetic and none
+    of its (T, window) score tensors; weights and what `save_pretrained` writes are unchanged, and
+    `output_attentions=True` runs transformers' own code (the attention viewer needs its maps)."""
+    for layer in long.base_model.encoder.layer:
+        layer.attention.self.forward = types.MethodType(_block_forward, layer.attention.self)
+
+
+def _block_forward(self, hidden_states, attention_mask=None, is_index_masked=None,
+                   is_index_global_attn=None, is_global_attn=None, output_attentions=False):  # fmt: skip
+    if output_attentions:
+        return type(self).forward(self, hidden_states, attention_mask, is_index_masked,
+                                  is_index_global_attn, is_global_attn, output_attentions)  # fmt: skip
+    b, t, e = hidden_states.shape
+    w, heads, d = self.one_sided_attn_window_size, self.num_heads, self.head_dim
+    n = t // w  # LongformerModel pads the input to a multiple of the window (2w)
+    p = self.dropout if self.training else 0.0
+    pad, glob = is_index_masked, is_index_global_attn
+
+    def around(x):  # (B, n * w, ...) -> (B, n, 3w, ...): each block with the blocks beside it
+        x = F.pad(x.view(b, n, w, -1), (0, 0, 0, 0, 1, 1))
+        return torch.cat([x[:, :-2], x[:, 1:-1], x[:, 2:]], 2)
+
+    def blocks(x):  # (B, T, E) -> keys around each block: (B * n, heads, 3w, d)
+        return around(x).view(b * n, 3 * w, heads, d).transpose(1, 2)
+
+    q = self.query(hidden_states).view(b * n, w, heads, d).transpose(1, 2)
+    k, v = self.key(hidden_states), self.value(hidden_states)
+    kb, vb = blocks(k), blocks(v)
+    # a key inside a window counts if it is real and not global (global keys come once, below);
+    # padded queries (zeroed afterwards) see their whole band so that no row is empty
+    keep = around(~(pad | glob)).view(b, n, 3 * w)
+    i = torch.arange(w, device=k.device)[:, None]
+    band = (torch.arange(3 * w, device=k.device)[None] - w - i).abs() <= w  # (w, 3w)
+    allowed = band & (keep[:, :, None, :] | pad.view(b, n, w, 1))  # (B, n, w, 3w)
+    if is_global_attn:
+        g = int(glob.sum(1).max())
+        where = glob.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :g]  # (B, g)
+        real = glob.gather(1, where)  # (B, g): False for the slots of a row with fewer globals
+        at = where[:, :, None].expand(b, g, e)
+
+        def globals_of(x):  # (B, T, E) -> (B * n, heads, g, d), the global tokens for every block
+            x = x.gather(1, at).view(b, 1, g, heads, d).expand(b, n, g, heads, d)
+            return x.reshape(b * n, g, heads, d).transpose(1, 2)
+
+        kb, vb = torch.cat([globals_of(k), kb], 2), torch.cat([globals_of(v), vb], 2)
+        allowed = torch.cat([real[:, None, None, :].expand(b, n, w, g), allowed], -1)
+    out = F.scaled_dot_product_attention(
+        q, kb, vb, attn_mask=allowed.view(b * n, 1, w, -1), dropout_p=p
+    )
+    out = out.transpose(1, 2).reshape(b, t, e).masked_fill(pad[:, :, None], 0.0)
+    if is_global_attn:  # global tokens attend to every real token through the global projections
+        qg = self.query_global(hidden_states.gather(1, at)).view(b, g, heads, d).transpose(1, 2)
+        kg = self.key_global(hidden_states).view(b, t, heads, d).transpose(1, 2)
+        vg = self.value_global(hidden_states).view(b, t, heads, d).transpose(1, 2)
+        og = F.scaled_dot_product_attention(
+            qg, kg, vg, attn_mask=~pad[:, None, None, :], dropout_p=p
+        )
+        og = og.transpose(1, 2).reshape(b, g, e).to(out.dtype)
+        out = out.scatter(1, at, torch.where(real[:, :, None], og, out.gather(1, at)))
+    return (out,)
 
 
 def global_mask(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
@@ -356,6 +428,7 @@ def run(cfg) -> dict:
     bert = AutoModelForMaskedLM.from_pretrained(str(src))
     tokenizer = vocab.load(src)
     long = convert(bert, max_positions=cfg.max_positions, attention_window=cfg.attention_window)
+    block_attention(long)
     global_ids = tokenizer.convert_tokens_to_ids(cfg.global_tokens)
     if tokenizer.unk_token_id in global_ids:
         raise LongifyError(

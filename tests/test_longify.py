@@ -28,6 +28,40 @@ def test_conversion_reproduces_bert_inside_one_window(tok, bert):
     assert torch.equal(layer.query_global.weight, layer.query.weight)
 
 
+def test_block_attention_computes_what_transformers_computes(bert):
+    """Values and gradients against transformers' sliding-window code: padding, no global token,
+    and rows with different numbers of global tokens (one of them inside another's window)."""
+    import copy
+
+    torch.manual_seed(0)
+    ref = longify.convert(bert, max_positions=1024, attention_window=8)
+    fast = copy.deepcopy(ref)
+    longify.block_attention(fast)
+    ref.train(), fast.train()  # dropout is 0: train mode only checks the training path
+    for length, n_global in [(37, [1, 3]), (16, [0, 0]), (9, [2, 1])]:
+        x = torch.randint(5, 1000, (2, length))
+        mask = torch.ones(2, length, dtype=torch.long)
+        mask[1, length - 4 :] = 0
+        glob = torch.zeros(2, length, dtype=torch.long)
+        for row, count in enumerate(n_global):
+            glob[row, torch.randperm(length - 4)[:count]] = 1
+        out = []
+        for model in (ref, fast):
+            model.zero_grad()
+            logits = model(input_ids=x, attention_mask=mask, global_attention_mask=glob).logits
+            (logits * mask[..., None]).square().mean().backward()
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            out.append((logits.detach() * mask[..., None], grads))
+        torch.testing.assert_close(out[1][0], out[0][0], atol=1e-5, rtol=1e-5)
+        for name, g in out[0][1].items():
+            if not name.endswith("key.bias") and not name.endswith(
+                "key_global.bias"
+            ):  # ~0 in theory
+                torch.testing.assert_close(out[1][1][name], g, atol=1e-5, rtol=1e-4)
+    out = fast(input_ids=x, global_attention_mask=glob, output_attentions=True)
+    assert out.attentions[0].shape[-1] == 8 + 1 + 2  # transformers' banded maps, for the viewer
+
+
 def test_bad_conversions(bert, tok):
     with pytest.raises(LongifyError, match="must be a positive even number"):
         longify.convert(bert, attention_window=63)
