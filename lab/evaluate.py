@@ -70,13 +70,17 @@ def inputs(cfg) -> dict[str, str]:
 
 def load_mlm(folder: Path, attn: str | None = None):
     """A model folder's MLM; `attn="eager"` where attention weights are wanted (BERT only: a
-    Longformer has its own attention)."""
+    Longformer has its own attention, and otherwise runs the lab's block attention)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    kwargs = {}
-    if attn and AutoConfig.from_pretrained(str(folder)).model_type == "bert":
-        kwargs["attn_implementation"] = attn
-    return AutoModelForMaskedLM.from_pretrained(str(folder), **kwargs)
+    kind = AutoConfig.from_pretrained(str(folder)).model_type
+    kwargs = {"attn_implementation": attn} if attn and kind == "bert" else {}
+    model = AutoModelForMaskedLM.from_pretrained(str(folder), **kwargs)
+    if kind == "longformer" and not attn:
+        from lab.longify import block_attention
+
+        block_attention(model)
+    return model
 
 
 def read_probes(path: str = "") -> list[str]:

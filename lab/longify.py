@@ -112,21 +112,45 @@ def block_attention(long) -> None:
     its own and both neighbouring blocks under a band mask, plus the global tokens. The function is
     transformers' (tested against it, values and gradients), without its chunk copies and with 3w
     scores per query where its chunks compute 4w; weights and what `save_pretrained` writes are
-    unchanged, and `output_attentions=True` runs transformers' own code (the viewer needs its maps)."""
-    for layer in long.base_model.encoder.layer:
+    unchanged, and `output_attentions=True` runs transformers' own code (the viewer needs its maps).
+    The model no longer pads every input to a multiple of the window (a 64-token input padded to 512
+    costs eight times its own work in every layer); each layer pads only as far as its blocks need."""
+    base = long.base_model
+    base._pad_to_window_size = types.MethodType(_no_window_padding, base)
+    for layer in base.encoder.layer:
         layer.attention.self.forward = types.MethodType(_block_forward, layer.attention.self)
+
+
+def _no_window_padding(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                       pad_token_id):  # fmt: skip
+    return 0, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+
+
+def _pad_sequence(
+    multiple: int, hidden_states, attention_mask, is_index_masked, is_index_global_attn
+):
+    """Pad one layer's inputs along the sequence with masked positions to a multiple of `multiple`."""
+    r = -hidden_states.shape[1] % multiple
+    if r:
+        hidden_states = F.pad(hidden_states, (0, 0, 0, r))
+        attention_mask = F.pad(attention_mask, (0, r), value=torch.finfo(attention_mask.dtype).min)
+        is_index_masked = F.pad(is_index_masked, (0, r), value=True)
+        is_index_global_attn = F.pad(is_index_global_attn, (0, r), value=False)
+    return hidden_states, attention_mask, is_index_masked, is_index_global_attn
 
 
 def _block_forward(self, hidden_states, attention_mask=None, is_index_masked=None,
                    is_index_global_attn=None, is_global_attn=None, output_attentions=False):  # fmt: skip
-    if output_attentions:
-        return type(self).forward(self, hidden_states, attention_mask, is_index_masked,
-                                  is_index_global_attn, is_global_attn, output_attentions)  # fmt: skip
-    b, t, e = hidden_states.shape
+    length = hidden_states.shape[1]
     w, heads, d = self.one_sided_attn_window_size, self.num_heads, self.head_dim
-    n = t // w  # LongformerModel pads the input to a multiple of the window (2w)
+    if output_attentions:  # transformers' code, on an input padded as it expects
+        padded = _pad_sequence(2 * w, hidden_states, attention_mask, is_index_masked, is_index_global_attn)  # fmt: skip
+        out = type(self).forward(self, *padded, is_global_attn, output_attentions)
+        return (out[0][:, :length], out[1][:, :length]) + tuple(o[..., :length] for o in out[2:])
+    hidden_states, _, pad, glob = _pad_sequence(w, hidden_states, attention_mask, is_index_masked, is_index_global_attn)  # fmt: skip
+    b, t, e = hidden_states.shape
+    n = t // w
     p = self.dropout if self.training else 0.0
-    pad, glob = is_index_masked, is_index_global_attn
 
     def around(x):  # (B, n * w, ...) -> (B, n, 3w, ...): each block with the blocks beside it
         x = F.pad(x.view(b, n, w, -1), (0, 0, 0, 0, 1, 1))
@@ -169,7 +193,7 @@ def _block_forward(self, hidden_states, attention_mask=None, is_index_masked=Non
         )
         og = og.transpose(1, 2).reshape(b, g, e).to(out.dtype)
         out = out.scatter(1, at, torch.where(real[:, :, None], og, out.gather(1, at)))
-    return (out,)
+    return (out[:, :length],)
 
 
 def global_mask(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Tensor:

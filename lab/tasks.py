@@ -143,10 +143,16 @@ def task_model(source, task: Task, *, seed: int, max_length: int):
     if isinstance(source, (str, Path)):
         cfg = AutoConfig.from_pretrained(str(source), **kwargs)
         _short_window(cfg, max_length)
-        return auto.from_pretrained(str(source), config=cfg)
-    cfg = source.__class__.from_dict({**source.to_dict(), **kwargs})  # a config: train from scratch
-    _short_window(cfg, max_length)
-    return auto.from_config(cfg)
+        model = auto.from_pretrained(str(source), config=cfg)
+    else:  # a config: train from scratch
+        cfg = source.__class__.from_dict({**source.to_dict(), **kwargs})
+        _short_window(cfg, max_length)
+        model = auto.from_config(cfg)
+    if cfg.model_type == "longformer":
+        from lab.longify import block_attention
+
+        block_attention(model)
+    return model
 
 
 def _short_window(cfg, max_length: int) -> None:

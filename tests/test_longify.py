@@ -58,7 +58,9 @@ def test_block_attention_computes_what_transformers_computes(bert):
             if not name.endswith(zero_in_theory):
                 torch.testing.assert_close(out[1][1][name], g, atol=1e-5, rtol=1e-4)
     out = fast(input_ids=x, global_attention_mask=glob, output_attentions=True)
-    assert out.attentions[0].shape[-1] == 8 + 1 + 2  # transformers' banded maps, for the viewer
+    # transformers' maps, for the viewer: 9 rows (not padded), 2 global + 8 + 1 window columns
+    assert out.attentions[0].shape[-2:] == (9, 2 + 8 + 1)
+    assert out.global_attentions[0].shape[-2:] == (9, 2)
 
 
 def test_bad_conversions(bert, tok):
