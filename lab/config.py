@@ -9,95 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import yaml
 
-STAGES = ("corpus", "wwm", "pretrain", "distill", "longify", "evaluate")
-PROFILES = ("smoke", "cpu", "gpu")
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from lab.core.shapes import ConversionError, ModelError, arch, check_window
+from lab.params import PROFILES, STAGES, ConfigError, StageConfig, check_share, param
 
-
-class ConfigError(ValueError):
-    """A parameter is unknown, of the wrong type, or impossible; the message names it."""
-
-
-def param(help: str, *, choices: tuple | None = None, min: float | None = None) -> Any:
-    """A required dataclass field with a help text and optional bounds (no default: profiles fill it)."""
-    return field(metadata={"help": help, "choices": choices, "min": min})
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """Fields every stage has."""
-
-    run_id: str = param("run folder under data/runs/ and reports/ (letters, digits, . _ -)")
-    profile: str = param("parameter set the other values came from", choices=PROFILES)
-    seed: int = param("random seed for everything the stage samples", min=0)
-
-    stage = ""  # set by each subclass; not a field
-
-    def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            _check_type(self.stage, f.name, value, hints[f.name])
-            meta = f.metadata
-            if meta.get("choices") and value not in meta["choices"]:
-                raise ConfigError(
-                    f"{self.stage}.{f.name} = {value!r} is not one of {list(meta['choices'])}"
-                )
-            if meta.get("min") is not None:
-                values = value if isinstance(value, list) else [value]
-                for v in values:
-                    if v < meta["min"]:
-                        raise ConfigError(
-                            f"{self.stage}.{f.name} = {value!r}: must be at least {meta['min']}"
-                        )
-        if not RUN_ID.match(self.run_id):
-            raise ConfigError(
-                f"run_id = {self.run_id!r}: use 1-64 letters, digits, '.', '_' or '-' "
-                "(it names a folder)"
-            )
-        self.check()
-
-    def check(self) -> None:
-        """Cross-field checks; subclasses raise ConfigError naming the parameters."""
-
-    def params(self) -> dict:
-        """The values that define the stage's result (everything but run_id)."""
-        d = dataclasses.asdict(self)
-        d.pop("run_id")
-        return d
-
-
-def _check_type(stage: str, name: str, value: Any, hint: Any) -> None:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(
-                f"{stage}.{name}: expected a list of {item.__name__}, got {value!r} "
-                f"({type(value).__name__}); e.g. -p {stage}.{name}='[...]'"
-            )
-        for v in value:
-            _check_type(stage, name, v, item)
-        return
-    ok = {
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        bool: lambda v: isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-    }[hint](value)
-    if not ok:
-        raise ConfigError(
-            f"{stage}.{name}: expected {hint.__name__}, got {value!r} ({type(value).__name__})"
-        )
+__all__ = ["PROFILES", "STAGES", "ConfigError", "StageConfig", "load", "profile_values"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,13 +174,10 @@ class PretrainConfig(StageConfig):
     probes: list[str] = param("fill-mask probe sentences, [MASK] marks each blank")
 
     def check(self):
-        from lab.models import ModelError, arch
-
         try:
-            a = arch(self.model)
+            arch(self.model)
         except ModelError as err:
             raise ConfigError(f"pretrain.model: {err}") from None
-        del a
         for name in ("seq_len", "stage2_seq_len"):
             if getattr(self, name) > self.max_positions and (
                 name == "seq_len" or self.stage2_steps
@@ -278,7 +196,7 @@ class PretrainConfig(StageConfig):
             )
         if self.warmup >= 1:
             raise ConfigError(f"pretrain.warmup = {self.warmup}: a share of the steps, below 1")
-        _check_share(self, "locality_steps")
+        check_share(self, "locality_steps")
         if any("[MASK]" not in p for p in self.probes):
             raise ConfigError("pretrain.probes: every probe sentence needs a [MASK]")
 
@@ -342,8 +260,6 @@ class DistillConfig(StageConfig):
     keep_cache: bool = param("keep the cached teacher logits after the stage")
 
     def check(self):
-        from lab.models import ModelError, arch
-
         try:
             arch(self.student)
         except ModelError as err:
@@ -359,14 +275,7 @@ class DistillConfig(StageConfig):
             raise ConfigError("distill: every loss weight is 0; give at least one term a weight")
         if self.assistant_layers and not self.assistant_steps:
             raise ConfigError("distill.assistant_layers is set but distill.assistant_steps = 0")
-        _check_share(self, "locality_steps")
-
-
-def _check_share(cfg: StageConfig, name: str) -> None:
-    if getattr(cfg, name) > 1:
-        raise ConfigError(
-            f"{cfg.stage}.{name} = {getattr(cfg, name)}: a share of the steps, between 0 and 1"
-        )
+        check_share(self, "locality_steps")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,10 +309,10 @@ class LongifyConfig(StageConfig):
     probe_limit: int = param("most probe mentions", min=1)
 
     def check(self):
-        if self.attention_window % 2:
-            raise ConfigError(f"longify.attention_window = {self.attention_window}: must be even")
-        if self.attention_window > self.max_positions:
-            raise ConfigError("longify.attention_window must not exceed longify.max_positions")
+        try:
+            check_window(self.attention_window, self.max_positions)
+        except ConversionError as err:
+            raise ConfigError(f"longify.{err}") from None
         if self.seq_len > self.max_positions:
             raise ConfigError(
                 f"longify.seq_len = {self.seq_len} exceeds longify.max_positions = {self.max_positions}"
@@ -509,7 +418,7 @@ def load(
     ns = dict(namespace or {})
     profile = profile or ns.get("profile", "cpu")
     run_id = run_id or ns.get("run_id", "default")
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("run_id", "profile")]
+    names = field_names(stage)
     cpu = profile_values("cpu")[stage]
     values = dict(profile_values(profile)[stage])
     resolved = ns.get("lab_resolved", False)
@@ -518,43 +427,12 @@ def load(
             values[name] = ns[name]
     for key, value in (overrides or {}).items():
         if key not in names:
-            raise ConfigError(_unknown(stage, key, names))
+            raise ConfigError(unknown(stage, key, names))
         values[key] = value
     missing = [n for n in names if n not in values]
     if missing:
         raise ConfigError(f"{stage}: no value for {missing} in profile {profile}")
     return cls(run_id=run_id, profile=profile, **{n: values[n] for n in names})
-
-
-def _unknown(stage: str, key: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
-    return f"unknown parameter {key!r} for stage {stage}{hint}"
-
-
-def split_overrides(pairs: dict[str, Any], stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
-    """Route `stage.key` or bare `key` overrides to the stages that have them."""
-    out: dict[str, dict] = {s: {} for s in stages}
-    for key, value in pairs.items():
-        if "." in key:
-            stage, name = key.split(".", 1)
-            if stage not in CONFIGS:
-                raise ConfigError(f"-p {key}: unknown stage {stage!r}; stages are {list(CONFIGS)}")
-            fields = field_names(stage)
-            if name not in fields:
-                raise ConfigError(_unknown(stage, name, fields))
-            if stage in out:
-                out[stage][name] = value
-            continue
-        targets = [s for s in stages if s in CONFIGS and key in field_names(s)]
-        if not targets:
-            every = sorted({n for s in CONFIGS for n in field_names(s)})
-            close = difflib.get_close_matches(key, every, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"-p {key}: no stage has a parameter {key!r}{hint}")
-        for s in targets:
-            out[s][key] = value
-    return out
 
 
 def field_names(stage: str) -> list[str]:
@@ -563,33 +441,7 @@ def field_names(stage: str) -> list[str]:
     ]
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: YAML scalars and lists (`3e-4`, `true`, `[128, 512]`, `jieba`)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return text if value is None else value
-
-
-def parameters_cell(stage: str) -> str:
-    """The source of a notebook's `parameters` cell: cpu values, each with its help as comment."""
-    cls = CONFIGS[stage]
-    cpu = profile_values("cpu")[stage]
-    lines = [
-        'run_id = "default"  # run folder under data/runs/ and reports/',
-        'profile = "cpu"  # smoke | cpu | gpu: values left as below take this profile\'s values',
-        "lab_resolved = False  # python -m lab run sets True: every value below is final",
-    ]
-    for f in dataclasses.fields(cls):
-        if f.name in ("run_id", "profile"):
-            continue
-        if "=" in f.metadata["help"]:
-            raise ValueError(f"{stage}.{f.name}: papermill cannot parse '=' in a parameter comment")
-        lines.append(f"{f.name} = {cpu[f.name]!r}  # {f.metadata['help']}")
-    return "\n".join(lines)
+def unknown(stage: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
+    return f"unknown parameter {key!r} for stage {stage}{hint}"

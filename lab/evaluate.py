@@ -1,6 +1,6 @@
 """Stage 06, evaluate: every model of the run side by side — downstream tasks against scratch and
 n-gram baselines, language-model metrics, fill-mask probes, size and speed, and comparisons across
-runs. The seeds' tables (UER's task scores, MiniRBT's relative-score and speed tables) on one page.
+runs. UER's task scores and MiniRBT's relative-score and speed tables on one page.
 
     python -m lab.evaluate --run-id X [--profile P] [-p key=value ...]
 """
@@ -8,19 +8,19 @@ runs. The seeds' tables (UER's task scores, MiniRBT's relative-score and speed t
 from __future__ import annotations
 
 import json
-import math
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
+from transformers import AutoConfig
 
-from lab import runs, tasks, vocab
-from lab.mlm import evaluate as mlm_evaluate
-from lab.mlm import load_packed
-
-CODE = ("evaluate", "tasks", "mlm", "train")
+from lab import contract, runs
+from lab.config import EvaluateConfig
+from lab.core import mlm, models, tasks, vocab
+from lab.core.files import write_json
+from lab.core.metrics import fill_mask, mlm_metrics, speed, spread
+from lab.core.progress import echo
 
 
 def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
@@ -52,37 +52,6 @@ def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
     return out
 
 
-def inputs(cfg) -> dict[str, str]:
-    out = {
-        s: runs.upstream(cfg.run_id, s, verify=s != "corpus")["digest"]
-        for s in ("corpus", "wwm", "pretrain")
-    }
-    for s in ("distill", "longify"):
-        m = runs.read_manifest(runs.stage_dir(cfg.run_id, s))
-        if m:
-            out[s] = runs.upstream(cfg.run_id, s)["digest"]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# language-model metrics, probes, speed
-
-
-def load_mlm(folder: Path, attn: str | None = None):
-    """A model folder's MLM; `attn="eager"` where attention weights are wanted (BERT only: a
-    Longformer has its own attention, and otherwise runs the lab's block attention)."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
-    kind = AutoConfig.from_pretrained(str(folder)).model_type
-    kwargs = {"attn_implementation": attn} if attn and kind == "bert" else {}
-    model = AutoModelForMaskedLM.from_pretrained(str(folder), **kwargs)
-    if kind == "longformer" and not attn:
-        from lab.longify import block_attention
-
-        block_attention(model)
-    return model
-
-
 def read_probes(path: str = "") -> list[str]:
     text = (
         Path(path).read_text(encoding="utf-8")
@@ -92,101 +61,30 @@ def read_probes(path: str = "") -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-@torch.no_grad()
-def fill_mask(model, tokenizer, sentence: str, k: int = 5) -> dict:
-    """Top-k per [MASK]; several [MASK]s are decoded position by position, left to right, each
-    filled with its top-1 before the next is predicted. Returns {"slots": [[(token, p)...]...], "answer"}."""
-    enc = tokenizer(sentence, return_tensors="pt")
-    ids = enc["input_ids"].clone()
-    slots = []
-    extra = (
-        {"global_attention_mask": (ids == tokenizer.cls_token_id).long()}
-        if model.config.model_type == "longformer"
-        else {}
+def packed_vocab(tokenizer, corpus_dir: Path, names: list[str]) -> str:
+    """Which of the run's vocabularies a model was trained with (its tokenizer's own vocabulary)."""
+    mine = tokenizer.get_vocab()
+    for name in names:
+        if vocab.load(corpus_dir / "vocab" / name).get_vocab() == mine:
+            return name
+    raise runs.StageError(
+        f"a model's vocabulary ({len(mine):,} tokens) is none of this run's ({', '.join(names)}); "
+        "evaluate models trained on this run's corpus"
     )
-    for pos in (ids[0] == tokenizer.mask_token_id).nonzero().flatten().tolist():
-        probs = (
-            model(input_ids=ids, attention_mask=enc["attention_mask"], **extra)
-            .logits[0, pos]
-            .float()
-            .softmax(-1)
-        )
-        top = probs.topk(k)
-        slots.append(
-            list(
-                zip(
-                    tokenizer.convert_ids_to_tokens(top.indices.tolist()),
-                    [round(p, 4) for p in top.values.tolist()],
-                )
-            )
-        )
-        ids[0, pos] = top.indices[0]
-    return {"slots": slots, "answer": "".join(s[0][0] for s in slots)}
 
 
-@torch.no_grad()
-def speed(model, *, length: int = 128, repeats: int = 5) -> dict:
-    """Latency at batch 1 and throughput at batch 32, (length) tokens, on the current device."""
-    model.eval()
-    device = next(model.parameters()).device
-    base = model.base_model
-
-    def once(batch: int) -> float:
-        x = torch.randint(5, model.config.vocab_size, (batch, length), device=device)
-        base(input_ids=x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            base(input_ids=x)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    b1, b32 = once(1), once(32)
-    return {"latency_ms_b1": 1000 * b1, "throughput_seq_s_b32": 32 / b32}
-
-
-def spread(ids: np.ndarray, wids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` sequences evenly spaced over the split (the split is ordered by source, so its first `n`
-    would all come from one corpus)."""
-    if n >= len(ids):
-        return ids, wids
-    pick = np.unique(np.linspace(0, len(ids) - 1, n).round().astype(int))
-    return ids[pick], wids[pick]
-
-
-def lm_metrics(model, tokenizer, ids: np.ndarray, wids: np.ndarray, seed: int) -> dict:
-    """Held-out masked-token accuracy, perplexity, and bits per character (loss / ln 2 per char)."""
-    r = mlm_evaluate(model, ids, wids, tokenizer, seed=seed)
-    pieces = tokenizer.convert_ids_to_tokens(np.unique(ids).tolist())
-    lengths = {
-        i: (1 if p == tokenizer.unk_token else len(p.removeprefix("##")))
-        for i, p in zip(np.unique(ids).tolist(), pieces)
-    }
-    body = ids[ids > 4]
-    chars_per_token = (
-        float(np.mean([lengths.get(int(t), 1) for t in body[:50000]])) if len(body) else 1.0
-    )
-    return {"acc": r["acc"], "ppl": r["ppl"], "bpc": r["loss"] / math.log(2) / chars_per_token}
-
-
-# ---------------------------------------------------------------------------------------------
-# the stage
-
-
-def run(cfg) -> dict:
-    from transformers import AutoConfig
-
-    stage = runs.Stage(cfg, inputs(cfg), CODE)
+def run(cfg: EvaluateConfig) -> dict:
+    stage = STAGE.stage(cfg)
     if stage.cached:
-        runs.echo(f"evaluate: cached ({stage.dir})")
+        echo(f"evaluate: cached ({stage.dir})")
         return stage.manifest
-    corpus_m = runs.upstream(cfg.run_id, "corpus", verify=False)
-    wwm_m = runs.upstream(cfg.run_id, "wwm", verify=False)
+    corpus_m = STAGE.upstream_manifest(cfg, "corpus")
+    wwm_m = STAGE.upstream_manifest(cfg, "wwm")
     found = models_of_run(cfg.run_id, all_seeds=cfg.all_seeds)
     wanted = found if cfg.models == ["all"] else {k: v for k, v in found.items() if k in cfg.models}
     missing = [k for k in cfg.models if k != "all" and k not in found]
     if missing:
-        raise ValueError(f"evaluate.models names {missing}; this run has {list(found)}")
+        raise runs.StageError(f"evaluate.models names {missing}; this run has {list(found)}")
     work = stage.begin()
     t0 = time.time()
 
@@ -194,31 +92,27 @@ def run(cfg) -> dict:
     rows: dict[str, dict] = {}
     probes = read_probes(cfg.probes_file)
     probe_out: dict[str, dict] = {}
+    length = str(min(wwm_m["params"]["seq_lengths"]))
     for name, m in wanted.items():
-        model = load_mlm(m["dir"])
-        tok = tokenizers[name]
-        vocab_name = "full" if len(tok) > 20000 else "compact"
-        packed = wwm_m["dir"] / "packed" / vocab_name / str(min(wwm_m["params"]["seq_lengths"]))
-        ids, wids = load_packed(packed, "test")
-        ids, wids = spread(ids, wids, cfg.lm_sequences)
-        from lab.models import count
-
-        c = count(model.config) if model.config.model_type == "bert" else _count_longformer(model)
-        rows[name] = {
-            "role": m["role"],
-            "layers": model.config.num_hidden_layers,
-            "hidden": model.config.hidden_size,
-            "params": c["total"],
-            "non_embedding": c["non_embedding"],
-            **lm_metrics(model, tok, ids, wids, cfg.seed),
-            **speed(model, repeats=cfg.speed_repeats),
-        }
-        probe_out[name] = {p: fill_mask(model, tok, p) for p in probes}
-        runs.echo(
-            f"{name}: acc {rows[name]['acc']:.3f}, ppl {rows[name]['ppl']:.1f}, {rows[name]['latency_ms_b1']:.1f} ms at batch 1"
+        model, tok = mlm.load(m["dir"]), tokenizers[name]
+        vocab_name = packed_vocab(tok, corpus_m["dir"], wwm_m["params"]["vocabs"])
+        ids, wids = spread(
+            *mlm.load_packed(wwm_m["dir"] / "packed" / vocab_name / length, "test"),
+            cfg.lm_sequences,
         )
-    teacher = rows.get("teacher")
-    if teacher:
+        c = models.count(model)
+        lm = mlm_metrics(model, ids, wids, tok, seed=cfg.seed)
+        rows[name] = {
+            "role": m["role"], "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
+            "params": c["total"], "non_embedding": c["non_embedding"],
+            "acc": lm["acc"], "ppl": lm["ppl"], "bpc": lm["bpc"],
+            **speed(model, repeats=cfg.speed_repeats),
+        }  # fmt: skip
+        probe_out[name] = {p: fill_mask(model, tok, p) for p in probes}
+        echo(
+            f"{name}: acc {lm['acc']:.3f}, ppl {lm['ppl']:.1f}, {rows[name]['latency_ms_b1']:.1f} ms at batch 1"
+        )
+    if teacher := rows.get("teacher"):
         for r in rows.values():
             r["speedup"] = teacher["latency_ms_b1"] / r["latency_ms_b1"]
             r["throughput_speedup"] = r["throughput_seq_s_b32"] / teacher["throughput_seq_s_b32"]
@@ -231,11 +125,10 @@ def run(cfg) -> dict:
         rows["scratch"] = {"role": "scratch"}
     task_dirs = {t: corpus_m["dir"] / "tasks" / t for t in cfg.tasks}
     scores = tasks.run_all(sources, task_dirs, cfg, work, tokenizers) if cfg.tasks else {}
-    relative = relative_scores(scores)
     metrics = {
         "models": rows,
         "tasks": scores,
-        "relative_to_teacher": relative,
+        "relative_to_teacher": relative_scores(scores),
         "average": {
             name: float(np.mean([v["mean"] for v in t.values()]))
             for name, t in scores.items()
@@ -245,14 +138,8 @@ def run(cfg) -> dict:
         "seconds": time.time() - t0,
         "findings": findings(cfg.run_id, rows, scores, cfg.params()),
     }
-    runs.write_json(work / "results.json", metrics)
+    write_json(work / "results.json", metrics)
     return stage.finish({"results": "results.json"}, metrics)
-
-
-def _count_longformer(model) -> dict:
-    total = sum(p.numel() for p in model.base_model.parameters())
-    emb = sum(p.numel() for p in model.base_model.embeddings.parameters())
-    return {"total": total, "non_embedding": total - emb}
 
 
 def relative_scores(scores: dict) -> dict:
@@ -272,7 +159,7 @@ def relative_scores(scores: dict) -> dict:
 
 
 def findings(run_id: str, rows: dict, scores: dict, params: dict) -> dict:
-    """Which of the seeds' qualitative claims this run reproduces, stated from its own numbers
+    """Which of the reference recipes' qualitative claims this run reproduces, stated from its own numbers
     (`params`: this evaluate stage's, whose manifest is not written yet)."""
     out = {}
     avg = {n: np.mean([v["mean"] for v in t.values()]) for n, t in scores.items() if t}
@@ -302,7 +189,7 @@ def findings(run_id: str, rows: dict, scores: dict, params: dict) -> dict:
     return out
 
 
-# the seeds' ablation claims: (the one parameter that differs, the value the claim favours, claim)
+# the reference recipes' ablation claims: (the one parameter that differs, the value the claim favours, claim)
 ABLATIONS = (
     ("pretrain.masking", "wwm", "whole-word masking beats token-level masking"),
     ("pretrain.vocab", "compact", "the compact vocabulary keeps the full vocabulary's score"),
@@ -416,7 +303,7 @@ def headline(manifest: dict) -> dict:
         out["best relative to teacher"] = f"{best} {rel[best]:.0%}"
     held = [f"{k}: {'yes' if v['holds'] else 'no'}" for k, v in m["findings"].items()]
     if held:
-        out["seed findings reproduced"] = "; ".join(held)
+        out["findings reproduced"] = "; ".join(held)
     return out
 
 
@@ -429,10 +316,20 @@ def describe(cfg) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from lab.cli import stage_main
+STAGE = contract.Contract(
+    name="evaluate",
+    notebook="06_evaluate.ipynb",
+    description="every model of the run on downstream tasks, LM metrics, probes, size and speed",
+    upstream=("corpus", "wwm", "pretrain"),
+    verify=("wwm", "pretrain", "distill", "longify"),
+    optional=("distill", "longify"),
+    headline=headline,
+    describe=describe,
+)
 
-    return stage_main("evaluate", run, argv)
+
+def main(argv: list[str] | None = None) -> int:
+    return contract.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

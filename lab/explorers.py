@@ -14,6 +14,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from lab import viz
+from lab.core import mlm, vocab
+from lab.core.attention import dense_longformer, global_mask
+from lab.core.masking import WholeWordMaskCollator
+from lab.core.metrics import fill_mask
+from lab.core.wordpiece import encode
 
 WORD_COLOURS = ("#e3f2fd", "#fff3e0")  # alternate per word
 MASK_COLOURS = {"mask": "#ef5350", "random": "#ab47bc", "kept": "#66bb6a"}
@@ -45,10 +50,8 @@ class MaskInspector:
         self, text: str, *, whole_word: bool, mlm_probability: float, seed: int
     ) -> list[dict]:
         """One masking of `text`: per token its text, word id and what happened to it."""
-        from lab import wwm
-
-        (example,) = wwm.encode([text], self.tokenizer, segmenter=self.segmenter, max_length=128)
-        collator = wwm.WholeWordMaskCollator(
+        (example,) = encode([text], self.tokenizer, segmenter=self.segmenter, max_length=128)
+        collator = WholeWordMaskCollator(
             self.tokenizer, mlm_probability=mlm_probability, seed=seed, whole_word=whole_word
         )
         batch = collator([example])
@@ -211,16 +214,11 @@ class FillMaskExplorer:
     """One sentence, every model's top-k for each [MASK] with probabilities, side by side."""
 
     def __init__(self, model_dirs: dict, sentences: list[str], k: int = 5):
-        from lab.evaluate import load_mlm
-        from lab.vocab import load
-
-        self.models = {name: (load_mlm(d), load(d)) for name, d in model_dirs.items()}
+        self.models = {name: (mlm.load(d), vocab.load(d)) for name, d in model_dirs.items()}
         self.sentences = sentences
         self.k = k
 
     def predict(self, sentence: str) -> dict[str, dict]:
-        from lab.evaluate import fill_mask
-
         return {name: fill_mask(m, tok, sentence, self.k) for name, (m, tok) in self.models.items()}
 
     def figure(self) -> go.Figure:
@@ -305,10 +303,9 @@ class AttentionViewer:
     Longformer the local band and the global tokens, laid out as a full matrix."""
 
     def __init__(self, model_dirs: dict, sentence: str):
-        from lab.evaluate import load_mlm
-        from lab.vocab import load
-
-        self.models = {name: (load_mlm(d, attn="eager"), load(d)) for name, d in model_dirs.items()}
+        self.models = {
+            name: (mlm.load(d, attn="eager"), vocab.load(d)) for name, d in model_dirs.items()
+        }
         self.sentence = sentence
         self._cache: dict = {}
 
@@ -322,12 +319,9 @@ class AttentionViewer:
             enc = tok(sentence, return_tensors="pt", truncation=True, max_length=128)
             with torch.no_grad():
                 if model.config.model_type == "longformer":
-                    out = model(
-                        **enc,
-                        global_attention_mask=(enc["input_ids"] == tok.cls_token_id).long(),
-                        output_attentions=True,
-                    )
-                    gm = (enc["input_ids"][0] == tok.cls_token_id).long()
+                    gm = global_mask(enc["input_ids"], [tok.cls_token_id])
+                    out = model(**enc, global_attention_mask=gm, output_attentions=True)
+                    gm = gm[0]
                     layers = zip(out.attentions, out.global_attentions)
                     att = np.stack(
                         [dense_longformer(a[0], g[0], gm, model.config) for a, g in layers]
@@ -407,25 +401,3 @@ class AttentionViewer:
             viz.show(self.figure())
         else:
             display(self.widget())
-
-
-def dense_longformer(local, glob, global_mask, config) -> np.ndarray:
-    """(heads, T, T) from one Longformer layer's attention outputs: `local` (heads, T_pad, g+w+1),
-    the attention of every token to the g global tokens then to its window; `glob` (heads, T_pad, g),
-    the attention of each global token to every token."""
-    T = len(global_mask)
-    w = config.attention_window[0] // 2
-    global_pos = global_mask.nonzero().flatten().tolist()
-    g = len(global_pos)
-    local = local.float().numpy()
-    heads = local.shape[0]
-    dense = np.zeros((heads, T, T), dtype=np.float32)
-    for i in range(T):
-        for j in range(max(0, i - w), min(T, i + w + 1)):
-            dense[:, i, j] = local[:, i, g + (j - i) + w]
-        for k, p in enumerate(global_pos):
-            dense[:, i, p] += local[:, i, k]
-    glob = glob.float().numpy()  # (heads, T_pad, g): what each global token attends to
-    for k, p in enumerate(global_pos):
-        dense[:, p, :] = glob[:, :T, k]
-    return dense

@@ -9,34 +9,24 @@ reports/<run_id>/index.html       stage, status, duration, headline metrics, lin
 from __future__ import annotations
 
 import html
-import importlib
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from lab import config, runs
+from lab import codebase, config, contract, corpus, distill, evaluate, longify, pretrain, runs, wwm
 from lab.config import STAGES, ConfigError
+from lab.core.errors import LabError
+from lab.core.files import read_json, sha256_file, write_atomic, write_json
+from lab.overrides import split_overrides
 
-NOTEBOOKS = {
-    "corpus": "01_corpus.ipynb",
-    "wwm": "02_wwm.ipynb",
-    "pretrain": "03_pretrain.ipynb",
-    "distill": "04_distill.ipynb",
-    "longify": "05_longify.ipynb",
-    "evaluate": "06_evaluate.ipynb",
-}
-UPSTREAM = {
-    "corpus": (),
-    "wwm": ("corpus",),
-    "pretrain": ("corpus", "wwm"),
-    "distill": ("corpus", "wwm", "pretrain"),
-    "longify": ("corpus", "wwm", "pretrain"),
-    "evaluate": ("corpus", "wwm", "pretrain"),
+CONTRACTS: dict[str, contract.Contract] = {
+    m.STAGE.name: m.STAGE for m in (corpus, wwm, pretrain, distill, longify, evaluate)
 }
 
 
-class PipelineError(RuntimeError):
+class PipelineError(LabError, RuntimeError):
     """The run cannot start or a stage failed; the message says which and why."""
 
 
@@ -49,7 +39,7 @@ def notebooks_dir() -> Path:
 
 def available() -> list[str]:
     """Stages whose notebook exists, in pipeline order."""
-    return [s for s in STAGES if s in config.CONFIGS and (notebooks_dir() / NOTEBOOKS[s]).exists()]
+    return [s for s in STAGES if (notebooks_dir() / CONTRACTS[s].notebook).exists()]
 
 
 def stage_name(text: str) -> str:
@@ -73,10 +63,8 @@ def select(start: str | None, stop: str | None) -> list[str]:
     if first > last:
         raise ConfigError(f"--from {start} comes after --to {stop}")
     chosen = [s for s in STAGES[first : last + 1] if s in have]
-    missing = [
-        s for s in STAGES[first : last + 1] if s not in have and (stop or s in config.CONFIGS)
-    ]
-    if stop and missing:
+    missing = [s for s in STAGES[first : last + 1] if s not in have]
+    if missing:
         raise PipelineError(f"stages {missing} have no notebook in {notebooks_dir()} yet")
     return chosen
 
@@ -85,15 +73,11 @@ def resolve(
     run_id: str, profile: str, stages: list[str], overrides: dict
 ) -> dict[str, config.StageConfig]:
     """Validated configs of `stages`; every problem is raised here, before anything runs."""
-    routed = config.split_overrides(overrides)
+    routed = split_overrides(overrides)
     return {
         s: config.load(s, run_id=run_id, profile=profile, overrides=routed.get(s, {}))
         for s in stages
     }
-
-
-def stage_module(stage: str):
-    return importlib.import_module(f"lab.{stage}")
 
 
 def report_dir(run_id: str) -> Path:
@@ -110,7 +94,7 @@ def run(
 ) -> int:
     cfgs = resolve(run_id, profile, stages, overrides)
     for s in stages:  # upstream stages must be in this run's plan or already complete on disk
-        for up in UPSTREAM[s]:
+        for up in CONTRACTS[s].upstream:
             if up not in stages and runs.read_manifest(runs.stage_dir(run_id, up)) is None:
                 raise PipelineError(
                     f"stage {s} needs stage {up}, which is neither in this plan nor complete in "
@@ -135,17 +119,16 @@ def run(
     t_run = time.time()
     for i, stage in enumerate(stages, 1):
         cfg = cfgs[stage]
-        name = NOTEBOOKS[stage].removesuffix(".ipynb")
+        notebook = notebooks_dir() / CONTRACTS[stage].notebook
         entry = {
-            "notebook": f"{name}.ipynb",
-            "html": f"{name}.html",
+            "notebook": notebook.name,
+            "html": notebook.with_suffix(".html").name,
             "params": cfg.params(),
-            "notebook_sha256": runs.sha256_file(notebooks_dir() / NOTEBOOKS[stage]),
-            "lab_code": runs.code_digest(tuple(p.stem for p in Path(__file__).parent.glob("*.py"))),
+            "notebook_sha256": sha256_file(notebook),
+            "lab_code": report_code(stage),
         }
         print(
-            f"[{i}/{len(stages)}] {stage}: {NOTEBOOKS[stage]} -> {out / entry['notebook']}",
-            flush=True,
+            f"[{i}/{len(stages)}] {stage}: {notebook.name} -> {out / entry['notebook']}", flush=True
         )
         if _cached(stage, cfg, status, out, entry):
             prev = status["stages"][stage]
@@ -180,6 +163,18 @@ def run(
     return code
 
 
+def report_code(stage: str) -> str:
+    """Digest of the code behind a stage's report: its driver and every `lab` module its notebook
+    imports (figures, widgets), with what they import."""
+    nb = json.loads((notebooks_dir() / CONTRACTS[stage].notebook).read_text(encoding="utf-8"))
+    source = "\n".join(
+        "".join(line for line in c["source"] if not line.lstrip().startswith(("%", "!")))
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+    )
+    return codebase.digest(CONTRACTS[stage].module, *sorted(codebase.imports_in(source)))
+
+
 def _cached(stage: str, cfg, status: dict, out: Path, entry: dict) -> bool:
     """The stage's manifest matches and its report came from the same notebook and lab code."""
     prev = status["stages"].get(stage)
@@ -188,10 +183,9 @@ def _cached(stage: str, cfg, status: dict, out: Path, entry: dict) -> bool:
     if any(prev.get(k) != entry[k] for k in ("notebook_sha256", "lab_code")):
         return False
     try:
-        inputs = stage_module(stage).inputs(cfg)
-    except Exception:  # an upstream that changed or vanished: run the stage and let it explain
+        return CONTRACTS[stage].stage(cfg).cached
+    except LabError:  # an upstream that changed or vanished: run the stage and let it explain
         return False
-    return runs.Stage(cfg, inputs, getattr(stage_module(stage), "CODE", ())).cached
 
 
 def execute(stage: str, cfg, output: Path) -> str | None:
@@ -201,7 +195,7 @@ def execute(stage: str, cfg, output: Path) -> str | None:
     params = {"run_id": cfg.run_id, "profile": cfg.profile, "lab_resolved": True, **cfg.params()}
     try:
         pm.execute_notebook(
-            str(notebooks_dir() / NOTEBOOKS[stage]),
+            str(notebooks_dir() / CONTRACTS[stage].notebook),
             str(output),
             parameters=params,
             kernel_name="python3",
@@ -226,7 +220,7 @@ def render_html(notebook: Path, target: Path) -> None:
     templates = Path(__file__).parent / "templates"
     exporter = HTMLExporter(extra_template_basedirs=[str(templates)], template_name="zh_minilab")
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    runs.write_atomic(target, body)
+    write_atomic(target, body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,14 +230,14 @@ def render_html(notebook: Path, target: Path) -> None:
 def read_status(run_id: str) -> dict:
     path = report_dir(run_id) / "status.json"
     try:
-        return runs.read_json(path)
+        return read_json(path)
     except (FileNotFoundError, ValueError):
         return {}
 
 
 def write_index(run_id: str, status: dict) -> None:
     out = report_dir(run_id)
-    runs.write_json(out / "status.json", status)
+    write_json(out / "status.json", status)
     rows = []
     for stage in STAGES:
         entry = status.get("stages", {}).get(stage)
@@ -253,11 +247,11 @@ def write_index(run_id: str, status: dict) -> None:
         headline = {}
         if manifest and entry["status"] in ("ok", "cached"):
             try:
-                headline = stage_module(stage).headline(manifest)
+                headline = CONTRACTS[stage].headline(manifest)
             except Exception as err:  # a report must render even if one summary cannot
                 headline = {"headline unavailable": f"{type(err).__name__}: {err}"}
         rows.append((stage, entry, headline, manifest))
-    runs.write_atomic(out / "index.html", index_html(run_id, status, rows))
+    write_atomic(out / "index.html", index_html(run_id, status, rows))
 
 
 def index_html(run_id: str, status: dict, rows: list) -> str:
@@ -270,7 +264,7 @@ def index_html(run_id: str, status: dict, rows: list) -> str:
         duration = entry.get("duration_s")
         work = manifest.get("duration_s") if manifest else None
         body.append(
-            f'<tr class="{e(entry["status"])}"><td>{NOTEBOOKS[stage][:2]}</td><td>{e(stage)}</td>'
+            f'<tr class="{e(entry["status"])}"><td>{CONTRACTS[stage].notebook[:2]}</td><td>{e(stage)}</td>'
             f'<td class="status">{e(entry["status"])}</td>'
             f"<td>{'' if duration is None else f'{duration:,.0f} s'}"
             f"{'' if work is None else f' <small>(stage work {work:,.0f} s)</small>'}</td>"
@@ -313,7 +307,7 @@ def report(run_id: str) -> int:
 
 def print_plan(cfgs: dict[str, config.StageConfig]) -> None:
     for stage, cfg in cfgs.items():
-        print(f"{NOTEBOOKS[stage]}  [{stage}]")
-        for key, value in stage_module(stage).describe(cfg).items():
+        print(f"{CONTRACTS[stage].notebook}  [{stage}]")
+        for key, value in CONTRACTS[stage].describe(cfg).items():
             print(f"    {key}: {value}")
     print("dry run: parameters valid; nothing was executed.")

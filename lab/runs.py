@@ -11,28 +11,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import lab
+from lab.core.errors import LabError
+from lab.core.files import hash_tree, read_json, sha256_file, sha256_json, write_atomic, write_json
 
 MANIFEST = "manifest.json"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "jieba", "rjieba")
 
 
-class StageError(RuntimeError):
+class StageError(LabError, RuntimeError):
     """A stage cannot run: a missing or tampered upstream, an unwritable folder."""
 
 
@@ -63,64 +59,7 @@ def stage_dir(run_id: str, stage: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# files
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def hash_tree(root: Path, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
-    """sha256 of every file under `root`, by path relative to it (checkpoints excluded)."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel not in skip and not rel.startswith("checkpoints/"):
-            out[rel] = sha256_file(path)
-    return out
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; keep the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+# errors
 
 
 def explain_os_error(err: OSError, path: Path) -> StageError:
@@ -171,15 +110,6 @@ def git_revision() -> dict[str, Any]:
     return {"commit": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def code_digest(modules: tuple[str, ...]) -> str:
-    """sha256 of the `lab` modules a stage's results depend on: changed code reruns the stage."""
-    h = hashlib.sha256(lab.__version__.encode())
-    for name in sorted(modules):
-        h.update(name.encode())
-        h.update((Path(lab.__file__).parent / f"{name}.py").read_bytes())
-    return h.hexdigest()
-
-
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -227,20 +157,20 @@ def upstream(run_id: str, stage: str, *, verify: bool = True) -> dict:
 class Stage:
     """One stage of one run: the cache check, the work folder and the manifest.
 
-    >>> st = Stage(cfg, inputs={...})
+    >>> st = Stage(cfg, inputs={...}, code=digest)
     >>> if st.cached: return st.manifest
     >>> work = st.begin()      # data/runs/<id>/<stage>.partial/
     >>> ...                    # write artifacts into `work`
     >>> return st.finish(outputs={...}, metrics={...})
     """
 
-    def __init__(self, cfg, inputs: dict[str, str], code: tuple[str, ...] = ()):
+    def __init__(self, cfg, inputs: dict[str, str], code: str = ""):
         self.cfg = cfg
         self.name = cfg.stage
         self.inputs = inputs
         self.dir = stage_dir(cfg.run_id, self.name)
         self.work = self.dir.with_name(self.name + ".partial")
-        self.code = code_digest(code)
+        self.code = code  # digest of the code the stage runs (lab.codebase.digest)
         self.key = sha256_json(
             {"stage": self.name, "params": cfg.params(), "inputs": inputs, "code": self.code}
         )
@@ -254,6 +184,13 @@ class Stage:
         """Create (or, for a resumable run with the same key, reuse) the partial folder."""
         self.started = time.time()
         marker = self.work / ".key"
+        if int(os.environ.get("RANK", "0")):  # under torchrun: rank 0 prepares the folder
+            deadline = self.started + 600
+            while not (marker.exists() and marker.read_text() == self.key):
+                if time.time() > deadline:
+                    raise StageError(f"{self.work} was not prepared by the main process in 10 min")
+                time.sleep(0.1)
+            return self.work
         try:
             if self.work.exists() and (not marker.exists() or marker.read_text() != self.key):
                 shutil.rmtree(self.work)
@@ -320,19 +257,23 @@ def clean_stale(run_id: str) -> None:
                 os.replace(path, stage)
 
 
-def save_dataset(ds, path: Path) -> None:
-    """save_to_disk without its per-split progress bars (they drown the notebook)."""
-    import datasets
+# ---------------------------------------------------------------------------------------------
+# benchmark results
 
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
+
+def save_bench(result: dict) -> None:
+    """Keep the latest result of each benchmark in reports/bench/NAME[-quick].json, where the
+    notebooks show it; a folder that cannot be written only costs the copy."""
+    name = result["bench"] + ("-quick" if result.get("quick") else "")
+    folder = reports_dir() / "bench"
     try:
-        ds.save_to_disk(str(path))
-    finally:
-        if was:
-            datasets.enable_progress_bars()
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / f"{name}.json", result)
+    except OSError as err:
+        print(f"(bench result not saved: {err})", flush=True)
 
 
-def echo(*args: Any) -> None:
-    """print() that reaches the terminal promptly under papermill and pipes."""
-    print(*args, flush=True, file=sys.stdout)
+def latest_bench(name: str) -> dict | None:
+    """The last saved full (not --quick) result of benchmark `name`, or None."""
+    path = reports_dir() / "bench" / f"{name}.json"
+    return read_json(path) if path.exists() else None

@@ -1,4 +1,4 @@
-"""Figures and tables for the stage notebooks, drawn from artifacts only.
+"""Figures for the stage notebooks, drawn from artifacts only.
 
 `show(fig)` puts two renderings of a plotly figure in one output: the plotly mimetype that
 JupyterLab draws live, and self-contained HTML (plotly.js embedded once per notebook, no CDN, no
@@ -8,7 +8,6 @@ stores only the mimetype, which nbconvert drops: the figure would be missing fro
 
 from __future__ import annotations
 
-import html
 import os
 
 import plotly.graph_objects as go
@@ -39,32 +38,6 @@ def show(fig: go.Figure) -> None:
     )
     _plotlyjs_sent = True
     display({"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/html": page}, raw=True)
-
-
-def table(rows: list[dict], title: str | None = None):
-    """An HTML table with every cell escaped (corpus text is untrusted)."""
-    from IPython.display import HTML
-
-    if not rows:
-        return HTML(f"<p><em>{html.escape(title) + ': ' if title else ''}(empty)</em></p>")
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
-        for r in rows
-    )
-    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return HTML(
-        f'<table class="lab-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-    )
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return "" if v is None else str(v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,41 +153,6 @@ def builtin_vs_ours(stats: dict) -> go.Figure:
     return fig
 
 
-def mask_table(stats: dict):
-    rows = [
-        {
-            "mode": mode,
-            "mask rate": s["mask_rate"],
-            **s["shares"],
-            "multi-token words": s["multi_token_word_share"],
-            "masked words": s["masked_words"],
-        }
-        for mode, s in (("whole word", stats["wwm"]), ("token", stats["token"]))
-    ]
-    return table(rows, "Masking on the valid split ([MASK] / random / kept shares per chosen word)")
-
-
-def builtin_table(stats: dict):
-    b, o = stats["builtin"], stats["ours_on_sentences"]
-    rows = [
-        {
-            "collator": "transformers whole_word_mask=True",
-            "all or nothing": b["all_or_nothing"],
-            "fully masked": b["all_masked"],
-            "none masked": b["none_masked"],
-            "mean rate": b["mean_mask_rate"],
-            "[MASK] share": b["mask_token_share"],
-        },
-        {
-            "collator": "lab WholeWordMaskCollator",
-            "all or nothing": o["all_or_nothing"],
-            "mean rate": o["mean_mask_rate"],
-            "[MASK] share": o["shares"]["mask"],
-        },
-    ]
-    return table(rows, f"The same {b['sequences']:,} valid sentences")
-
-
 # ---------------------------------------------------------------------------------------------
 # 03 pretraining
 
@@ -297,20 +235,6 @@ def attention_offsets(info: dict) -> go.Figure:
     return fig
 
 
-def probe_table(probes: dict, title: str = "Fill-mask probes: top 5 per [MASK]"):
-    rows = []
-    for sentence, slots in probes.items():
-        for i, slot in enumerate(slots):
-            rows.append(
-                {
-                    "sentence": sentence,
-                    "mask": i + 1,
-                    **{f"#{k + 1}": f"{t} {p:.3f}" for k, (t, p) in enumerate(slot)},
-                }
-            )
-    return table(rows, title)
-
-
 # ---------------------------------------------------------------------------------------------
 # 04 distillation
 
@@ -356,16 +280,6 @@ def distill_terms(logs: dict[str, list[dict]]) -> go.Figure:
     return fig
 
 
-def distill_table(models: dict):
-    rows = [{"model": name, **r} for name, r in models.items()]
-    return table(rows, "Teacher, assistant and students on the held-out split")
-
-
-def seeds_table(summary: dict):
-    rows = [{"setting": k, **v} for k, v in summary.items()]
-    return table(rows, "One-stage vs two-stage students (mean and spread over seeds)")
-
-
 # ---------------------------------------------------------------------------------------------
 # 05 longify
 
@@ -409,38 +323,6 @@ def banded(
 # 06 evaluate
 
 
-def models_table(rows: dict):
-    cols = ("role", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
-            "latency_ms_b1", "throughput_seq_s_b32", "speedup")  # fmt: skip
-    out = [{"model": n, **{c: r.get(c) for c in cols}} for n, r in rows.items() if "acc" in r]
-    return table(
-        out,
-        "Models: size, held-out LM metrics, speed on this machine (batch 1 latency, batch 32 throughput, seq 128)",
-    )
-
-
-def task_table(scores: dict):
-    tasks = sorted({t for v in scores.values() for t in v})
-    rows = []
-    for name, t in scores.items():
-        row = {"model": name}
-        for task in tasks:
-            if task in t:
-                v = t[task]
-                row[f"{task} ({v['metric']})"] = f"{v['mean']:.4f}" + (
-                    f" ± {v['std']:.4f}" if v.get("std") else ""
-                )
-        rows.append(row)
-    return table(rows, "Downstream tasks (test split; mean ± std over seeds)")
-
-
-def relative_table(relative: dict):
-    return table(
-        [{"model": n, **v} for n, v in relative.items()],
-        "Task scores relative to the teacher (MiniRBT's relative table)",
-    )
-
-
 def frontier(rows: dict, average: dict) -> go.Figure:
     """Average task score against latency and against parameters: the speed / size frontier."""
     names = [n for n in average if n in rows and "latency_ms_b1" in rows[n]]
@@ -464,10 +346,3 @@ def frontier(rows: dict, average: dict) -> go.Figure:
         title="The frontier: average downstream score against speed and size", height=460
     )
     return fig
-
-
-def findings_table(findings: dict):
-    rows = [{"seed finding": k, "reproduced here": "yes" if v["holds"] else "no",
-             "numbers": ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items() if a != "holds")}
-            for k, v in findings.items()]  # fmt: skip
-    return table(rows, "The seeds' qualitative findings, checked on this run's numbers")

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab import config, corpus, wwm
+from lab import config
 from lab.config import ConfigError
-from lab.text import normalize
+from lab.core import build, documents, wordpiece
+from lab.core.kd import DistillError
+from lab.core.text import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,46 +65,57 @@ def test_impossible_values_are_refused(stage, overrides, message):
 def test_corpus_of_emoji_english_or_digits_is_refused(tmp_path, text):
     path = tmp_path / "c.txt"
     path.write_text((text + "\n") * 5, encoding="utf-8")
-    with pytest.raises(corpus.CorpusError, match="Chinese"):
-        corpus._check_chinese(str(path), corpus.read_user_source(str(path)))
+    with pytest.raises(documents.CorpusError, match="Chinese"):
+        documents.check_chinese(str(path), documents.read_user_source(str(path)))
 
 
-def test_traditional_chinese_is_kept_or_converted():
-    from lab.text import to_simplified
+def test_traditional_chinese_is_kept_or_converted(tmp_path):
+    path = tmp_path / "trad.txt"
+    path.write_text("國際體育新聞報導。\n臺灣學生學習語言。\n", encoding="utf-8")
+    texts = documents.read_user_source(str(path))
+    documents.check_chinese(str(path), texts)  # Traditional text is Chinese: accepted ...
+    docs = [{"text": t, "source": "u", "doc": str(i), "split": None} for i, t in enumerate(texts)]
 
-    assert corpus.read_user_source  # Traditional text is Chinese: accepted as it is ...
-    assert to_simplified("國際體育") == "国际体育"  # ... and converted with corpus.to_simplified
+    def cleaned(simplified):
+        kept, _ = build.clean_and_dedupe(docs, min_chars=2, max_chars=100, simplified=simplified,
+                                         valid_frac=0.0, test_frac=0.0)  # fmt: skip
+        return [d["text"] for d in kept]
+
+    assert cleaned(False) == ["國際體育新聞報導。", "臺灣學生學習語言。"]  # ... kept as it is,
+    assert cleaned(True) == [
+        "国际体育新闻报导。",
+        "台湾学生学习语言。",
+    ]  # or converted (to_simplified)
 
 
 def test_model_folder_without_config_or_of_another_architecture(tmp_path):
     from lab import distill, longify
-    from lab.distill import DistillError
+    from lab.core.longformer import ConversionError
 
     cfg = config.load("distill", run_id="x", overrides={"teacher": str(tmp_path)})
     with pytest.raises(DistillError, match="is not a model folder"):
         distill.load_teacher(cfg)
     lcfg = config.load("longify", run_id="x", overrides={"source": str(tmp_path)})
-    with pytest.raises(longify.LongifyError, match="is not a model folder"):
+    with pytest.raises(ConversionError, match="is not a model folder"):
         longify.source_dir(lcfg)
 
 
 def test_teacher_with_another_vocabulary_is_refused():
-    from lab import distill, models, sources, vocab
+    from lab import distill
+    from lab.core import models, sources, vocab
 
     tok = vocab.make_tokenizer(sources.load("bert_vocab"))
     teacher = models.build("L2_H64", 8000)
     cfg = config.load("distill", run_id="x", profile="smoke")
-    with pytest.raises(
-        distill.DistillError, match="vocabulary has 8,000 tokens but the compact vocab"
-    ):
+    with pytest.raises(DistillError, match="vocabulary has 8,000 tokens but the compact vocab"):
         distill.check_setup(cfg, teacher, tok)
     wide = config.load("distill", run_id="x", profile="smoke", overrides={"student": "L2_H128"})
-    with pytest.raises(distill.DistillError, match="wider than the teacher"):
+    with pytest.raises(DistillError, match="wider than the teacher"):
         distill.check_setup(wide, models.build("L2_H64", len(tok)), tok)
     select = config.load(
         "distill", run_id="x", profile="smoke", overrides={"student_init": "select"}
     )
-    with pytest.raises(distill.DistillError, match="heads are 16 wide and the teacher's 64"):
+    with pytest.raises(DistillError, match="heads are 16 wide and the teacher's 64"):
         distill.check_setup(select, models.build("L2_H64", len(tok)), tok)
 
 
@@ -121,7 +134,7 @@ def test_normalize_on_arbitrary_unicode(text):
 
 @pytest.fixture(scope="module")
 def tok():
-    from lab import sources, vocab
+    from lab.core import sources, vocab
 
     return vocab.make_tokenizer(sources.load("bert_vocab"))
 
@@ -129,7 +142,7 @@ def tok():
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=80), min_size=1, max_size=4))
 def test_encode_on_arbitrary_unicode(tok, texts):
-    for ex in wwm.encode(texts, tok, max_length=64):
+    for ex in wordpiece.encode(texts, tok, max_length=64):
         ids, w = ex["input_ids"], ex["word_ids"]
         assert len(ids) == len(w) <= 64
         assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and w[0] == w[-1] == -1

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import config
+from lab import config, overrides
 from lab.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,19 +69,19 @@ def test_notebook_namespace_changed_values_override_profile():
 
 
 def test_split_overrides_routes_bare_and_dotted_keys():
-    routed = config.split_overrides({"corpus.min_chars": 3, "seed": 7})
+    routed = overrides.split_overrides({"corpus.min_chars": 3, "seed": 7})
     assert routed["corpus"] == {"min_chars": 3, "seed": 7}
     with pytest.raises(ConfigError, match="no stage has a parameter 'sed'.*'seed'"):
-        config.split_overrides({"sed": 1})
+        overrides.split_overrides({"sed": 1})
     with pytest.raises(ConfigError, match="unknown stage 'corpse'"):
-        config.split_overrides({"corpse.min_chars": 3})
+        overrides.split_overrides({"corpse.min_chars": 3})
 
 
 def test_parse_value():
-    assert config.parse_value("3e-4") == 3e-4
-    assert config.parse_value("[128, 512]") == [128, 512]
-    assert config.parse_value("true") is True
-    assert config.parse_value("jieba") == "jieba"
+    assert overrides.parse_value("3e-4") == 3e-4
+    assert overrides.parse_value("[128, 512]") == [128, 512]
+    assert overrides.parse_value("true") is True
+    assert overrides.parse_value("jieba") == "jieba"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)

@@ -5,7 +5,8 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from lab import config, corpus, runs
-from lab.corpus import CorpusError, read_user_source
+from lab.core.documents import CorpusError, read_user_source
+from lab.core.taskdata import NER_LABELS
 
 
 @pytest.mark.parametrize(
@@ -130,13 +131,13 @@ def test_splits_are_deterministic(lab_home, smoke_corpus):
 
 def test_rerun_is_cached_and_changed_parameter_reruns(lab_home, smoke_corpus):
     cfg = config.load("corpus", run_id="t-smoke", profile="smoke")
-    assert runs.Stage(cfg, corpus.inputs(cfg), corpus.CODE).cached
+    assert corpus.STAGE.stage(cfg).cached
     changed = config.load("corpus", run_id="t-smoke", profile="smoke", overrides={"min_chars": 6})
-    assert not runs.Stage(changed, corpus.inputs(changed), corpus.CODE).cached
+    assert not corpus.STAGE.stage(changed).cached
 
 
 def test_vocabularies(smoke_corpus):
-    from lab import vocab
+    from lab.core import vocab
 
     d = smoke_corpus["dir"]
     full = vocab.load(d / "vocab" / "full")
@@ -162,7 +163,7 @@ def test_gold_segmentation_and_long_documents(smoke_corpus):
     assert len(long["test"]) > 0 and "sanguo" in set(long["train"]["source"])
     ner = load_from_disk(str(d / "tasks" / "msra_ner"))["train"][0]
     assert len(ner["tokens"]) == len(ner["ner_tags"])
-    assert set(ner["ner_tags"]) <= set(corpus.NER_LABELS)
+    assert set(ner["ner_tags"]) <= set(NER_LABELS)
 
 
 def test_stats_written(smoke_corpus):

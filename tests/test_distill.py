@@ -3,26 +3,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab import distill, models, sources, vocab
-from lab.distill import DistillError
-from lab.wwm import WholeWordMaskCollator
+from lab.core import kd, models, sources, vocab, wordpiece
+from lab.core.kd import DistillError
+from lab.core.kdcache import CachedBatches, build_cache
+from lab.core.masking import WholeWordMaskCollator
 
 
 def test_layer_maps():
-    assert distill.uniform_map(2, 4) == [1, 3]
-    assert distill.uniform_map(6, 12) == [1, 3, 5, 7, 9, 11]
-    assert distill.check_layer_map([], 3, 6, "x") == [1, 3, 5]
+    assert kd.uniform_map(2, 4) == [1, 3]
+    assert kd.uniform_map(6, 12) == [1, 3, 5, 7, 9, 11]
+    assert kd.check_layer_map([], 3, 6, "x") == [1, 3, 5]
     with pytest.raises(
         DistillError, match="names teacher layers \\[7\\]; the teacher has layers 0..5"
     ):
-        distill.check_layer_map([0, 7], 2, 6, "distill.layer_map")
+        kd.check_layer_map([0, 7], 2, 6, "kd.layer_map")
     with pytest.raises(DistillError, match="has 3 entries; the student has 2 layers"):
-        distill.check_layer_map([0, 1, 2], 2, 6, "distill.layer_map")
+        kd.check_layer_map([0, 1, 2], 2, 6, "kd.layer_map")
 
 
 def test_assistant_copies_the_chosen_teacher_layers():
     teacher = models.build("L4_H64", 300, seed=0)
-    ta = distill.student_from_teacher(teacher, [0, 3], seed=1)
+    ta = kd.student_from_teacher(teacher, [0, 3], seed=1)
     assert ta.config.num_hidden_layers == 2
     t, s = teacher.state_dict(), ta.state_dict()
     for k in s:
@@ -33,7 +34,7 @@ def test_assistant_copies_the_chosen_teacher_layers():
 def test_weight_selection_keeps_whole_heads_and_evenly_spaced_dimensions():
     teacher = models.build("L4_H64_A4", 300, seed=0)  # heads of 16
     student = models.build("L2_H32_A2", 300, seed=1, max_positions=512)
-    kept = distill.select_weights(student, teacher, [1, 3])
+    kept = kd.select_weights(student, teacher, [1, 3])
     assert kept == [0, 3]
     hid = torch.linspace(0, 63, 32).round().long()
     qkv = torch.cat([torch.arange(0, 16), torch.arange(48, 64)])
@@ -53,11 +54,11 @@ def test_weight_selection_keeps_whole_heads_and_evenly_spaced_dimensions():
 def test_weight_selection_at_the_same_width_is_the_teacher():
     teacher = models.build("L2_H32_A2", 300, seed=0).eval()
     student = models.build("L2_H32_A2", 300, seed=1, max_positions=512).eval()
-    distill.select_weights(student, teacher, [0, 1])
+    kd.select_weights(student, teacher, [0, 1])
     x = torch.randint(5, 300, (2, 12))
     assert torch.equal(student(input_ids=x).logits, teacher(input_ids=x).logits)
     with pytest.raises(DistillError, match="keeps whole heads"):
-        distill.select_weights(models.build("L2_H32_A4", 300, seed=1), teacher, [0, 1])
+        kd.select_weights(models.build("L2_H32_A4", 300, seed=1), teacher, [0, 1])
 
 
 def test_kd_loss_is_hinton_kd_as_kl_with_full_vocab_and_t2_scaling():
@@ -68,10 +69,10 @@ def test_kd_loss_is_hinton_kd_as_kl_with_full_vocab_and_t2_scaling():
     target = F.log_softmax(t / T, -1)
     expected = (target.exp() * (target - F.log_softmax(s / T, -1))).sum(-1).mean()
     assert torch.allclose(
-        distill.kd_loss(s, F.log_softmax(t, -1), idx, T, t2=False), expected, atol=1e-6
+        kd.kd_loss(s, F.log_softmax(t, -1), idx, T, t2=False), expected, atol=1e-6
     )
     assert torch.allclose(
-        distill.kd_loss(s, F.log_softmax(t, -1), idx, T, t2=True), expected * T * T, atol=1e-5
+        kd.kd_loss(s, F.log_softmax(t, -1), idx, T, t2=True), expected * T * T, atol=1e-5
     )
 
 
@@ -85,9 +86,9 @@ def test_truncated_targets_leave_the_tokens_outside_the_top_k_alone(loss):
     top_logp, top_idx = logp.topk(5, dim=-1)
     s = t.clone().requires_grad_(True)
     if loss == "kd":
-        distill.kd_loss(s, top_logp, top_idx, 8.0, t2=True).backward()
+        kd.kd_loss(s, top_logp, top_idx, 8.0, t2=True).backward()
     else:
-        distill.topk_loss(s, top_logp, top_idx).backward()
+        kd.topk_loss(s, top_logp, top_idx).backward()
     assert s.grad.abs().max() < 1e-5
 
 
@@ -96,7 +97,7 @@ def test_topk_loss_of_a_perfect_student_is_the_target_entropy():
     logp = F.log_softmax(z, -1)
     idx = torch.arange(40).expand(3, 40)
     entropy = -(logp.exp() * logp).sum(-1).mean()
-    assert torch.allclose(distill.topk_loss(z, logp, idx), entropy, atol=1e-5)
+    assert torch.allclose(kd.topk_loss(z, logp, idx), entropy, atol=1e-5)
 
 
 def _batch(tok, n=4, length=24, seed=0):
@@ -105,9 +106,7 @@ def _batch(tok, n=4, length=24, seed=0):
         "".join(g.choice(list("中国的首都是北京我们学习语言模型很好用"), size=length))
         for _ in range(n)
     ]
-    from lab import wwm
-
-    examples = wwm.encode(texts, tok, max_length=length)
+    examples = wordpiece.encode(texts, tok, max_length=length)
     return WholeWordMaskCollator(tok, seed=seed, mlm_probability=0.3)(examples)
 
 
@@ -120,7 +119,7 @@ def test_online_distiller_all_terms(tok):
     teacher = models.build("L2_H64", len(tok), seed=0, attn_implementation="eager")
     student = models.build("L1_H32_A2", len(tok), seed=1, attn_implementation="eager")
     weights = {"kd": 1.0, "mlm": 1.0, "hidden": 1.0, "attention": 1.0, "topk": 1.0}
-    module = distill.Distiller(
+    module = kd.Distiller(
         student, teacher, weights=weights, temperature=8.0, t2=True, layer_map=[1], topk=16
     )
     out = module(**_batch(tok))
@@ -131,26 +130,24 @@ def test_online_distiller_all_terms(tok):
 
 
 def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
-    from lab import wwm
-
     teacher = models.build("L2_H64", len(tok), seed=0)
     texts = ["中国的首都是北京。我们学习语言模型，很好用。"] * 40
-    seg_words = [wwm._segmenter("jieba").cut(t) for t in texts]
-    ids, wids, counts = wwm.WordTokenizer(tok)(seg_words)
-    x, w = wwm.pack(ids, wids, counts, seq_len=32, cls_id=101, sep_id=102, pad_id=0)
+    seg_words = [wordpiece._segmenter("jieba").cut(t) for t in texts]
+    ids, wids, counts = wordpiece.WordTokenizer(tok)(seg_words)
+    x, w = wordpiece.pack(ids, wids, counts, seq_len=32, cls_id=101, sep_id=102, pad_id=0)
     col = WholeWordMaskCollator(tok, seed=0)
 
     def cache(digest):
-        return distill.build_cache(teacher, x, w, col, tmp_path / "c", dupe_factor=2,
+        return build_cache(teacher, x, w, col, tmp_path / "c", dupe_factor=2,
                                    n_sequences=20, topk=8, seed=0, teacher_digest=digest)  # fmt: skip
 
     meta = cache("aaa")
     assert 0 < meta["truncation_mass"]["8"] <= 1 and meta["masked_positions"] > 0
-    batch = distill.CachedBatches(tmp_path / "c", 4, 0)(0)
+    batch = CachedBatches(tmp_path / "c", 4, 0)(0)
     n_masked = int((batch["labels"] != -100).sum())
     assert batch["topk_logp"].shape == (n_masked, 8) and batch["topk_idx"].dtype == torch.int32
     student = models.build("L1_H32_A2", len(tok), seed=1)
-    module = distill.Distiller(
+    module = kd.Distiller(
         student,
         None,
         weights={"kd": 1.0, "mlm": 1.0},
@@ -167,15 +164,15 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
 def test_cached_mode_refuses_hidden_losses(tok):
     student = models.build("L1_H32_A2", len(tok), seed=1)
     with pytest.raises(DistillError, match="need the teacher online"):
-        distill.Distiller(
+        kd.Distiller(
             student, None, weights={"hidden": 1.0}, temperature=1.0, t2=False, layer_map=[0], topk=8
         )
 
 
 def test_kd_sanity_flags_a_flat_kd_term():
     log = [{"step": i, "loss": 1.0, "kd": 2.0, "mlm": 5.0 - 0.04 * i} for i in range(100)]
-    assert distill.kd_sanity(log)["flag"]
+    assert kd.kd_sanity(log)["flag"]
     log = [
         {"step": i, "loss": 1.0, "kd": 2.0 - 0.01 * i, "mlm": 5.0 - 0.04 * i} for i in range(100)
     ]
-    assert not distill.kd_sanity(log)["flag"]
+    assert not kd.kd_sanity(log)["flag"]

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lab import longify, models, sources, vocab
-from lab.longify import LongifyError
+from lab.core import longdocs, models, sources, vocab
+from lab.core.attention import block_attention
+from lab.core.longformer import ConversionError, convert, equivalence
+from lab.core.metrics import bits_per_char, document_nats
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +19,9 @@ def bert(tok):
 
 
 def test_conversion_reproduces_bert_inside_one_window(tok, bert):
-    long = longify.convert(bert, max_positions=1024, attention_window=64)
+    long = convert(bert, max_positions=1024, attention_window=64)
     assert long.config.max_position_embeddings == 1024 + 1  # positions start at pad + 1
-    diff = longify.equivalence(bert, long, tok, "中国的首都是北京。" * 10, [tok.cls_token_id])
+    diff = equivalence(bert, long, tok, "中国的首都是北京。" * 10, [tok.cls_token_id])
     assert diff < 1e-5
     pos = long.longformer.embeddings.position_embeddings.weight
     old = bert.bert.embeddings.position_embeddings.weight
@@ -34,9 +36,9 @@ def test_block_attention_computes_what_transformers_computes(bert):
     import copy
 
     torch.manual_seed(0)
-    ref = longify.convert(bert, max_positions=1024, attention_window=8)
+    ref = convert(bert, max_positions=1024, attention_window=8)
     fast = copy.deepcopy(ref)
-    longify.block_attention(fast)
+    block_attention(fast)
     ref.train(), fast.train()  # dropout is 0: train mode only checks the training path
     zero_in_theory = ("key.bias", "key_global.bias")  # softmax ignores a key bias: noise only
     for length, global_at in [(37, [[0], [0, 2, 20]]), (16, [[], []]), (9, [[0, 3], [4]])]:
@@ -64,35 +66,35 @@ def test_block_attention_computes_what_transformers_computes(bert):
 
 
 def test_bad_conversions(bert, tok):
-    with pytest.raises(LongifyError, match="must be a positive even number"):
-        longify.convert(bert, attention_window=63)
-    with pytest.raises(LongifyError, match="below the source model's 512 positions"):
-        longify.convert(bert, max_positions=256, attention_window=64)
-    long = longify.convert(bert, max_positions=1024, attention_window=64)
-    with pytest.raises(LongifyError, match="converts BERT models; this one is a 'longformer'"):
-        longify.convert(long)
+    with pytest.raises(ConversionError, match="must be a positive even number"):
+        convert(bert, attention_window=63)
+    with pytest.raises(ConversionError, match="below the source model's 512 positions"):
+        convert(bert, max_positions=256, attention_window=64)
+    long = convert(bert, max_positions=1024, attention_window=64)
+    with pytest.raises(ConversionError, match="converts BERT models; this one is a 'longformer'"):
+        convert(long)
 
 
 def test_chunks_bpc_and_probe(tok, bert):
-    from lab.segment import Segmenter
+    from lab.core.segment import Segmenter
 
     name = "曹操"
     doc = name + "来了。" + "今天天气很好，我们去公园散步。" * 40 + name + "又来了。"
-    ids, wids, chars = longify.tokenize_docs([doc], tok, Segmenter("jieba"))
-    x, w = longify.chunk_docs(ids, wids, 128, 101, 102, 0)
+    ids, wids, chars = longdocs.tokenize_docs([doc], tok, Segmenter("jieba"))
+    x, w = longdocs.chunk_docs(ids, wids, 128, 101, 102, 0)
     assert x.shape[1] == 128 and (x[:, 0] == 101).all()
-    from lab.wwm import WholeWordMaskCollator
+    from lab.core.masking import WholeWordMaskCollator
 
-    masks = longify.fixed_masks(ids, wids, WholeWordMaskCollator(tok, whole_word=False), 0)
-    bpc = longify.bits_per_char(
-        bert, ids, chars, masks, window=128, cls_id=101, sep_id=102, mask_id=103
+    masks = longdocs.fixed_masks(ids, wids, WholeWordMaskCollator(tok, whole_word=False), 0)
+    bpc = bits_per_char(
+        *document_nats(bert, ids, chars, masks, window=128, cls_id=101, sep_id=102, mask_id=103)
     )
     assert np.isfinite(bpc) and bpc > 0
     name_ids = tok(name, add_special_tokens=False)["input_ids"]
-    found = longify.probe_instances(ids, wids, [name_ids], min_gap=300, limit=5)
+    found = longdocs.probe_instances(ids, wids, [name_ids], min_gap=300, limit=5)
     assert len(found) == 1 and found[0]["gap"] > 300
-    long = longify.convert(bert, max_positions=1024, attention_window=64)
-    r = longify.probe_accuracy(
+    long = convert(bert, max_positions=1024, attention_window=64)
+    r = longdocs.probe_accuracy(
         long,
         ids,
         found,
@@ -107,9 +109,9 @@ def test_chunks_bpc_and_probe(tok, bert):
 
 
 def test_banded_attention_rows_are_distributions(tok, bert):
-    long = longify.convert(bert, max_positions=1024, attention_window=16)
+    long = convert(bert, max_positions=1024, attention_window=16)
     ids = np.array(tok("中国的首都是北京。" * 8, add_special_tokens=False)["input_ids"])
-    a = longify.banded_attention(long, ids, [101], cls_id=101, sep_id=102, mask_id=103)
+    a = longdocs.banded_attention(long, ids, [101], cls_id=101, sep_id=102, mask_id=103)
     assert a.shape == (len(ids) + 2, len(ids) + 2)
     assert np.allclose(a.sum(1), 1, atol=1e-4)
     assert (a[40, :30] == 0).sum() > 0 and a[40, 0] > 0  # outside the band: zero; [CLS] is global
@@ -118,5 +120,5 @@ def test_banded_attention_rows_are_distributions(tok, bert):
 def test_names_followed_by_a_verb_fold_into_the_name():
     from collections import Counter
 
-    merged = longify.merge_prefixed(Counter({"玄德": 5, "玄德曰": 3, "孔明曰": 2, "诸葛亮": 4}))
+    merged = longdocs.merge_prefixed(Counter({"玄德": 5, "玄德曰": 3, "孔明曰": 2, "诸葛亮": 4}))
     assert merged == Counter({"玄德": 8, "诸葛亮": 4, "孔明曰": 2})

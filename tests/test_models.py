@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lab import models
-from lab.models import ModelError
+from lab.core import models, shapes
+from lab.core.shapes import ModelError
 
 PUBLISHED = {  # MiniRBT's table, millions of parameters: total, non-embedding
     "Base": (102.3, 85.7), "RBT6": (59.76, 43.14), "RBT3": (38.5, 21.9),
@@ -11,7 +11,7 @@ PUBLISHED = {  # MiniRBT's table, millions of parameters: total, non-embedding
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
-def test_parameter_counts_match_the_seeds(name):
+def test_parameter_counts_match_minirbts_table(name):
     row = next(r for r in models.table(21128) if r["model"] == name)
     total, non_emb = PUBLISHED[name]
     assert row["params"] / 1e6 == pytest.approx(total, abs=0.06)
@@ -19,17 +19,17 @@ def test_parameter_counts_match_the_seeds(name):
 
 
 def test_presets_and_aliases():
-    assert models.arch("Mini") == models.arch("L4_H256") == models.Arch(4, 256, 4, 1024)
-    assert len([k for k in models.PRESETS if k.startswith("L")]) == 24
-    assert models.arch("L2_H64") == models.Arch(2, 64, 1, 256)
-    assert models.arch("L3_H96_A3_I200") == models.Arch(3, 96, 3, 200)
+    assert shapes.arch("Mini") == shapes.arch("L4_H256") == shapes.Arch(4, 256, 4, 1024)
+    assert len([k for k in shapes.PRESETS if k.startswith("L")]) == 24
+    assert shapes.arch("L2_H64") == shapes.Arch(2, 64, 1, 256)
+    assert shapes.arch("L3_H96_A3_I200") == shapes.Arch(3, 96, 3, 200)
 
 
 def test_bad_presets():
     with pytest.raises(ModelError, match="unknown model preset 'Huge'"):
-        models.arch("Huge")
+        shapes.arch("Huge")
     with pytest.raises(ModelError, match="not divisible by 3 heads"):
-        models.arch("L2_H128_A3")
+        shapes.arch("L2_H128_A3")
 
 
 def test_build_and_forward_shape():

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from lab import config, runs
+from lab.core import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ def test_manifest_has_required_keys_and_caches(lab_home):
     for key in ("stage", "params", "inputs", "outputs", "metrics", "versions", "git", "seed",
                 "started", "finished", "duration_s"):  # fmt: skip
         assert key in m
-    assert m["files"] == {"out.txt": runs.sha256_file(m["dir"] / "out.txt")}
+    assert m["files"] == {"out.txt": files.sha256_file(m["dir"] / "out.txt")}
     assert runs.Stage(FakeConfig(), {"up": "abc"}).cached
     assert not runs.Stage(FakeConfig(size=2), {"up": "abc"}).cached  # changed parameter
     assert not runs.Stage(FakeConfig(), {"up": "changed"}).cached  # changed upstream
@@ -68,10 +69,10 @@ def test_crash_while_writing_manifest_leaves_previous_valid(lab_home, monkeypatc
 
 def test_write_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "m.json"
-    runs.write_json(path, {"a": 1})
+    files.write_json(path, {"a": 1})
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError):
-        runs.write_json(path, {"a": 2})
+        files.write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
 

@@ -1,7 +1,7 @@
 import pytest
 
-from lab import segment
-from lab.segment import Segmenter
+from lab.core import segment
+from lab.core.segment import Segmenter
 
 TEXTS = [
     "中共中央总书记、国家主席江泽民发表1998年新年讲话《迈向充满希望的新世纪》。",

@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from lab import sources
-from lab.sources import Archive, SourceError
+from lab.core import sources
+from lab.core.sources import Archive, SourceError
 
 
 def test_parsers_on_small_samples():

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from lab import models, sources, tasks, vocab
-from lab.evaluate import fill_mask, relative_scores, speed, spread
+from lab.core import models, sources, tasks, vocab
+from lab.core.metrics import fill_mask, speed, spread
+from lab.evaluate import relative_scores
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,7 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     """A run whose teacher differs only in the masking (or only in the vocab) is an ablation of
     this one; a run that differs in two parameters is not."""
     from lab import runs
+    from lab.core.files import write_json
     from lab.evaluate import ablation_findings
 
     monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
@@ -96,7 +98,7 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
             folder = runs.stage_dir(run_id, stage)
             folder.mkdir(parents=True)
             metrics = {"average": {"teacher": avg}} if stage == "evaluate" else {}
-            runs.write_json(folder / "manifest.json",
+            write_json(folder / "manifest.json",
                             {"complete": True, "params": params, "metrics": metrics})  # fmt: skip
 
     make_run("base", 0.50)

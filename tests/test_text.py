@@ -1,4 +1,4 @@
-from lab.text import Haystack, assign_split, cut, normalize, sentences
+from lab.core.text import Haystack, assign_split, cut, normalize, sentences
 
 
 def test_normalize_folds_fullwidth_alnum_but_keeps_chinese_punctuation():

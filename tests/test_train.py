@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lab import models, train
-from lab.mlm import LocalityWarmup, MaskedLM, locality_bias
+from lab.core import models, train
+from lab.core.attention import locality_bias
+from lab.core.mlm import LocalityWarmup, MaskedLM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,8 +119,8 @@ DDP_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
-from lab import train
-from lab.mlm import LocalityWarmup, MaskedLM, locality_bias
+from lab.core import train
+from lab.core.mlm import MaskedLM
 from test_train import Synthetic, tiny
 b = int(sys.argv[2])
 cfg = train.TrainConfig(steps=8, lr=3e-3, warmup_steps=2, bf16=False, log_every=1)

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lab import sources, vocab, wwm
-from lab.wwm import WholeWordMaskCollator
+from lab.core import masking, sources, vocab, wordpiece
+from lab.core.masking import WholeWordMaskCollator
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def tokens(tokenizer, ex):
 
 
 def test_encode_words_and_specials(tok):
-    (ex,) = wwm.encode(["中国的首都是北京。"], tok)
+    (ex,) = wordpiece.encode(["中国的首都是北京。"], tok)
     assert tokens(tok, ex) == [
         ("[CLS]", -1), ("中", 0), ("国", 0), ("的", 1), ("首", 2), ("都", 2), ("是", 3),
         ("北", 4), ("京", 4), ("。", 5), ("[SEP]", -1),
@@ -41,7 +41,7 @@ def test_encode_words_and_specials(tok):
 
 
 def test_encode_latin_digits_fullwidth_punctuation_unk(tok, small_tok):
-    (ex,) = wwm.encode(["这款iPhone12很好用，ＡＢＣ１２３！"], tok)
+    (ex,) = wordpiece.encode(["这款iPhone12很好用，ＡＢＣ１２３！"], tok)
     t = tokens(tok, ex)
     word = dict(t)
     assert word["iphone"] == word["##12"]  # WordPiece pieces stay one word
@@ -49,14 +49,14 @@ def test_encode_latin_digits_fullwidth_punctuation_unk(tok, small_tok):
         assert [w for _, w in t].count(word[p]) == 1
     full_width = [w for tok_, w in t if tok_ in ("abc", "##123")]
     assert len(full_width) == 2 and len(set(full_width)) == 1  # folded to ABC123: one word
-    (ex,) = wwm.encode(["我们学习郁金香很好"], small_tok)
+    (ex,) = wordpiece.encode(["我们学习郁金香很好"], small_tok)
     t = tokens(small_tok, ex)
     unk = [w for tok_, w in t if tok_ == "[UNK]"]
     assert len(unk) == 3 and len(set(unk)) == 1  # 郁金香: one word of three [UNK]s
 
 
 def test_encode_truncates_and_keeps_lengths_equal(tok):
-    (ex,) = wwm.encode(["中国" * 100], tok, max_length=16)
+    (ex,) = wordpiece.encode(["中国" * 100], tok, max_length=16)
     assert len(ex["input_ids"]) == len(ex["word_ids"]) == 16
     assert ex["word_ids"][0] == ex["word_ids"][-1] == -1
 
@@ -70,7 +70,7 @@ TEXT = st.text(
 
 @pytest.fixture(scope="module")
 def word_tok(tok):
-    return wwm.WordTokenizer(tok)
+    return wordpiece.WordTokenizer(tok)
 
 
 @settings(
@@ -80,8 +80,8 @@ def word_tok(tok):
 def test_word_tokenizer_equals_plain_tokenization(tok, word_tok, texts):
     """Token ids from words equal the tokenizer's own; word ids are 0..k, non-decreasing, and a
     `##` piece shares its predecessor's word."""
-    from lab.segment import Segmenter
-    from lab.text import normalize
+    from lab.core.segment import Segmenter
+    from lab.core.text import normalize
 
     seg = Segmenter("jieba")
     texts = [normalize(t) for t in texts]
@@ -102,9 +102,9 @@ def test_word_tokenizer_equals_plain_tokenization(tok, word_tok, texts):
 
 def test_pack_full_sequences_no_padding_but_last(tok):
     texts = ["中国的首都是北京。", "我们学习语言模型。", "很好用！"] * 20
-    seg_words = [wwm._segmenter("jieba").cut(t) for t in texts]
-    ids, wids, counts = wwm.WordTokenizer(tok)(seg_words)
-    x, w = wwm.pack(ids, wids, counts, seq_len=16, cls_id=101, sep_id=102, pad_id=0)
+    seg_words = [wordpiece._segmenter("jieba").cut(t) for t in texts]
+    ids, wids, counts = wordpiece.WordTokenizer(tok)(seg_words)
+    x, w = wordpiece.pack(ids, wids, counts, seq_len=16, cls_id=101, sep_id=102, pad_id=0)
     assert x.shape == w.shape and x.shape[1] == 16
     assert (x[:, 0] == 101).all()
     assert (x[:-1] != 0).all()  # only the last sequence may hold padding
@@ -141,7 +141,7 @@ def _examples(tok, n=64, seed=0):
         "，",
     ]
     texts = ["".join(rng.choice(words, size=rng.integers(5, 30))) for _ in range(n)]
-    return wwm.encode(texts, tok, max_length=64)
+    return wordpiece.encode(texts, tok, max_length=64)
 
 
 def _words(ex):
@@ -178,12 +178,14 @@ def test_whole_words_are_masked_together_and_specials_untouched(tok, seed, p):
 def test_mask_rate_and_word_level_80_10_10(tok):
     examples = _examples(tok, 400, 1)
     for whole in (True, False):
-        stats = wwm.mask_statistics(WholeWordMaskCollator(tok, seed=3, whole_word=whole), examples)
+        stats = masking.mask_statistics(
+            WholeWordMaskCollator(tok, seed=3, whole_word=whole), examples
+        )
         assert abs(stats["mask_rate"] - 0.15) < 0.02, stats["mask_rate"]
         assert abs(stats["shares"]["mask"] - 0.8) < 0.05
         assert abs(stats["shares"]["random"] - 0.1) < 0.04
         assert abs(stats["shares"]["kept"] - 0.1) < 0.04
-    wwm_stats = wwm.mask_statistics(WholeWordMaskCollator(tok, seed=3), examples)
+    wwm_stats = masking.mask_statistics(WholeWordMaskCollator(tok, seed=3), examples)
     assert wwm_stats["multi_token_word_share"] > 0.3  # whole words, not characters
 
 
@@ -194,7 +196,7 @@ def test_same_seed_same_batch_and_static_masks(tok):
     c = WholeWordMaskCollator(tok, seed=8)(examples)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["labels"], c["labels"])
-    seeds = wwm.static_copies(len(examples), 5, seed=1)
+    seeds = masking.static_copies(len(examples), 5, seed=1)
     static = [dict(e, mask_seed=int(s)) for e, s in zip(examples, seeds[:, 0])]
     x = WholeWordMaskCollator(tok, seed=1)(static)
     y = WholeWordMaskCollator(tok, seed=999)(static)  # the collator's own seed no longer matters
@@ -217,5 +219,5 @@ def test_bad_collator_arguments(tok):
 
 def test_transformers_builtin_is_all_or_nothing_on_chinese(tok):
     texts = ["中国的首都是北京。", "我们学习语言模型很好用。"] * 50
-    b = wwm.builtin_comparison(tok, texts, mlm_probability=0.15, seed=0)
+    b = masking.builtin_comparison(tok, texts, mlm_probability=0.15, seed=0)
     assert b["all_or_nothing"] > 0.9

@@ -64,10 +64,6 @@ def is_cjk(c: str) -> bool:
     )
 
 
-def is_punct(c: str) -> bool:
-    return unicodedata.category(c).startswith("P") or unicodedata.category(c).startswith("S")
-
-
 def sentences(text: str) -> list[str]:
     """Split after 。！？!?；; and newlines, keeping the punctuation with its sentence."""
     return [s for s in SENTENCE_END.split(text) if s.strip()]

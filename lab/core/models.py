@@ -1,4 +1,5 @@
-"""Model presets: the seeds' architectures by name, built as plain `BertForMaskedLM` (no I/O here).
+"""Models of the reference architectures (`lab.core.shapes`), built as plain `BertForMaskedLM` (no I/O
+here), and their parameter counts.
 
 The 24 UER miniatures are `L{layers}_H{hidden}` for L in 2..12 (even) and H in 128/256/512/768, with
 heads = H/64 and FFN = 4H; Tiny, Mini, Small, Medium and Base are their aliases. HFL's MiniRBT-H256 /
@@ -8,69 +9,12 @@ builds a custom size (the smoke profile uses width-64 models).
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import math
 
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-
-@dataclass(frozen=True)
-class Arch:
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-
-
-PRESETS: dict[str, Arch] = {
-    f"L{n}_H{h}": Arch(n, h, h // 64, 4 * h)
-    for n in (2, 4, 6, 8, 10, 12)
-    for h in (128, 256, 512, 768)
-}
-PRESETS.update(
-    {
-        "MiniRBT-H256": Arch(6, 256, 8, 1024),
-        "MiniRBT-H288": Arch(6, 288, 8, 1152),
-        "RBT3": Arch(3, 768, 12, 3072),
-        "RBT4-H312": Arch(4, 312, 12, 1200),
-        "RBT6": Arch(6, 768, 12, 3072),
-    }
-)
-ALIASES = {
-    "Tiny": "L2_H128",
-    "Mini": "L4_H256",
-    "Small": "L4_H512",
-    "Medium": "L8_H512",
-    "Base": "L12_H768",
-}
-CUSTOM = re.compile(r"^L(\d+)_H(\d+)(?:_A(\d+))?(?:_I(\d+))?$")
-
-
-class ModelError(ValueError):
-    """An unknown preset or an impossible architecture."""
-
-
-def arch(name: str) -> Arch:
-    """The architecture of a preset, an alias or a custom `L{n}_H{h}[_A{heads}][_I{ffn}]`."""
-    name = ALIASES.get(name, name)
-    if name in PRESETS:
-        return PRESETS[name]
-    m = CUSTOM.match(name)
-    if not m:
-        known = ", ".join([*ALIASES, *(k for k in PRESETS if not k.startswith("L"))])
-        raise ModelError(
-            f"unknown model preset {name!r}: use {known}, L{{layers}}_H{{hidden}} "
-            "(e.g. L4_H256), or L{n}_H{h}_A{heads}_I{ffn} for a custom size"
-        )
-    layers, hidden = int(m[1]), int(m[2])
-    heads = int(m[3]) if m[3] else max(1, hidden // 64)
-    ffn = int(m[4]) if m[4] else 4 * hidden
-    if layers < 1 or hidden < 8:
-        raise ModelError(f"model {name!r}: needs at least 1 layer and hidden size 8")
-    if hidden % heads:
-        raise ModelError(f"model {name!r}: hidden size {hidden} is not divisible by {heads} heads")
-    return Arch(layers, hidden, heads, ffn)
+from lab.core.shapes import arch
 
 
 def config(
@@ -109,13 +53,15 @@ def build(name: str, vocab_size: int, *, seed: int = 0, **kwargs) -> BertForMask
 
 
 def count(model_or_config, vocab_size: int | None = None) -> dict[str, int]:
-    """Total and non-embedding parameters, counted as MiniRBT's table does: the encoder (BertModel,
-    pooler included) without the MLM head; embeddings = word + position + type + their LayerNorm."""
+    """Total and non-embedding parameters, counted as MiniRBT's table does: the encoder (pooler
+    included) without the MLM head; embeddings = word + position + type + their LayerNorm. A
+    Longformer layer also has its global Q/K/V projections."""
     cfg = model_or_config.config if hasattr(model_or_config, "config") else model_or_config
     V = vocab_size or cfg.vocab_size
     H, L, F = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size  # F: feed-forward width
     emb = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * H + 2 * H
-    layer = 4 * (H * H + H) + (H * F + F) + (F * H + H) + 2 * 2 * H  # attention, FFN, 2 LayerNorms
+    attention = (7 if cfg.model_type == "longformer" else 4) * (H * H + H)  # Q K V O (+ global QKV)
+    layer = attention + (H * F + F) + (F * H + H) + 2 * 2 * H  # attention, FFN, 2 LayerNorms
     pooler = H * H + H
     return {
         "total": emb + L * layer + pooler,
@@ -156,3 +102,17 @@ def table(vocab_size: int = 21128, names: list[str] | None = None) -> list[dict]
             }
         )
     return rows
+
+
+def sinusoidal_positions(model) -> None:
+    """Initialise BERT's (learned) position embeddings with sinusoids at the default init's scale:
+    the model can read relative positions from step one. The architecture stays plain BERT."""
+    weight = model.bert.embeddings.position_embeddings.weight
+    positions, hidden = weight.shape
+    pos = torch.arange(positions, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, hidden, 2, dtype=torch.float32) / hidden)
+    table = torch.zeros(positions, hidden)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : hidden // 2]
+    with torch.no_grad():
+        weight.copy_(table * model.config.initializer_range * math.sqrt(2))

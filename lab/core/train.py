@@ -24,16 +24,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from lab.progress import tqdm
+from lab.core.errors import LabError
+from lab.core.files import write_json
+from lab.core.progress import tqdm
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LabError, RuntimeError):
     """Training cannot go on (a non-finite loss); the message names the step and the checkpoint."""
 
 
@@ -54,9 +56,7 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 0
     keep_checkpoints: int = 2
-    checkpoints: bool = (
-        True  # False for short runs (fine-tuning) that are cheaper to redo than to resume
-    )
+    checkpoints: bool = True  # False for short runs (fine-tuning): cheaper to redo than to resume
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -328,5 +328,20 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+def train_once(model, folder: Path, fit: Callable[[], dict]) -> dict:
+    """One piece of a longer job (a pretraining stage, one student) that a rerun does not repeat:
+    if `folder` holds its finished weights and summary, load them; else run `fit()` (which resumes
+    from the folder's checkpoints), then keep the weights and summary and drop the checkpoints."""
+    folder = Path(folder)
+    done = folder / "done.json"
+    if done.exists():
+        load_model(model, str(folder / "model.safetensors"))
+        return json.loads(done.read_text(encoding="utf-8"))
+    summary = fit()
+    acc = accelerator()
+    if acc.is_main_process:
+        save_model(model, str(folder / "model.safetensors"))
+        write_json(done, summary)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    acc.wait_for_everyone()
+    return summary

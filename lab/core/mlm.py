@@ -7,12 +7,14 @@ seeded order and masks them with a seeded collator, so a batch is a pure functio
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lab.core.attention import block_attention, locality_bias, with_bias
+from lab.core.masking import static_copies
 
 
 class MaskedLM(nn.Module):
@@ -40,34 +42,6 @@ class MaskedLM(nn.Module):
         loss = F.cross_entropy(logits.float(), target)
         acc = (logits.argmax(-1) == target).float().mean()
         return {"loss": loss, "acc": acc.detach()}
-
-
-def with_bias(attention_mask, attention_bias):
-    """The attention mask to hand a model: None for a packed batch without padding (attention then
-    takes its unmasked fast path); with an additive `attention_bias` (B or 1, heads, T, T), the bias,
-    with padded keys blocked."""
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None
-    if attention_bias is None:
-        return attention_mask
-    if attention_mask is not None:
-        blocked = attention_mask[:, None, None, :] == 0
-        attention_bias = attention_bias.masked_fill(blocked, torch.finfo(attention_bias.dtype).min)
-    return attention_bias
-
-
-def locality_bias(length: int, heads: int, slope: float) -> torch.Tensor:
-    """ALiBi-style additive attention bias (1, heads, T, T): -slope / 2^h * |i - j| for head h.
-
-    From random initialisation, attention is uniform and the position embeddings get too little
-    signal to learn where a token's neighbours are; masked-LM training then sits on the unigram
-    plateau (every [MASK] predicted as '，' or '的') for millions of tokens. Adding this bias while
-    training starts, and annealing it to zero, lets the model use its neighbours at once and learn
-    to find them through its own weights; the trained model is plain BERT."""
-    pos = torch.arange(length, dtype=torch.float32)
-    distance = (pos[:, None] - pos[None, :]).abs()
-    slopes = slope / 2 ** torch.arange(heads, dtype=torch.float32)
-    return -(slopes[:, None, None] * distance)[None]
 
 
 class LocalityWarmup:
@@ -138,6 +112,30 @@ class PackedBatches:
         return steps * world * self.batch_size / len(self.input_ids)
 
 
+class StaticMasks(PackedBatches):
+    """Static masking (UER's and the distillation recipe's `dupe_factor`): fixed maskings per sequence,
+    cycled by epoch."""
+
+    def __init__(self, *args, dupe_factor: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_seeds = static_copies(len(self.input_ids), dupe_factor, self.seed)
+
+    def __call__(self, index: int, rank: int = 0, world: int = 1) -> dict:
+        rows = self.indices(index, rank, world)
+        n = len(self.input_ids)
+        epoch = ((index * world + rank) * self.batch_size) // n
+        copy = epoch % self.mask_seeds.shape[1]
+        examples = [
+            {
+                "input_ids": self.input_ids[i],
+                "word_ids": self.word_ids[i],
+                "mask_seed": int(self.mask_seeds[i, copy]),
+            }
+            for i in rows
+        ]
+        return self.collator(examples)
+
+
 def load_packed(folder, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, word_ids) of a packed split as (N, L) int32 arrays."""
     from datasets import load_from_disk
@@ -151,37 +149,14 @@ def load_packed(folder, split: str) -> tuple[np.ndarray, np.ndarray]:
     return cols[0], cols[1]
 
 
-@torch.no_grad()
-def evaluate(model, input_ids: np.ndarray, word_ids: np.ndarray, tokenizer, *, batch_size: int = 64,
-             seed: int = 0, whole_word: bool = False, mlm_probability: float = 0.15) -> dict:  # fmt: skip
-    """Held-out masked-token accuracy, loss and perplexity with a fixed masking (token-level by
-    default: the issue's yardstick), on every sequence given."""
-    from lab.wwm import WholeWordMaskCollator
+def load(folder: Path, attn: str | None = None):
+    """A model folder's MLM; `attn="eager"` where attention weights are wanted (BERT only: a
+    Longformer has its own attention, and otherwise runs the lab's block attention)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
 
-    collator = WholeWordMaskCollator(
-        tokenizer, mlm_probability=mlm_probability, seed=seed, whole_word=whole_word
-    )
-    module = model if isinstance(model, MaskedLM) else MaskedLM(model)
-    device = next(module.parameters()).device
-    total_loss = total_correct = total = 0.0
-    for start in range(0, len(input_ids), batch_size):
-        collator.reseed([seed, start])
-        batch = collator(
-            [
-                {"input_ids": input_ids[i], "word_ids": word_ids[i]}
-                for i in range(start, min(start + batch_size, len(input_ids)))
-            ]
-        )
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = module(**batch)
-        n = int((batch["labels"] != -100).sum())
-        total_loss += float(out["loss"]) * n
-        total_correct += float(out["acc"]) * n
-        total += n
-    loss = total_loss / max(1, total)
-    return {
-        "loss": loss,
-        "acc": total_correct / max(1, total),
-        "ppl": math.exp(min(loss, 50)),
-        "masked": int(total),
-    }
+    kind = AutoConfig.from_pretrained(str(folder)).model_type
+    kwargs = {"attn_implementation": attn} if attn and kind == "bert" else {}
+    model = AutoModelForMaskedLM.from_pretrained(str(folder), **kwargs)
+    if kind == "longformer" and not attn:
+        block_attention(model)
+    return model

@@ -1,0 +1,213 @@
+"""HTML tables for the stage notebooks, drawn from artifacts only; every cell is escaped (corpus text
+is untrusted and must never run as markup)."""
+
+from __future__ import annotations
+
+import html
+
+from IPython.display import HTML
+
+
+def table(rows: list[dict], title: str | None = None):
+    """An HTML table with every cell escaped (corpus text is untrusted)."""
+    if not rows:
+        return HTML(f"<p><em>{html.escape(title) + ': ' if title else ''}(empty)</em></p>")
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+        for r in rows
+    )
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    return HTML(
+        f'<table class="lab-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# 02 whole-word masking
+
+
+def mask_table(stats: dict):
+    rows = [
+        {
+            "mode": mode,
+            "mask rate": s["mask_rate"],
+            **s["shares"],
+            "multi-token words": s["multi_token_word_share"],
+            "masked words": s["masked_words"],
+        }
+        for mode, s in (("whole word", stats["wwm"]), ("token", stats["token"]))
+    ]
+    return table(rows, "Masking on the valid split ([MASK] / random / kept shares per chosen word)")
+
+
+def builtin_table(stats: dict):
+    b, o = stats["builtin"], stats["ours_on_sentences"]
+    rows = [
+        {
+            "collator": "transformers whole_word_mask=True",
+            "all or nothing": b["all_or_nothing"],
+            "fully masked": b["all_masked"],
+            "none masked": b["none_masked"],
+            "mean rate": b["mean_mask_rate"],
+            "[MASK] share": b["mask_token_share"],
+        },
+        {
+            "collator": "lab WholeWordMaskCollator",
+            "all or nothing": o["all_or_nothing"],
+            "mean rate": o["mean_mask_rate"],
+            "[MASK] share": o["shares"]["mask"],
+        },
+    ]
+    return table(rows, f"The same {b['sequences']:,} valid sentences")
+
+
+# ---------------------------------------------------------------------------------------------
+# 03 pretraining
+
+
+def training_table(train: dict):
+    cols = ("steps", "tokens", "seconds", "tokens_per_s")
+    return table([{"stage": k, **{c: v[c] for c in cols}} for k, v in train.items()], "Training")
+
+
+def neighbour_table(info: dict):
+    """Each head's share of attention on its 4 nearest neighbours."""
+    rows = [
+        {"layer": r["layer"], "head": r["head"], "share of attention on the 4 nearest neighbours": r["neighbour_share"]}
+        for r in info["rows"]
+    ]  # fmt: skip
+    return table(rows, f"Uniform attention would give {4 * info['uniform']:.3f}")
+
+
+def locality_bench(result: dict | None):
+    """The saved result of `python -m lab bench locality`, or how to make one."""
+    if not result:
+        return table([], "no saved result yet (python -m lab bench locality)")
+    rows = [
+        {
+            "arm": arm,
+            "held-out accuracy": result[key],
+            "curve (every 1/8 of the run)": " ".join(f"{v:.3f}" for v in result[f"curve_{key}"]),
+            "中国的首都是[MASK]京。": result[f"probe_{key}"],
+        }
+        for arm, key in (("locality warm-up", "ours"), ("plain", "baseline"))
+    ]
+    return table(
+        rows,
+        f"bench locality, {result['tokens']:,} tokens per arm, measured {result.get('measured', '?')}",
+    )
+
+
+def probe_table(probes: dict, title: str = "Fill-mask probes: top 5 per [MASK]"):
+    rows = []
+    for sentence, slots in probes.items():
+        for i, slot in enumerate(slots):
+            rows.append(
+                {
+                    "sentence": sentence,
+                    "mask": i + 1,
+                    **{f"#{k + 1}": f"{t} {p:.3f}" for k, (t, p) in enumerate(slot)},
+                }
+            )
+    return table(rows, title)
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 distillation
+
+
+def distill_table(models: dict):
+    rows = [{"model": name, **r} for name, r in models.items()]
+    return table(rows, "Teacher, assistant and students on the held-out split")
+
+
+def seeds_table(summary: dict):
+    rows = [{"setting": k, **v} for k, v in summary.items()]
+    return table(rows, "One-stage vs two-stage students (mean and spread over seeds)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 05 longify
+
+
+def longify_bench(result: dict | None):
+    """The saved result of `python -m lab bench longify`: seconds, memory growth and GFLOP per arm
+    and length, or how to make one."""
+    if not result:
+        return table([], "no saved result yet (python -m lab bench longify)")
+    arms = {
+        "longformer": "Longformer (lab block attention)",
+        "longformer-hf": "Longformer (transformers)",
+        "bert": "BERT, full attention (SDPA)",
+        "bert-eager": "BERT, full attention (eager)",
+    }
+
+    def cell(key: str) -> str:
+        gflop = result.get("gflop", {}).get(key)
+        return f"{result['seconds'][key]:.2f} s · {result['memory_mb'][key]:,.0f} MB" + (
+            f" · {gflop:,.0f} GFLOP" if gflop else ""
+        )
+
+    rows = [
+        {"model": label, **{f"{n:,} tokens": cell(f"{k}@{n}") for n in result["lengths"]}}
+        for k, label in arms.items()
+        if f"{k}@{result['lengths'][0]}" in result["seconds"]
+    ]
+    return table(
+        rows,
+        f"bench longify, measured {result.get('measured', '?')}: {result['ratio']}x faster than full SDPA "
+        f"attention at {result['lengths'][-1]:,} tokens, arithmetic ratio {result.get('arithmetic_ratio', '?')}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 06 evaluate
+
+
+def models_table(rows: dict):
+    cols = ("role", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
+            "latency_ms_b1", "throughput_seq_s_b32", "speedup")  # fmt: skip
+    out = [{"model": n, **{c: r.get(c) for c in cols}} for n, r in rows.items() if "acc" in r]
+    return table(
+        out,
+        "Models: size, held-out LM metrics, speed on this machine (batch 1 latency, batch 32 throughput, seq 128)",
+    )
+
+
+def task_table(scores: dict):
+    tasks = sorted({t for v in scores.values() for t in v})
+    rows = []
+    for name, t in scores.items():
+        row = {"model": name}
+        for task in tasks:
+            if task in t:
+                v = t[task]
+                row[f"{task} ({v['metric']})"] = f"{v['mean']:.4f}" + (
+                    f" ± {v['std']:.4f}" if v.get("std") else ""
+                )
+        rows.append(row)
+    return table(rows, "Downstream tasks (test split; mean ± std over seeds)")
+
+
+def relative_table(relative: dict):
+    return table(
+        [{"model": n, **v} for n, v in relative.items()],
+        "Task scores relative to the teacher (MiniRBT's relative table)",
+    )
+
+
+def findings_table(findings: dict):
+    rows = [{"finding": k, "reproduced here": "yes" if v["holds"] else "no",
+             "numbers": ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items() if a != "holds")}
+            for k, v in findings.items()]  # fmt: skip
+    return table(rows, "The reference recipes' qualitative findings, checked on this run's numbers")
