@@ -17,7 +17,7 @@ import time
 from lab import config, contract, overrides
 from lab.core.errors import LabError
 
-BENCHES = ("wwm", "pretrain", "locality", "distill", "longify")
+BENCHES = ("corpus", "wwm", "pretrain", "locality", "distill", "longify")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +103,9 @@ def cmd_sources(args) -> int:
 
 def cmd_bench(args) -> int:
     from lab import runs
-    from lab.bench import distill, longify, pretrain, wwm
+    from lab.bench import corpus, distill, longify, pretrain, wwm
 
-    run = {"wwm": wwm.run, "pretrain": pretrain.pretrain, "locality": pretrain.locality,
+    run = {"corpus": corpus.run, "wwm": wwm.run, "pretrain": pretrain.pretrain, "locality": pretrain.locality,
            "distill": distill.run, "longify": longify.run}  # fmt: skip
     for name in BENCHES if args.name == "all" else [args.name]:
         result = run[name](quick=args.quick)

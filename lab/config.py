@@ -33,13 +33,17 @@ class CorpusConfig(StageConfig):
     )
     text_encoding: str = param("encoding of user text files, e.g. utf-8 or gb18030")
     max_docs_per_source: int = param("documents kept per source (0: all)", min=0)
+    source_max_chars: int = param("characters read per user source, its first ones (0: all)", min=0)
     min_chars: int = param("documents shorter than this (characters) are dropped", min=1)
     max_chars: int = param(
         "longer documents are cut at sentence ends into pieces this long", min=16
     )
     long_doc_chars: int = param(
-        "People's Daily paragraphs are grouped into documents this long", min=256
+        "People's Daily paragraphs are grouped into long documents this long; a user document "
+        "this long is also a long document",
+        min=256,
     )
+    user_long_docs: int = param("long documents kept from each part of a user source", min=0)
     to_simplified: bool = param("convert Traditional to Simplified Chinese (OpenCC t2s)")
     valid_frac: float = param(
         "share of documents in the valid split (by hash of the text)", min=0.0
@@ -53,6 +57,7 @@ class CorpusConfig(StageConfig):
     compact_vocab_size: int = param(
         "size of the compact CLUE-style vocab built from the corpus", min=200
     )
+    num_proc: int = param("processes that clean the sources side by side", min=1)
     cache_dir: str = param("sources cache; empty: $ZH_MINILAB_CACHE or ~/.cache/zh-minilab")
 
     def check(self):
@@ -167,6 +172,11 @@ class PretrainConfig(StageConfig):
     weight_decay: float = param("AdamW weight decay", min=0.0)
     clip: float = param("max gradient norm (0: off)", min=0.0)
     grad_accum: int = param("micro-batches per optimizer step", min=1)
+    processes: int = param(
+        "data-parallel processes the plan assumes (torchrun --nproc_per_node); a run uses the "
+        "processes it is launched with",
+        min=1,
+    )
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
     eval_every: int = param("steps between held-out evaluations", min=1)
     ckpt_every: int = param("steps between checkpoints (resume points)", min=1)
@@ -236,7 +246,10 @@ class DistillConfig(StageConfig):
     masking: str = param("wwm or token masking of the distillation data", choices=("wwm", "token"))
     seq_len: int = param("sequence length (a packed length of the wwm stage)", min=8)
     steps: int = param("student training steps (the same for one- and two-stage)", min=1)
-    batch_size: int = param("sequences per step", min=1)
+    batch_size: int = param("sequences per step and process", min=1)
+    processes: int = param(
+        "data-parallel processes the plan assumes (torchrun --nproc_per_node)", min=1
+    )
     lr: float = param("student peak learning rate", min=0.0)
     warmup: float = param("warmup as a share of the steps", min=0.0)
     dropout: float = param("student dropout", min=0.0)
@@ -293,7 +306,10 @@ class LongifyConfig(StageConfig):
     mlm_probability: float = param("share of tokens masked in continued pretraining", min=0.0)
     seq_len: int = param("continued-pretraining sequence length (tokens)", min=16)
     steps: int = param("continued-pretraining steps", min=0)
-    batch_size: int = param("sequences per step", min=1)
+    batch_size: int = param("sequences per step and process", min=1)
+    processes: int = param(
+        "data-parallel processes the plan assumes (torchrun --nproc_per_node)", min=1
+    )
     lr: float = param("peak learning rate", min=0.0)
     warmup: float = param("warmup as a share of the steps", min=0.0)
     bf16: bool = param("bfloat16 autocast where the hardware supports it")

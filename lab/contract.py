@@ -29,7 +29,7 @@ class Contract:
     description: str  # one line: what the stage makes
     upstream: tuple[str, ...]  # stages whose artifacts it reads: they must be complete
     headline: Callable[[dict], dict]  # its manifest -> the index's headline metrics
-    describe: Callable[[config.StageConfig], dict]  # its config -> the dry run's plan lines
+    describe: Callable[[config.StageConfig, dict], dict]  # config, plan context -> the plan lines
     verify: tuple[str, ...] = ()  # upstream stages whose files are checked against their hashes
     optional: tuple[str, ...] = ()  # stages it reads when they are complete
     sources: Callable[[config.StageConfig], dict[str, str]] = _none  # user files it reads: hashes

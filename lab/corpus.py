@@ -1,26 +1,46 @@
-"""Stage 01, the corpus: real offline sources cleaned, deduplicated and split; labelled tasks; vocabs.
+"""Stage 01, the corpus: real offline sources (and the researcher's own text) cleaned, deduplicated
+and split; labelled tasks; long documents; vocabularies.
 
 Default corpus: People's Daily 1998 + MSRA NER training sentences + THUCNews headlines outside the
 evaluation split + deduplicated review texts outside the evaluation split. Every task's evaluation
-texts are kept out of the MLM corpus, and the manifest proves it (overlap 0).
+texts are kept out of the MLM corpus, and the manifest proves it (overlap 0). Sources are read as
+streams by `corpus.num_proc` processes; memory does not grow with the corpus.
 
     python -m lab.corpus --run-id X [--profile P] [-p key=value ...]
 """
 
 from __future__ import annotations
 
+import shutil
+import time
+from collections import Counter
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
+import pyarrow as pa
+from datasets import (
+    Dataset,
+    Features,
+    Sequence,
+    Value,
+    load_from_disk,
+)
 
 from lab import contract
 from lab.config import CorpusConfig
 from lab.core import build, documents, sources, vocab
-from lab.core.documents import CorpusError
-from lab.core.files import hash_tree, save_dataset, sha256_file, sha256_json, write_json
-from lab.core.progress import echo, tqdm
+from lab.core.blocks import block_splits, long_documents, pd_blocks
+from lab.core.documents import CorpusError, Part
+from lab.core.files import (
+    hash_tree,
+    save_arrow_dataset,
+    save_dataset,
+    sha256_file,
+    sha256_json,
+    write_json,
+)
+from lab.core.progress import echo
 from lab.core.taskdata import SPLITS, eval_texts, prepare_tasks
-from lab.core.text import Haystack, normalize, traditional_chars
+from lab.core.text import Needles, normalize, traditional_chars
 
 TASK_SOURCES = ("reviews", "thucnews", "msra_ner", "stsb")
 CORPUS_SOURCES = ("peoples_daily", "msra_ner", "thucnews", "reviews")
@@ -40,84 +60,119 @@ def run(cfg: CorpusConfig) -> dict:
         max_eval=cfg.task_max_eval,
     )  # fmt: skip
     excluded = eval_texts(tasks)
-    docs, pd_blocks, gold, raw_profile_texts = collect(cfg, raw_tasks, tasks)
+    owner = [name for name, texts in excluded.items() for _ in texts]
+    needles = Needles([t for texts in excluded.values() for t in texts])
+    blocks = people_daily_blocks(cfg)
+    parts = [*registry_parts(cfg, raw_tasks, tasks, blocks)]
+    for spec in (s for s in cfg.sources if s not in sources.REGISTRY):
+        capped = bool(cfg.max_docs_per_source or cfg.source_max_chars)
+        parts += documents.plan(spec, cfg.text_encoding, parts=4 * cfg.num_proc, cap=capped)
     full_tok = vocab.make_tokenizer(sources.load("bert_vocab", cfg.cache_dir))
     sanguo = sources.load("sanguo", cfg.cache_dir)
 
     work = stage.begin()
-    trad = traditional_chars(set().union(*map(set, raw_profile_texts)))
-    before = build.char_profile(raw_profile_texts, trad)
-
-    # clean, cut, dedupe; then drop documents that contain any task's evaluation text
-    docs, dropped = build.clean_and_dedupe(
-        docs, min_chars=cfg.min_chars, max_chars=cfg.max_chars, simplified=cfg.to_simplified,
-        valid_frac=cfg.valid_frac, test_frac=cfg.test_frac,
+    t0 = time.time()
+    how = build.Cleaning(
+        min_chars=cfg.min_chars, max_chars=cfg.max_chars, simplified=cfg.to_simplified,
+        valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, long_doc_chars=cfg.long_doc_chars,
+        long_docs=cfg.user_long_docs, max_docs=cfg.max_docs_per_source, max_chars_read=cfg.source_max_chars,
     )  # fmt: skip
-    hay = Haystack([d["text"] for d in docs])
-    leaked = {name: [t for t in texts if t in hay] for name, texts in excluded.items()}
-    drop = {i for ts in leaked.values() for t in ts for i in hay.find_docs(t)}
-    docs = [d for i, d in enumerate(docs) if i not in drop]
-    hay = Haystack([d["text"] for d in docs])
-    overlap = {name: sum(t in hay for t in texts) for name, texts in excluded.items()}
-    assert not any(overlap.values()), f"held-out texts still in the corpus: {overlap}"
+    docs_read = Counter()
 
-    by_split = {s: [d for d in docs if d["split"] == s] for s in SPLITS}
-    texts = {s: [d["text"] for d in by_split[s]] for s in SPLITS}
-    columns = ("text", "source", "doc")
-    features = Features({k: Value("string") for k in columns})
-    corpus = DatasetDict(
-        {
-            s: Dataset.from_dict({k: [d[k] for d in rows] for k in columns}, features=features)
-            for s, rows in by_split.items()
-        }
+    def progress(r: dict) -> None:
+        docs_read[r["source"]] += r["docs"]
+        echo(f"  cleaned {r['source']} part {r['seq'] + 1}/{len(parts)}: {r['docs']:,} documents "
+             f"({time.time() - t0:.0f}s)")  # fmt: skip
+
+    shards = work / "tmp"
+    results = build.clean_parts(
+        parts, how, needles, shards, num_proc=cfg.num_proc, progress=progress
     )
-    save_dataset(corpus, work / "corpus")
+    dropped = sum((r["dropped"] for r in results), Counter())
+    files = {s: sorted(shards.glob(f"{s}-*.arrow")) for s in SPLITS}
+    keep = build.first_occurrences([f for s in SPLITS for f in files[s]])
+    dropped["duplicate"] += int(sum(len(k) - k.sum() for k in keep))
+    masks = {}
+    for s in SPLITS:
+        masks[s], keep = keep[: len(files[s])], keep[len(files[s]) :]
+    finals, stats, leaked = build.finish_shards(files, masks, needles, shards, max_chars=cfg.max_chars,
+                                                num_proc=cfg.num_proc)  # fmt: skip
+    dropped["contains_task_eval_text"] += leaked
+    counts = stats.summary()["splits"]
+    build.too_small({s: counts[s]["documents"] for s in SPLITS}, sum(docs_read.values()), dropped)
+    if not all(counts[s]["documents"] for s in SPLITS):  # a small corpus: one piece each
+        finals, stats = rebalance(finals, shards, needles, cfg.max_chars)
+    echo(f"cleaned {sum(docs_read.values()):,} documents in {time.time() - t0:.0f}s: "
+         + ", ".join(f"{s} {stats.summary()['splits'][s]['documents']:,}" for s in SPLITS))  # fmt: skip
+
+    features = Features({k: Value("string") for k in ("text", "source", "doc")})
+    save_arrow_dataset(work / "corpus", finals, features)
     for name, dd in tasks.items():
         save_dataset(dd, work / "tasks" / name)
-    gold_features = Features(
-        {"text": Value("string"), "words": Sequence(Value("string")), "tags": Sequence(Value("string"))}
-    )  # fmt: skip
-    gold_ds = Dataset.from_dict(
-        {k: [g[k] for g in gold] for k in gold_features}, features=gold_features
-    )
-    save_dataset(gold_ds, work / "gold_segmentation")
-    longdocs = build.long_documents(pd_blocks, sanguo, simplified=cfg.to_simplified)
-    save_dataset(longdocs, work / "longdocs")
+    save_dataset(gold_segmentation(blocks), work / "gold_segmentation")
+    user_long = [d for r in results for d in r["longdocs"]]
+    long = long_documents(blocks, sanguo, user_long, simplified=cfg.to_simplified)
+    save_dataset(long, work / "longdocs")
+    corpus = load_from_disk(str(work / "corpus"))
+    shutil.rmtree(shards, ignore_errors=True)
 
-    # vocabularies
-    counts = vocab.token_counts(full_tok, tqdm(texts["train"], desc="vocab counts", mininterval=2))
+    # vocabularies: the full one as it is, the compact one from the training text's token counts
+    counts_of = vocab.counts_from(stats.train_chars, stats.train_runs, full_tok)
     compact_tok = vocab.make_tokenizer(
-        vocab.compact_tokens(full_tok, counts, cfg.compact_vocab_size)
+        vocab.compact_tokens(full_tok, counts_of, cfg.compact_vocab_size)
     )
     vocab.save(full_tok, work / "vocab" / "full")
     vocab.save(compact_tok, work / "vocab" / "compact")
+    valid = list(texts_of(corpus["valid"]))
     vocab_table = {
-        "full": vocab.coverage(full_tok, texts["valid"]),
-        "compact": vocab.coverage(compact_tok, texts["valid"]),
+        "full": vocab.coverage(full_tok, valid),
+        "compact": vocab.coverage(compact_tok, valid),
     }
 
-    dropped["contains_task_eval_text"] = len(drop)
-    stats = build.statistics(by_split, longdocs) | {
-        "char_profile": {"before": before, "after": build.char_profile(texts["train"], trad)},
-        "dropped": dropped,
-        "eval_texts_found_before_removal": {k: len(v) for k, v in leaked.items()},
+    raw_chars = registry_profile(cfg, raw_tasks) + sum((r["raw_chars"] for r in results), Counter())
+    trad = traditional_chars(set(raw_chars) | set(stats.train_chars))
+    found = {name: 0 for name in excluded}
+    for i in set().union(*(r["found"] for r in results)):
+        found[owner[i]] += 1
+    overlap = {name: 0 for name in excluded}
+    for i in stats.overlap:
+        overlap[owner[i]] += 1
+    assert not any(overlap.values()), f"held-out texts still in the corpus: {overlap}"
+    summary = stats.summary()
+    report = summary | {
+        "char_profile": {
+            "before": build.char_profile(raw_chars, trad),
+            "after": build.char_profile(stats.train_chars, trad),
+        },
+        "documents_read": dict(docs_read),
+        "dropped": dict(dropped),
+        "eval_texts_found_before_removal": found,
+        "eval_text_check": {
+            "substring_min_chars": needles.n,
+            "texts_searched_as_substrings": len(needles.keys),
+            "texts_matched_as_whole_documents": len(needles.short),
+        },
         "heldout_overlap": overlap,
         "vocab": vocab_table,
         "tasks": {name: {s: len(dd[s]) for s in SPLITS} for name, dd in tasks.items()},
         "task_cleaning": task_facts,
+        "longdocs": {
+            s: {"documents": len(long[s]), "chars": sum(map(len, long[s]["text"]))} for s in long
+        },
         "licences": {name: src.licence for name, src in sources.REGISTRY.items()},
     }
-    write_json(work / "stats.json", stats)
+    write_json(work / "stats.json", report)
 
     metrics = {
-        "chars": {s: sum(map(len, texts[s])) for s in SPLITS},
-        "documents": {s: len(corpus[s]) for s in SPLITS},
-        "chars_per_source": stats["per_source"]["chars"],
+        "chars": {s: summary["splits"][s]["chars"] for s in SPLITS},
+        "documents": {s: summary["splits"][s]["documents"] for s in SPLITS},
+        "chars_per_source": summary["per_source"]["chars"],
         "heldout_overlap": overlap,
-        "docs_dropped_for_eval_texts": len(drop),
+        "docs_dropped_for_eval_texts": dropped["contains_task_eval_text"],
         "vocab": vocab_table,
-        "tasks": stats["tasks"],
-        "longdocs": {s: len(longdocs[s]) for s in longdocs},
+        "tasks": report["tasks"],
+        "longdocs": {s: len(long[s]) for s in long},
+        "seconds_cleaning": round(time.time() - t0, 1),
     }
     outputs = {
         "corpus": "corpus", "tasks": "tasks", "gold_segmentation": "gold_segmentation",
@@ -127,67 +182,141 @@ def run(cfg: CorpusConfig) -> dict:
     return stage.finish(outputs, metrics)
 
 
-def collect(cfg: CorpusConfig, raw_tasks: dict, tasks: dict[str, DatasetDict]):
-    """Raw documents of every corpus source, with their split; People's Daily grouped in blocks,
-    its held-out paragraphs kept with their gold words; and texts for the character profile."""
-    docs: list[dict] = []
-    pd_blocks: list[dict] = []
-    gold: list[dict] = []
-    profile_texts: list[str] = []
-    heldout = {
-        "msra_ner": {"".join(t) for s in ("valid", "test") for t in tasks["msra_ner"][s]["tokens"]},
-        "thucnews": {t for s in ("valid", "test") for t in tasks["thucnews"][s]["text"]},
-        "reviews": {t for s in ("valid", "test") for t in tasks["sentiment"][s]["text"]},
-    }  # each task's evaluation texts stay out of the source they came from
-    for name in cfg.sources:
-        if name == "peoples_daily":
-            paragraphs = sources.load(name, cfg.cache_dir)
-            if cfg.max_docs_per_source:
-                paragraphs = paragraphs[: cfg.max_docs_per_source]
-            profile_texts += ["".join(w for w, _ in p) for p in paragraphs]
-            pd_blocks = build.pd_blocks(
-                paragraphs, block_chars=cfg.long_doc_chars, simplified=cfg.to_simplified
+def texts_of(ds, batch: int = 10_000):
+    """A dataset's `text` column, a batch at a time (never the whole column in memory)."""
+    for b in ds.data.table.select(["text"]).to_batches(batch):
+        yield from b.column(0).to_pylist()
+
+
+def rebalance(finals: dict[str, list[Path]], shards: Path, needles: Needles, max_chars: int):
+    """A small corpus whose valid or test split came out empty: move the lowest-hash training
+    piece into each empty split, rewrite the three splits and count them again."""
+    tables = {s: pa.concat_tables([Dataset.from_file(str(f)).data.table for f in finals[s]])
+              if finals[s] else None for s in SPLITS}  # fmt: skip
+    texts = {s: tables[s].column("text").to_pylist() if tables[s] else [] for s in SPLITS}
+    moves = build.fill_empty_splits(texts)
+    moved = {i for rows in moves.values() for i in rows}
+    new = {"train": tables["train"].take([i for i in range(len(texts["train"])) if i not in moved])}
+    for s in ("valid", "test"):
+        new[s] = tables["train"].take(moves[s]) if s in moves else tables[s]
+    stats, out = build.CorpusStats(max_chars), {}
+    for s in SPLITS:
+        out[s] = [shards / f"balanced-{s}.arrow"]
+        with pa.ipc.new_stream(str(out[s][0]), new[s].schema) as w:
+            w.write_table(new[s])
+        rows = new[s].to_pydict()
+        stats.add(s, rows["text"], rows["source"])
+        stats.overlap.update(i for ids in needles.find(rows["text"]).values() for i in ids)
+    return out, stats
+
+
+def registry_profile(cfg: CorpusConfig, raw_tasks: dict) -> Counter:
+    """The characters of the registry's corpus sources as they ship (before cleaning)."""
+    raw = {
+        "peoples_daily": lambda: [
+            "".join(w for w, _ in p) for p in sources.load("peoples_daily", cfg.cache_dir)
+        ],
+        "msra_ner": lambda: ["".join(c) for c, _ in raw_tasks["msra_ner"]["train"]],
+        "thucnews": lambda: [t for _, t in raw_tasks["thucnews"]],
+        "reviews": lambda: raw_tasks["reviews"]["pos"] + raw_tasks["reviews"]["neg"],
+    }
+    counts: Counter = Counter()
+    for name in (s for s in cfg.sources if s in raw):
+        texts = raw[name]()
+        counts.update(
+            "".join(
+                texts[: cfg.max_docs_per_source]
+                if name == "peoples_daily" and cfg.max_docs_per_source
+                else texts
             )
-            keys = ["\n".join(b["texts"]) for b in pd_blocks]
-            splits = build.block_splits(keys, cfg.valid_frac, cfg.test_frac)
-            for b, (block, split) in enumerate(zip(pd_blocks, splits)):
-                block["split"] = split
-                for text, words, tags in zip(block["texts"], block["words"], block["tags"]):
-                    docs.append({"text": text, "source": name, "doc": f"pd-{b}", "split": split})
-                    if split != "train":
-                        gold.append({"text": text, "words": words, "tags": tags})
+        )
+    return counts
+
+
+def people_daily_blocks(cfg: CorpusConfig) -> list[dict]:
+    """People's Daily grouped into blocks with their splits: its held-out blocks are the gold
+    segmentation the wwm stage scores against and long documents, whatever the corpus is."""
+    paragraphs = sources.load("peoples_daily", cfg.cache_dir)
+    if cfg.max_docs_per_source:
+        paragraphs = paragraphs[: cfg.max_docs_per_source]
+    blocks = pd_blocks(paragraphs, block_chars=cfg.long_doc_chars, simplified=cfg.to_simplified)
+    splits = block_splits(["\n".join(b["texts"]) for b in blocks], cfg.valid_frac, cfg.test_frac)
+    for block, split in zip(blocks, splits):
+        block["split"] = split
+    return blocks
+
+
+def gold_segmentation(blocks: list[dict]) -> Dataset:
+    rows = [
+        (t, w, g)
+        for b in blocks
+        if b["split"] != "train"
+        for t, w, g in zip(b["texts"], b["words"], b["tags"])
+    ]
+    feats = Features(
+        {
+            "text": Value("string"),
+            "words": Sequence(Value("string")),
+            "tags": Sequence(Value("string")),
+        }
+    )
+    return Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(feats)}, features=feats)
+
+
+def registry_parts(
+    cfg: CorpusConfig, raw_tasks: dict, tasks: dict, blocks: list[dict]
+) -> list[Part]:
+    """The registry's corpus sources as in-memory parts; each task's evaluation texts stay out of
+    the source they came from, People's Daily keeps its blocks' splits."""
+    evals = eval_texts(
+        {
+            "msra_ner": tasks["msra_ner"],
+            "thucnews": tasks["thucnews"],
+            "reviews": tasks["sentiment"],
+        }
+    )
+    heldout = {name: set(texts) for name, texts in evals.items()}
+    parts = []
+    for name in (s for s in cfg.sources if s in sources.REGISTRY):
+        if name == "peoples_daily":
+            rows = [
+                (f"pd-{b}", text, block["split"])
+                for b, block in enumerate(blocks)
+                for text in block["texts"]
+            ]
+            names, texts, fixed = zip(*rows) if rows else ((), (), ())
+            parts.append(Part(name, "list", texts=texts, fixed=fixed, names=names))
             continue
         if name == "msra_ner":
             texts = ["".join(c) for c, _ in raw_tasks["msra_ner"]["train"]]
         elif name == "thucnews":
-            texts = [t for _, t in raw_tasks["thucnews"]]
+            texts = [
+                t for _, t in raw_tasks["thucnews"] if "\ufffd" not in t
+            ]  # a character was lost
         elif name == "reviews":
             texts = raw_tasks["reviews"]["pos"] + raw_tasks["reviews"]["neg"]
-        elif name in sources.REGISTRY:
+        else:
             raise CorpusError(
                 f"source {name!r} holds no corpus text (it feeds tasks, long documents or the vocab); "
                 f"corpus sources are: {', '.join(CORPUS_SOURCES)}, or your own files"
             )
-        else:
-            texts = documents.read_user_source(name, cfg.text_encoding)
-            documents.check_chinese(name, texts)
-        profile_texts += texts if name in sources.REGISTRY else texts[:50000]
-        if name == "thucnews":  # a headline with U+FFFD lost a character
-            texts = [t for t in texts if "\ufffd" not in t]
-        if name in heldout:
-            texts = [t for t in texts if normalize(t) not in heldout[name]]
+        texts = [t for t in texts if normalize(t) not in heldout[name]]
         if cfg.max_docs_per_source:
             texts = texts[: cfg.max_docs_per_source]
-        docs += [
-            {"text": t, "source": name, "doc": f"{name}-{i}", "split": None}
-            for i, t in enumerate(texts)
-        ]
-    return docs, pd_blocks, gold, profile_texts
+        parts.append(
+            Part(
+                name,
+                "list",
+                texts=tuple(texts),
+                names=tuple(f"{name}-{i}" for i in range(len(texts))),
+            )
+        )
+    return parts
 
 
 def user_sources(cfg: CorpusConfig) -> dict[str, str]:
     """sha256 of every input: pinned archives by their registry hash, user files by content."""
-    needed = set(cfg.sources) | {*TASK_SOURCES, "sanguo", "bert_vocab"}
+    needed = set(cfg.sources) | {*TASK_SOURCES, "peoples_daily", "sanguo", "bert_vocab"}
     out = {}
     for name in sorted(needed):
         if name in sources.REGISTRY:
@@ -208,12 +337,18 @@ def user_sources(cfg: CorpusConfig) -> dict[str, str]:
 def samples(manifest: dict, per_source: int = 2, width: int = 120) -> list[dict]:
     """The first `per_source` training documents of each source (for the report)."""
     train = load_from_disk(str(manifest["dir"] / "corpus"))["train"]
-    seen: dict[str, int] = {}
+    seen: Counter = Counter()
     rows = []
-    for text, source in zip(train["text"], train["source"]):
-        if seen.get(source, 0) < per_source:
-            seen[source] = seen.get(source, 0) + 1
-            rows.append({"source": source, "text": text[:width]})
+    for batch in train.data.table.select(["text", "source"]).to_batches(10_000):
+        for text, source in zip(*(c.to_pylist() for c in batch.columns)):
+            if seen[source] < per_source:
+                seen[source] += 1
+                rows.append({"source": source, "text": text[:width]})
+        if (
+            len(seen) == len(manifest["metrics"]["chars_per_source"])
+            and min(seen.values()) >= per_source
+        ):
+            break
     return rows
 
 
@@ -229,14 +364,34 @@ def headline(manifest: dict) -> dict:
     }
 
 
-def describe(cfg: CorpusConfig) -> dict:
+def estimate_chars(cfg: CorpusConfig) -> int | None:
+    """The corpus's characters, estimated without reading it: registry sources by what they add,
+    text files by their size and a decoded sample, saved datasets by their text column; None where a
+    source's size cannot be known before it is read (a hub dataset)."""
+    total = 0
+    for name in cfg.sources:
+        if name in sources.REGISTRY:
+            n = sources.REGISTRY[name].corpus_chars
+            total += min(n, cfg.max_docs_per_source * n // 20_000) if cfg.max_docs_per_source else n
+            continue
+        n = documents.estimate_chars(name, cfg.text_encoding)
+        if n is None:
+            return None
+        total += min(n, cfg.source_max_chars) if cfg.source_max_chars else n
+    return total
+
+
+def describe(cfg: CorpusConfig, context: dict | None = None) -> dict:
+    chars = estimate_chars(cfg)
     return {
         "sources": ", ".join(cfg.sources),
+        "size": f"about {chars:,} characters" if chars else "unknown before the sources are read",
         "documents per source": cfg.max_docs_per_source or "all",
         "splits valid / test": f"{cfg.valid_frac:.0%} / {cfg.test_frac:.0%} by hash of the text",
         "task examples train / eval": f"{cfg.task_max_train or 'all'} / {cfg.task_max_eval or 'all'}",
         "vocabularies": f"bert-base-chinese 21,128 + compact {cfg.compact_vocab_size:,}",
-        "expected compute": "about a minute on 2 CPU cores for the full offline corpus",
+        "expected compute": f"about {12 + (chars or 0) / 3.5e6:,.0f} s with 2 processes (measured on 2 cores: "
+        "100 M characters in 40 s, 12 s of it set-up)",
     }
 
 

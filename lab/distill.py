@@ -13,6 +13,7 @@ In `cached` mode the teacher's top-k log-probabilities are computed once (`lab.c
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from functools import partial
@@ -20,16 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from lab import cards, contract
 from lab.config import DistillConfig
-from lab.core import kd, mlm, models, shapes, train, vocab
+from lab.core import kd, mlm, models, plan, shapes, train, vocab
+from lab.core.errors import LabError
 from lab.core.files import hash_tree, sha256_json
 from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
 from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import mlm_metrics, speed
 from lab.core.progress import echo
+
+MASK_SHARE = 0.15  # distillation masks 15% of the tokens (the collator's default)
 
 
 def load_teacher(cfg: DistillConfig):
@@ -109,13 +114,27 @@ class Distillation:
         cfg = self.cfg
         if cfg.mode != "cached":
             return None
-        n = cfg.steps * cfg.batch_size
-        echo(f"caching {name}'s top-{cfg.topk} over {n:,} statically masked sequences ...")
-        return build_cache(
-            model, self.train_ids, self.train_wids, self.collator, self.cache_root / name,
-            dupe_factor=cfg.dupe_factor, n_sequences=n, topk=cfg.topk, seed=cfg.seed,
-            teacher_digest=digest, bf16=cfg.bf16,
-        )  # fmt: skip
+        acc = train.accelerator()
+        n = cfg.steps * cfg.batch_size * acc.num_processes  # every process's batches, once
+        need = plan.cache_disk(n, cfg.seq_len, MASK_SHARE, cfg.topk)
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.cache_root).free
+        if need > free and not (self.cache_root / name / "meta.json").exists():
+            raise DistillError(cache_refusal(need, free))
+        meta = None
+        if acc.is_main_process:  # one process writes the cache; every process reads it
+            echo(
+                f"caching {name}'s top-{cfg.topk} over {n:,} statically masked sequences ({plan.gb(need)}) ..."
+            )
+            meta = build_cache(
+                model, self.train_ids, self.train_wids, self.collator, self.cache_root / name,
+                dupe_factor=cfg.dupe_factor, n_sequences=n, topk=cfg.topk, seed=cfg.seed,
+                teacher_digest=digest, bf16=cfg.bf16,
+            )  # fmt: skip
+        acc.wait_for_everyone()
+        return meta or json.loads(
+            (self.cache_root / name / "meta.json").read_text(encoding="utf-8")
+        )
 
     def train(self, student, teacher, layer_map: list[int], cache: str | None, out: Path, *,
               steps: int, lr: float, seed: int, warm_up: bool) -> dict:  # fmt: skip
@@ -344,19 +363,83 @@ def headline(manifest: dict) -> dict:
     return out
 
 
-def describe(cfg: DistillConfig) -> dict:
-    s = shapes.arch(cfg.student)
-    losses = [
+def teacher_shape(cfg: DistillConfig, context: dict) -> tuple[plan.Shape, int]:
+    """The teacher's shape and vocabulary size: this plan's pretraining, the run's teacher on disk,
+    or the folder given as `distill.teacher`."""
+    vocab_size = 21128 if cfg.vocab == "full" else context.get("compact_vocab", 8000)
+    pre = context.get("configs", {}).get("pretrain")
+    if pre is not None and not cfg.teacher:
+        conf = models.config(pre.model, vocab_size, max_positions=pre.max_positions)
+        return models.shape(conf), pre.max_positions
+    folder = teacher_dir(cfg)
+    conf = AutoConfig.from_pretrained(str(folder))
+    return models.shape(conf), conf.max_position_embeddings
+
+
+def describe(cfg: DistillConfig, context: dict | None = None) -> dict:
+    """The plan: the models, tokens and epochs, compute and time, memory, the teacher cache's disk."""
+    context = context or {}
+    weights = [
         f"{k} {getattr(cfg, k + '_weight')}" for k in kd.LOSSES if getattr(cfg, k + "_weight")
     ]
-    return {
-        "student": f"{cfg.student} ({s.layers} x {s.hidden}), {cfg.seeds} seed(s), {cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len}",
-        "teacher assistant": f"teacher layers {cfg.assistant_layers or 'uniform'}, {cfg.assistant_steps:,} steps"
-        if cfg.assistant_steps
-        else "none (one-stage only)",
-        "losses": ", ".join(losses),
-        "teacher outputs": f"{cfg.mode}, top-{cfg.topk}, dupe factor {cfg.dupe_factor}",
-    }
+    out = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}"}
+    try:
+        teacher, positions = teacher_shape(cfg, context)
+    except LabError as err:  # no teacher yet, and none in this plan
+        out["plan"] = f"not computed: {err}"
+        return out
+    student = models.shape(models.config(cfg.student, teacher.vocab, max_positions=positions))
+    layers = len(cfg.assistant_layers) or max(1, teacher.layers // 2)
+    share = layers / teacher.layers
+    assistant = plan.Shape(layers, teacher.hidden, teacher.heads,
+                           teacher.params - round((1 - share) * teacher.non_embedding),
+                           round(share * teacher.non_embedding), teacher.vocab)  # fmt: skip
+    students = (2 if cfg.assistant_steps else 1) * cfg.seeds
+    n = plan.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, 1, cfg.processes)
+    n_assistant = plan.tokens(cfg.assistant_steps, cfg.batch_size, cfg.seq_len, 1, cfg.processes)
+    epochs, too_many = plan.epochs_line(n, context.get("corpus_tokens"))
+    out["students"] = (f"{students} x {cfg.student} ({student.params:,} parameters), {cfg.steps:,} steps x "
+                       f"{cfg.batch_size} x {cfg.seq_len} tokens x {cfg.processes} process(es) = {n:,} tokens each; {epochs}")  # fmt: skip
+    out["teacher assistant"] = (f"{layers} of the teacher's layers, {n_assistant:,} tokens" if cfg.assistant_steps
+                                else "none (one-stage only)")  # fmt: skip
+    # the models trained, and who teaches how many tokens
+    flops = students * plan.train_flops(student, n, cfg.seq_len, MASK_SHARE)
+    flops += plan.train_flops(assistant, n_assistant, cfg.seq_len, MASK_SHARE)
+    taught = [(teacher, cfg.seeds * n + n_assistant)] + (
+        [(assistant, cfg.seeds * n)] if cfg.assistant_steps else []
+    )
+    sequences = cfg.steps * cfg.batch_size * cfg.processes
+    if cfg.mode == "online":  # a teacher forward every step
+        flops += sum(plan.forward_flops(t, k, cfg.seq_len) for t, k in taught)
+    else:  # each teacher runs once over the cached sequences
+        flops += sum(plan.forward_flops(t, sequences * cfg.seq_len, cfg.seq_len) for t, _ in taught)
+        cache = len(taught) * plan.cache_disk(sequences, cfg.seq_len, MASK_SHARE, cfg.topk)
+        free = context.get("free_disk")
+        out["teacher cache"] = (
+            f"{plan.gb(cache)} on disk ({plan.gb(free) if free else 'unknown'} free)"
+        )
+        if free is not None and cache > free:
+            out.setdefault("refused", []).append(cache_refusal(cache, free))
+    need = plan.memory(student, cfg.batch_size, cfg.seq_len, MASK_SHARE,
+                       extra_params=teacher.params if cfg.mode == "online" else 0)  # fmt: skip
+    out["compute"] = plan.time_line(flops, cfg.processes)
+    out["memory"] = f"{plan.gb(need)} per process (fits {plan.fits(need)})"
+    if too_many:
+        out["WARNING"] = (
+            f"each student reads its corpus more than {plan.MAX_EPOCHS} times: a larger corpus, or fewer steps"
+        )
+    if plan.fits(need).startswith("none"):
+        out.setdefault("refused", []).append(
+            f"distill: {plan.gb(need)} per process fits no named accelerator; lower distill.batch_size"
+        )
+    return out
+
+
+def cache_refusal(need: float, free: float) -> str:
+    return (
+        f"distill: the teacher cache needs {plan.gb(need)} but the disk has {plan.gb(free)} free; run the "
+        "teacher online (-p distill.mode=online), keep fewer entries (-p distill.topk=...) or take fewer steps"
+    )
 
 
 STAGE = contract.Contract(

@@ -307,7 +307,7 @@ def headline(manifest: dict) -> dict:
     return out
 
 
-def describe(cfg) -> dict:
+def describe(cfg: EvaluateConfig, context: dict | None = None) -> dict:
     return {
         "models": ", ".join(cfg.models)
         + (" (every seed)" if cfg.all_seeds else " (first seed of each student)"),

@@ -20,7 +20,7 @@ from datasets import load_from_disk
 
 from lab import cards, contract, runs
 from lab.config import LongifyConfig
-from lab.core import longdocs, mlm, train, vocab
+from lab.core import longdocs, mlm, models, plan, train, vocab
 from lab.core.attention import block_attention
 from lab.core.files import hash_tree, sha256_json
 from lab.core.longformer import ConversionError, LongBatches, convert, equivalence
@@ -169,12 +169,31 @@ def headline(manifest: dict) -> dict:
     }
 
 
-def describe(cfg: LongifyConfig) -> dict:
-    return {
-        "conversion": f"{cfg.source or 'this run pretrained model'} -> Longformer, {cfg.max_positions:,} positions, window {cfg.attention_window}, global {cfg.global_tokens}",
-        "continued pretraining": f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} = {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens",
+def describe(cfg: LongifyConfig, context: dict | None = None) -> dict:
+    """The plan: conversion, continued pretraining's tokens, compute and memory, the evaluation."""
+    context = context or {}
+    out = {
+        "conversion": f"{cfg.source or 'this run pretrained model'} -> Longformer, {cfg.max_positions:,} positions, "
+        f"window {cfg.attention_window}, global {cfg.global_tokens}",
         "evaluation": f"{cfg.eval_docs} held-out documents, probe gap > {cfg.probe_gap} tokens",
     }
+    n = plan.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, 1, cfg.processes)
+    out["continued pretraining"] = (
+        f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} tokens x {cfg.processes} process(es) = {n:,} tokens"
+    )
+    pre = context.get("configs", {}).get("pretrain")
+    if pre is not None and not cfg.source:
+        vocab_size = 21128 if pre.vocab == "full" else context.get("compact_vocab", 8000)
+        bert = models.config(pre.model, vocab_size, max_positions=pre.max_positions)
+        shape = models.shape(bert)
+        # a sliding window: each token attends to window + 1 keys, not the whole sequence
+        flops = plan.train_flops(shape, n, cfg.attention_window, cfg.mlm_probability)
+        need = plan.memory(
+            shape, cfg.batch_size, cfg.seq_len, cfg.mlm_probability, window=cfg.attention_window
+        )
+        out["compute"] = plan.time_line(flops, cfg.processes)
+        out["memory"] = f"{plan.gb(need)} per process (fits {plan.fits(need)})"
+    return out
 
 
 STAGE = contract.Contract(

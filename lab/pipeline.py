@@ -11,12 +11,14 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from lab import codebase, config, contract, corpus, distill, evaluate, longify, pretrain, runs, wwm
 from lab.config import STAGES, ConfigError
+from lab.core import plan
 from lab.core.errors import LabError
 from lab.core.files import read_json, sha256_file, write_atomic, write_json
 from lab.overrides import split_overrides
@@ -101,8 +103,7 @@ def run(
                     f"{runs.stage_dir(run_id, up)}. Run it: python -m lab run --run-id {run_id} --to {up}"
                 )
     if dry_run:
-        print_plan(cfgs)
-        return 0
+        return print_plan(run_id, profile, cfgs)
 
     out = report_dir(run_id)
     try:
@@ -305,9 +306,42 @@ def report(run_id: str) -> int:
     return 0
 
 
-def print_plan(cfgs: dict[str, config.StageConfig]) -> None:
+def plan_context(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> dict:
+    """What the stages' plans share: every stage's parameters, the corpus's training tokens (estimated
+    from its sources, or read from a finished corpus stage), the free disk."""
+    every = {s: cfgs.get(s) or config.load(s, run_id=run_id, profile=profile) for s in STAGES}
+    chars = None
+    done = runs.read_manifest(runs.stage_dir(run_id, "corpus"))
+    if "corpus" not in cfgs and done:
+        chars = done["metrics"]["chars"]["train"]
+    elif (estimate := corpus.estimate_chars(every["corpus"])) is not None:
+        chars = round(estimate * (1 - every["corpus"].valid_frac - every["corpus"].test_frac))
+    folder = runs.data_dir()
+    while not folder.exists():
+        folder = folder.parent
+    return {
+        "configs": every,
+        "corpus_tokens": round(chars * plan.TOKENS_PER_CHAR) if chars else None,
+        "compact_vocab": every["corpus"].compact_vocab_size,
+        "free_disk": shutil.disk_usage(folder).free,
+    }
+
+
+def print_plan(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> int:
+    """Every stage's plan; 2 (and the reasons) if a stage cannot run as planned."""
+    context = plan_context(run_id, profile, cfgs)
+    refused = []
     for stage, cfg in cfgs.items():
         print(f"{CONTRACTS[stage].notebook}  [{stage}]")
-        for key, value in CONTRACTS[stage].describe(cfg).items():
-            print(f"    {key}: {value}")
+        for key, value in CONTRACTS[stage].describe(cfg, context).items():
+            if key == "refused":
+                refused += value
+            else:
+                print(f"    {key}: {value}")
+    if refused:
+        print("dry run: the plan cannot run as it stands:", file=sys.stderr)
+        for reason in refused:
+            print(f"  refused: {reason}", file=sys.stderr)
+        return 2
     print("dry run: parameters valid; nothing was executed.")
+    return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lab import cards, contract, runs
 from lab.config import PretrainConfig
-from lab.core import mlm, models, shapes, train, vocab
+from lab.core import mlm, models, plan, shapes, train, vocab
 from lab.core.files import hash_tree, sha256_json
 from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import attention_by_offset, fill_mask, mlm_metrics
@@ -193,20 +193,41 @@ def headline(manifest: dict) -> dict:
     return out
 
 
-def describe(cfg: PretrainConfig) -> dict:
+def describe(cfg: PretrainConfig, context: dict | None = None) -> dict:
+    """The plan: model, tokens and epochs, compute and time, memory and disk, per stage."""
+    context = context or {}
+    vocab_size = 21128 if cfg.vocab == "full" else context.get("compact_vocab", 8000)
+    shape = models.shape(models.config(cfg.model, vocab_size, max_positions=cfg.max_positions))
     a = shapes.arch(cfg.model)
-    vocab_size = 21128 if cfg.vocab == "full" else 8000
-    c = models.count(models.config(cfg.model, vocab_size, max_positions=cfg.max_positions))
-    t1 = cfg.steps * cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    t2 = cfg.stage2_steps * cfg.stage2_batch_size * cfg.stage2_seq_len * cfg.grad_accum
-    flops = 6 * c["non_embedding"] * (t1 + t2)  # the usual 6 N D estimate, per process
-    return {
+    out = {
         "model": f"{cfg.model} = {a.layers} layers x {a.hidden} hidden, {a.heads} heads; "
-        f"{c['total']:,} parameters ({c['non_embedding']:,} non-embedding) with the {cfg.vocab} vocab",
-        "stage 1": f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} = {t1:,} tokens, lr {cfg.lr:g}",
-        "stage 2": f"{cfg.stage2_steps:,} steps x {cfg.stage2_batch_size} x {cfg.stage2_seq_len} = {t2:,} tokens, lr {cfg.stage2_lr:g}",
-        "expected compute": f"{flops / 1e12:,.1f} TFLOP (6 N D) per data-parallel process",
+        f"{shape.params:,} parameters ({shape.non_embedding:,} non-embedding) with the {cfg.vocab} vocab",
     }
+    runs_ = [("stage 1", cfg.steps, cfg.batch_size, cfg.seq_len)]
+    if cfg.stage2_steps:
+        runs_.append(("stage 2", cfg.stage2_steps, cfg.stage2_batch_size, cfg.stage2_seq_len))
+    for name, steps, batch, L in runs_:
+        n = plan.tokens(steps, batch, L, cfg.grad_accum, cfg.processes)
+        epochs, too_many = plan.epochs_line(n, context.get("corpus_tokens"))
+        flops = plan.train_flops(shape, n, L, cfg.mlm_probability)
+        need = plan.memory(shape, batch, L, cfg.mlm_probability)
+        out[name] = (
+            f"{steps:,} steps x {batch} sequences x {L} tokens x {cfg.grad_accum} accumulation x "
+            f"{cfg.processes} process(es) = {n:,} tokens; {epochs}"
+        )
+        out[f"{name} compute"] = plan.time_line(flops, cfg.processes)
+        out[f"{name} memory"] = f"{plan.gb(need)} per process (fits {plan.fits(need)})"
+        if too_many:
+            out[f"{name} WARNING"] = (
+                f"it reads its corpus more than {plan.MAX_EPOCHS} times: give a corpus of the size the "
+                "profile expects (-p corpus.sources='[...]') or fewer steps"
+            )
+        if plan.fits(need).startswith("none"):
+            out.setdefault("refused", []).append(
+                f"pretrain {name}: {plan.gb(need)} per process fits no named accelerator; lower the batch"
+            )
+    out["disk"] = f"checkpoints {plan.gb(plan.checkpoint_disk(shape))} per stage"
+    return out
 
 
 STAGE = contract.Contract(

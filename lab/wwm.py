@@ -11,15 +11,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
+import pyarrow as pa
+from datasets import Features, Sequence, Value, load_from_disk
 
 from lab import contract
 from lab.config import WwmConfig
 from lab.core import segment, vocab
-from lab.core.files import save_dataset, sha256_file, write_json
+from lab.core.files import save_arrow_dataset, sha256_file, write_json
 from lab.core.masking import WholeWordMaskCollator, builtin_comparison, mask_statistics
 from lab.core.progress import echo
-from lab.core.wordpiece import encode, encode_corpus, flat_column, pack
+from lab.core.wordpiece import encode, encode_corpus, flat_batches, pack_dataset
 
 
 def segmenter_for(cfg: WwmConfig) -> segment.Segmenter:
@@ -43,7 +44,8 @@ def run(cfg: WwmConfig) -> dict:
     if stage.cached:
         echo(f"wwm: cached ({stage.dir})")
         return stage.manifest
-    corpus_dir = STAGE.upstream_manifest(cfg, "corpus")["dir"]
+    corpus_m = STAGE.upstream_manifest(cfg, "corpus")
+    corpus_dir = corpus_m["dir"]
     corpus = load_from_disk(str(corpus_dir / "corpus"))
     tok_dirs = {v: str(corpus_dir / "vocab" / v) for v in cfg.vocabs}
     segmenter = segmenter_for(cfg)
@@ -61,29 +63,13 @@ def run(cfg: WwmConfig) -> dict:
 
     packed_sizes = {}
     for name in cfg.vocabs:
-        tokenizer = vocab.load(tok_dirs[name])
-        for L in cfg.seq_lengths:
-            parts = {}
-            for split, ds in encoded.items():
-                ids, counts = flat_column(ds, f"ids_{name}")
-                wids, _ = flat_column(ds, f"wids_{name}")
-                x, w = pack(
-                    ids, wids, counts, seq_len=L, cls_id=tokenizer.cls_token_id,
-                    sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id,
-                )  # fmt: skip
-                feats = Features(
-                    {"input_ids": Sequence(Value("int32"), length=L), "word_ids": Sequence(Value("int32"), length=L)}
-                )  # fmt: skip
-                parts[split] = Dataset.from_dict({"input_ids": x, "word_ids": w}, features=feats)
-                packed_sizes[f"{name}/{L}/{split}"] = {
-                    "sequences": len(x),
-                    "tokens": int((x != tokenizer.pad_token_id).sum()),
-                }
-            save_dataset(DatasetDict(parts), work / "packed" / name / str(L))
+        sizes = pack_vocab(encoded, name, cfg.seq_lengths, vocab.load(tok_dirs[name]), work)
+        packed_sizes |= {f"{name}/{k}": v for k, v in sizes.items()}
     tokens = {
-        name: int(flat_column(encoded["train"], f"ids_{name}")[0].size) for name in cfg.vocabs
+        name: int(sum(b["lengths"].sum() for b in flat_batches(encoded["train"], [f"ids_{name}"])))
+        for name in cfg.vocabs
     }
-    n_chars = sum(len(t) for split in corpus for t in corpus[split]["text"])
+    n_chars = sum(corpus_m["metrics"]["chars"].values())
     gold = load_from_disk(str(corpus_dir / "gold_segmentation"))
     quality = segment.score(
         list(gold["words"]), [segmenter.cut(t) for t in gold["text"]], list(gold["tags"])
@@ -112,6 +98,38 @@ def run(cfg: WwmConfig) -> dict:
     outputs = {f"packed_{v}_{L}": f"packed/{v}/{L}" for v in cfg.vocabs for L in cfg.seq_lengths}
     outputs["stats"] = "stats.json"
     return stage.finish(outputs, metrics)
+
+
+def pack_vocab(encoded: dict, name: str, lengths: list[int], tokenizer, work: Path) -> dict:
+    """Every split of one vocabulary's encoding packed at every length, written batch by batch as
+    Arrow files that become the stored datasets (packed/<vocab>/<length>/); their sizes."""
+    specials = dict(cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id)  # fmt: skip
+    feats = {
+        L: Features({k: Sequence(Value("int32"), length=L) for k in ("input_ids", "word_ids")})
+        for L in lengths
+    }
+    files = {L: {} for L in lengths}
+    sizes = {}
+    for split, ds in encoded.items():
+        paths = {L: work / "tmp" / f"packed-{name}-{L}-{split}.arrow" for L in lengths}
+        writers = {L: pa.ipc.new_stream(str(paths[L]), feats[L].arrow_schema) for L in lengths}
+        counts = {L: {"sequences": 0, "tokens": 0} for L in lengths}
+        for packed in pack_dataset(ds, name, lengths, **specials):
+            for L, (x, w) in packed.items():
+                if len(x):
+                    columns = [
+                        pa.FixedSizeListArray.from_arrays(pa.array(a.ravel()), L) for a in (x, w)
+                    ]
+                    writers[L].write_batch(pa.record_batch(columns, schema=feats[L].arrow_schema))
+                counts[L]["sequences"] += len(x)
+                counts[L]["tokens"] += int((x != tokenizer.pad_token_id).sum())
+        for L in lengths:
+            writers[L].close()
+            files[L][split] = [paths[L]]
+            sizes[f"{L}/{split}"] = counts[L]
+    for L in lengths:
+        save_arrow_dataset(work / "packed" / name / str(L), files[L], feats[L])
+    return sizes
 
 
 def masking_statistics(cfg: WwmConfig, work: Path, tok_dirs: dict, corpus, segmenter) -> dict:
@@ -160,7 +178,7 @@ def headline(manifest: dict) -> dict:
     }
 
 
-def describe(cfg: WwmConfig) -> dict:
+def describe(cfg: WwmConfig, context: dict | None = None) -> dict:
     kept = 1 - cfg.mask_replace_prob - cfg.random_replace_prob
     return {
         "segmenter": f"{cfg.segmenter}{' + user dictionary' if cfg.user_dict else ''}",
@@ -168,7 +186,8 @@ def describe(cfg: WwmConfig) -> dict:
         "packed lengths": ", ".join(map(str, cfg.seq_lengths)),
         "masking": f"{cfg.mlm_probability:.0%} of tokens, {cfg.mask_replace_prob:.0%}/"
         f"{cfg.random_replace_prob:.0%}/{kept:.0%} per word",
-        "expected compute": f"about 1 M characters/s on {cfg.num_proc} processes",
+        "expected compute": "about 1.6 M characters/s with 2 processes, two vocabularies (measured on 2 "
+        "cores: 100 M characters in 62 s)",
     }
 
 

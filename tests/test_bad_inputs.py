@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab import config
+from lab import config, corpus
 from lab.config import ConfigError
-from lab.core import build, documents, wordpiece
+from lab.core import documents, wordpiece
 from lab.core.kd import DistillError
-from lab.core.text import normalize
+from lab.core.text import normalize, normalize_many, to_simplified
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,23 +69,27 @@ def test_corpus_of_emoji_english_or_digits_is_refused(tmp_path, text):
         documents.check_chinese(str(path), documents.read_user_source(str(path)))
 
 
-def test_traditional_chinese_is_kept_or_converted(tmp_path):
+def test_traditional_chinese_is_kept_or_converted(lab_home, tmp_path):
+    import opencc
+    from datasets import load_from_disk
+
+    from lab.core import sources
+
+    paras = ["".join(w for w, _ in p) for p in sources.load("peoples_daily")[:300]]
+    traditional = [opencc.OpenCC("s2t").convert(p) for p in paras if len(p) > 20][:120]
     path = tmp_path / "trad.txt"
-    path.write_text("國際體育新聞報導。\n臺灣學生學習語言。\n", encoding="utf-8")
-    texts = documents.read_user_source(str(path))
-    documents.check_chinese(str(path), texts)  # Traditional text is Chinese: accepted ...
-    docs = [{"text": t, "source": "u", "doc": str(i), "split": None} for i, t in enumerate(texts)]
+    path.write_text("\n".join(traditional) + "\n", encoding="utf-8")
 
-    def cleaned(simplified):
-        kept, _ = build.clean_and_dedupe(docs, min_chars=2, max_chars=100, simplified=simplified,
-                                         valid_frac=0.0, test_frac=0.0)  # fmt: skip
-        return [d["text"] for d in kept]
+    def corpus_texts(simplified: bool) -> set[str]:
+        cfg = config.load("corpus", run_id=f"trad-{simplified}", profile="smoke",
+                          overrides={"sources": [str(path)], "to_simplified": simplified})  # fmt: skip
+        dd = load_from_disk(str(corpus.run(cfg)["dir"] / "corpus"))
+        return {t for s in ("train", "valid", "test") for t in dd[s]["text"]}
 
-    assert cleaned(False) == ["國際體育新聞報導。", "臺灣學生學習語言。"]  # ... kept as it is,
-    assert cleaned(True) == [
-        "国际体育新闻报导。",
-        "台湾学生学习语言。",
-    ]  # or converted (to_simplified)
+    kept = corpus_texts(False)  # Traditional text is Chinese: accepted as it is ...
+    assert normalize(traditional[0]) in kept and "國" in "".join(kept)
+    converted = corpus_texts(True)  # ... or converted with OpenCC t2s
+    assert to_simplified(normalize(traditional[0])) in converted and "國" not in "".join(converted)
 
 
 def test_model_folder_without_config_or_of_another_architecture(tmp_path):
@@ -130,6 +134,12 @@ def test_normalize_on_arbitrary_unicode(text):
     out.encode("utf-8")  # no lone surrogates left
     assert not any(ord(c) < 32 for c in out)  # no control characters
     assert "\ufffd" not in out and out == out.strip()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=12), max_size=30))
+def test_normalize_many_is_normalize_on_each(texts):
+    assert normalize_many(texts) == [normalize(t) for t in texts]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-from lab.core.text import Haystack, assign_split, cut, normalize, sentences
+from lab.core.text import Needles, assign_split, cut, normalize, sentences
 
 
 def test_normalize_folds_fullwidth_alnum_but_keeps_chinese_punctuation():
@@ -31,11 +31,14 @@ def test_assign_split_is_deterministic_and_salted():
     assert 0.07 < share < 0.13
 
 
-def test_haystack_finds_exact_substrings_only():
-    docs = ["今天天气很好，我们去公园散步。", "人民日报一九九八年元旦献词发表。"]
-    hay = Haystack(docs)
-    assert "我们去公园散步。" in hay
-    assert "我们去公园散步了。" not in hay
-    assert "很好" not in hay  # shorter than n: only whole documents count
-    assert docs[1] in hay
-    assert hay.find_docs("一九九八年元旦献词") == [1]
+def test_needles_are_found_as_substrings_and_short_ones_only_as_whole_documents():
+    needles = Needles(["我们去公园散步。", "一九九八年元旦献词", "很好", "一九九八年元旦到了"])
+    docs = [
+        "今天天气很好，我们去公园散步。",  # contains the first; 很好 only inside a longer text
+        "人民日报一九九八年元旦献词发表。一九九八年元旦到了",  # two texts sharing a first window
+        "很好",  # a short text counts as a whole document
+        "我们去公园散步了。",  # not the same text
+        "我们去公园散",  # a prefix is not the text
+    ]
+    assert needles.find(docs) == {0: {0}, 1: {1, 3}, 2: {2}}
+    assert needles.find([]) == {} and Needles([]).find(docs) == {}

@@ -121,6 +121,24 @@ def test_pack_full_sequences_no_padding_but_last(tok):
         assert row_w[~special].min() == 0  # renumbered within the sequence
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 7, 50])
+def test_packing_a_chunk_at_a_time_gives_the_same_sequences(tok, chunk):
+    texts = ["中国的首都是北京。", "我们学习语言模型。", "很好用！", "一二三四五六七"] * 15
+    words = [wordpiece._segmenter("jieba").cut(t) for t in texts]
+    ids, wids, counts = wordpiece.WordTokenizer(tok)(words)
+    whole = wordpiece.pack(ids, wids, counts, seq_len=16, cls_id=101, sep_id=102, pad_id=0)
+    packer = wordpiece.Packer(seq_len=16, cls_id=101, sep_id=102, pad_id=0)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = []
+    for a in range(0, len(counts), chunk):  # documents a .. a + chunk
+        b = min(a + chunk, len(counts))
+        lo, hi = starts[a], starts[b]
+        parts.append(packer.add(ids[lo:hi], wids[lo:hi], counts[a:b]))
+    parts.append(packer.finish())
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+
+
 # --- the collator --------------------------------------------------------------------------------
 
 

@@ -93,17 +93,9 @@ def run(*, quick: bool = False) -> dict:
             tmp=Path(tmp),
         )
         enc = encoded["train"]
-        ids, counts = wordpiece.flat_column(enc, "ids_v")
-        wids, _ = wordpiece.flat_column(enc, "wids_v")
-        ours_ids, _ = wordpiece.pack(
-            ids,
-            wids,
-            counts,
-            seq_len=128,
-            cls_id=tokenizer.cls_token_id,
-            sep_id=tokenizer.sep_token_id,
-            pad_id=0,
-        )
+        packed = wordpiece.pack_dataset(enc, "v", [128], cls_id=tokenizer.cls_token_id,
+                                        sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id)  # fmt: skip
+        ours_ids = np.concatenate([p[128][0] for p in packed])
         t_ours = time.perf_counter() - t0
 
     t0 = time.perf_counter()

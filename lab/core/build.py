@@ -1,34 +1,391 @@
-"""Building a pretraining corpus from documents: cleaning, cutting, deduplication and splits by hash,
-People's Daily's blocks, the long documents, and the statistics the corpus report shows."""
+"""Building a pretraining corpus from document streams, with memory that does not grow with the corpus.
+
+Worker processes read the parts of the sources side by side; each document is normalised, cut into
+pieces at sentence ends, filtered by length, given its split by a hash of its text, checked against
+the tasks' evaluation texts (`Needles`), hashed, and written to Arrow shards. The main process then
+drops exact duplicates by hash (the first occurrence stays), writes each split once more, and
+counts what the corpus report shows (sizes, lengths, characters) on the way.
+"""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import hashlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Value
+import pyarrow as pa
 
-from lab.core.progress import tqdm
+from lab.core.documents import CorpusError, Part, read
+from lab.core.files import read_json, write_json
 from lab.core.text import (
     FOLD,
     KEEP_FULLWIDTH,
+    Needles,
     assign_split,
     bucket,
     cut,
     is_cjk,
     normalize,
+    runs,
     to_simplified,
 )
 
 SPLITS = ("train", "valid", "test")
+MIN_DOCUMENTS = 50  # below this, valid and test cannot have documents of their own worth scoring
+SHARD = pa.schema([("text", pa.string()), ("source", pa.string()), ("doc", pa.string()),
+                   ("hash", pa.uint64()), ("order", pa.int64()), ("leak", pa.bool_())])  # fmt: skip
+BATCH = 20_000  # pieces per batch through the evaluation-text check and into a shard
 
 
-def char_profile(texts: list[str], trad: set[str]) -> dict:
-    counts = Counter()
-    for t in texts:
-        counts.update(t)
+@dataclass(frozen=True)
+class Cleaning:
+    """How documents become corpus pieces."""
+
+    min_chars: int  # shorter pieces are dropped
+    max_chars: int  # longer documents are cut at sentence ends into pieces this long
+    simplified: bool  # Traditional -> Simplified (OpenCC t2s)
+    valid_frac: float  # share of pieces in valid, by hash of the text
+    test_frac: float  # share of pieces in test, by hash of the text
+    long_doc_chars: int  # a user document this long is also kept as a long document
+    long_docs: int  # at most this many long documents per part
+    max_docs: int = 0  # documents read per user source, its first ones (0: all)
+    max_chars_read: int = 0  # characters read per user source, its first ones (0: all)
+    profile_docs: int = 50_000  # documents per part whose raw characters are profiled
+
+
+def piece_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def clean_part(part: Part, how: Cleaning, needles: Needles, out: Path, seq: int) -> dict:
+    """One part of a source cleaned into Arrow shards (one per split); returns what it counted."""
+    writers = {s: pa.ipc.new_stream(str(out / f"{s}-{seq:05d}.arrow"), SHARD) for s in SPLITS}
+    rows: dict[str, list] = {"text": [], "source": [], "doc": [], "split": [], "order": []}
+    raw_chars: Counter = Counter()
+    dropped: Counter = Counter()
+    found: set[int] = set()
+    longdocs: list[dict] = []
+    docs = pieces = 0
+
+    def flush():
+        hits = needles.find(rows["text"])
+        for ids in hits.values():
+            found.update(ids)
+        for s in SPLITS:
+            at = [i for i in range(len(rows["text"])) if rows["split"][i] == s]
+            if at:
+                texts = [rows["text"][i] for i in at]
+                batch = {
+                    "text": texts,
+                    "source": [rows["source"][i] for i in at],
+                    "doc": [rows["doc"][i] for i in at],
+                    "hash": [piece_hash(t) for t in texts],
+                    "order": [rows["order"][i] for i in at],
+                    "leak": [i in hits for i in at],  # dropped after deduplication
+                }
+                writers[s].write_batch(pa.record_batch(batch, schema=SHARD))
+        for v in rows.values():
+            v.clear()
+
+    chars_read = 0
+    for doc_id, raw, fixed in read(part):
+        if part.kind != "list" and (  # a capped user source is read in one part, in order
+            (how.max_docs and docs >= how.max_docs)
+            or (how.max_chars_read and chars_read >= how.max_chars_read)
+        ):
+            break
+        docs += 1
+        chars_read += len(raw)
+        if part.kind != "list" and docs <= how.profile_docs:
+            raw_chars.update(raw)
+        text = normalize(raw)
+        if how.simplified:
+            text = to_simplified(text)
+        if (
+            part.kind != "list"
+            and len(text) >= how.long_doc_chars
+            and len(longdocs) < how.long_docs
+        ):
+            longdocs.append({"text": text, "source": part.source, "title": doc_id})
+        for k, piece in enumerate(cut(text, how.max_chars)):
+            if len(piece) < how.min_chars:
+                dropped["too_short"] += 1
+                continue
+            rows["text"].append(piece)
+            rows["source"].append(part.source)
+            rows["doc"].append(doc_id if k == 0 else f"{doc_id}.{k}")
+            rows["split"].append(
+                fixed or assign_split(piece, how.valid_frac, how.test_frac, salt="corpus:")
+            )
+            rows["order"].append((seq << 40) + pieces)  # the piece's place in the whole corpus
+            pieces += 1
+        if len(rows["text"]) >= BATCH:
+            flush()
+    flush()
+    for w in writers.values():
+        w.close()
+    clean_long = [
+        d for i, d in enumerate(longdocs) if i not in needles.find([d["text"] for d in longdocs])
+    ]
+    return {"seq": seq, "source": part.source, "docs": docs, "raw_chars": raw_chars,
+            "dropped": dropped, "found": found, "longdocs": clean_long}  # fmt: skip
+
+
+def clean_parts(parts: list[Part], how: Cleaning, needles: Needles, out: Path, *, num_proc: int,
+                progress=None) -> list[dict]:  # fmt: skip
+    """Every part cleaned into `out` by `num_proc` workers; their results in part order."""
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"kind": "clean", "tasks": [asdict(p) for p in parts], "how": asdict(how),
+           "needles": needles.texts, "n": needles.n}  # fmt: skip
+    return _run(job, out / "clean", num_proc, progress)
+
+
+def finish_shards(files: dict[str, list[Path]], keep: dict[str, list[np.ndarray]], needles: Needles,
+                  out: Path, *, max_chars: int, num_proc: int) -> tuple[dict[str, list[Path]], CorpusStats, int]:  # fmt: skip
+    """Every shard's kept pieces (first occurrences holding no evaluation text) written as a final
+    shard (text, source, doc), counted, and checked once more against the evaluation texts, by
+    `num_proc` workers. Returns the final shards per split, the statistics, and the number of
+    kept pieces that held an evaluation text."""
+    tasks = []
+    for split in SPLITS:
+        for f, mask in zip(files[split], keep[split]):
+            np.save(f.with_suffix(".keep.npy"), mask)
+            tasks.append(
+                {"split": split, "shard": str(f), "final": str(f.with_name("final-" + f.name))}
+            )
+    job = {
+        "kind": "finish",
+        "tasks": tasks,
+        "max_chars": max_chars,
+        "needles": needles.texts,
+        "n": needles.n,
+    }
+    results = _run(job, out / "finish", num_proc)
+    stats, leaked = CorpusStats(max_chars), 0
+    for r in results:
+        stats.merge(CorpusStats.from_json(r["stats"], max_chars))
+        leaked += r["leaked"]
+    finals = {
+        s: [Path(t["final"]) for t, r in zip(tasks, results) if t["split"] == s and r["rows"]]
+        for s in SPLITS
+    }
+    return finals, stats, leaked
+
+
+def _run(job: dict, folder: Path, num_proc: int, progress=None) -> list[dict]:
+    """A job's tasks done by `num_proc` worker processes (`python -m lab.core.build JOB`), which
+    take the tasks in turn; the tasks' results in order. The workers are fresh interpreters that
+    load only this module: a forked worker would carry (and count) all its parent holds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.json"
+    write_json(path, job)
+    report = progress or (lambda result: None)
+    if num_proc <= 1:
+        for seq in work(path):
+            report(_result(folder, seq))
+    else:
+        cmd = [sys.executable, "-m", "lab.core.build", str(path)]
+        workers = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(num_proc)
+        ]
+        lines: queue.Queue = queue.Queue()
+        for w in workers:  # each worker prints the number of every task it finishes
+            threading.Thread(target=_forward, args=(w.stdout, lines), daemon=True).start()
+        running = len(workers)
+        while running:
+            line = lines.get()
+            if line is None:
+                running -= 1
+            else:
+                report(_result(folder, int(line)))
+        for w in workers:
+            w.wait()
+        if (err := folder / "error.json").exists():
+            raise CorpusError(read_json(err)["error"])
+        if any(w.returncode for w in workers):
+            raise RuntimeError(
+                f"a corpus worker failed (exit codes {[w.returncode for w in workers]})"
+            )
+    return [_result(folder, seq) for seq in range(len(job["tasks"]))]
+
+
+def _forward(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)  # this worker is done
+
+
+def work(path: Path):
+    """A worker: claim tasks not yet claimed (an exclusive create of task-N.claim), do each, write
+    its result as task-N.json; yields each finished task's number."""
+    job, folder = read_json(path), path.parent
+    needles = Needles(job["needles"], n=job["n"])
+    for seq, task in enumerate(job["tasks"]):
+        try:
+            os.close(os.open(folder / f"task-{seq:05d}.claim", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
+        try:
+            if job["kind"] == "clean":
+                part = Part(**{k: tuple(v) if isinstance(v, list) else v for k, v in task.items()})
+                r = clean_part(part, Cleaning(**job["how"]), needles, folder.parent, seq)
+                r |= {"raw_chars": dict(r["raw_chars"]), "found": sorted(r["found"])}
+            else:
+                r = finish_shard(task, needles, job["max_chars"])
+        except CorpusError as err:  # a file that fails half-way: the message names it
+            write_json(folder / "error.json", {"error": str(err)})
+            raise
+        write_json(folder / f"task-{seq:05d}.json", r)
+        yield seq
+
+
+def _result(folder: Path, seq: int) -> dict:
+    r = read_json(folder / f"task-{seq:05d}.json")
+    if "raw_chars" in r:
+        r |= {
+            "raw_chars": Counter(r["raw_chars"]),
+            "found": set(r["found"]),
+            "dropped": Counter(r["dropped"]),
+        }
+    return r
+
+
+def finish_shard(task: dict, needles: Needles, max_chars: int) -> dict:
+    shard = Path(task["shard"])
+    table = _read_shard(shard)
+    keep = np.load(shard.with_suffix(".keep.npy"))
+    leak = table.column("leak").to_numpy(zero_copy_only=False)
+    table = table.filter(pa.array(keep & ~leak)).select(["text", "source", "doc"])
+    stats = CorpusStats(max_chars)
+    with pa.ipc.new_stream(task["final"], table.schema) as writer:
+        for batch in table.to_batches(BATCH):
+            texts = batch.column("text").to_pylist()
+            stats.add(task["split"], texts, batch.column("source").to_pylist())
+            stats.overlap.update(i for ids in needles.find(texts).values() for i in ids)
+            writer.write_batch(batch)
+    return {"stats": stats.to_json(), "leaked": int((keep & leak).sum()), "rows": table.num_rows}
+
+
+def _read_shard(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+def first_occurrences(files: list[Path]) -> list[np.ndarray]:
+    """For the shards of every split: True where a piece's text has not occurred earlier in the
+    corpus (by hash; a piece's place is its `order`). Duplicates can cross splits where a source
+    fixes the split (People's Daily's blocks). Pieces holding an evaluation text count here too:
+    deduplication comes first, as if the corpus were cleaned in one pass."""
+    tables = [_read_shard(f).select(["hash", "order"]) for f in files]
+    h = (
+        np.concatenate([t.column("hash").to_numpy() for t in tables])
+        if tables
+        else np.zeros(0, np.uint64)
+    )
+    order = (
+        np.concatenate([t.column("order").to_numpy() for t in tables])
+        if tables
+        else np.zeros(0, np.int64)
+    )
+    by = np.lexsort((order, h))  # by hash, then by place: the first of each run is kept
+    first = np.ones(len(h), dtype=bool)
+    first[1:] = h[by][1:] != h[by][:-1]
+    keep = np.zeros(len(h), dtype=bool)
+    keep[by[first]] = True
+    return np.split(keep, np.cumsum([t.num_rows for t in tables])[:-1])
+
+
+class CorpusStats:
+    """What the corpus report shows, counted a batch at a time: sizes per source and split, piece
+    lengths per source (train), the training characters."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self.chars = {s: Counter() for s in ("per_source", *SPLITS)}
+        self.docs = {s: Counter() for s in ("per_source", *SPLITS)}
+        self.lengths: dict[str, np.ndarray] = {}
+        self.train_chars: Counter = Counter()
+        self.train_runs: Counter = Counter()  # runs of letters and digits, for WordPiece counts
+        self.overlap: set[int] = set()
+
+    def add(self, split: str, texts: list[str], sources: list[str]) -> None:
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        for source in set(sources):
+            at = np.asarray([s == source for s in sources])
+            n, c = int(at.sum()), int(lengths[at].sum())
+            for key in ("per_source", split):
+                self.docs[key][source] += n
+                self.chars[key][source] += c
+            if split == "train":
+                counts = np.bincount(lengths[at], minlength=self.max_chars + 1)
+                prev = self.lengths.get(source)
+                self.lengths[source] = counts if prev is None else prev + counts
+        if split == "train":
+            self.train_chars.update("".join(texts))
+            self.train_runs.update(runs(texts))
+
+    def merge(self, other: CorpusStats) -> None:
+        for key in self.chars:
+            self.chars[key] += other.chars[key]
+            self.docs[key] += other.docs[key]
+        for source, counts in other.lengths.items():
+            self.lengths[source] = self.lengths.get(source, 0) + counts
+        self.train_chars += other.train_chars
+        self.train_runs += other.train_runs
+        self.overlap |= other.overlap
+
+    def to_json(self) -> dict:
+        return {"chars": self.chars, "docs": self.docs, "lengths": {s: c.tolist() for s, c in self.lengths.items()},
+                "train_chars": dict(self.train_chars), "train_runs": dict(self.train_runs),
+                "overlap": sorted(self.overlap)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict, max_chars: int) -> CorpusStats:
+        stats = cls(max_chars)
+        stats.chars = {k: Counter(v) for k, v in d["chars"].items()}
+        stats.docs = {k: Counter(v) for k, v in d["docs"].items()}
+        stats.lengths = {s: np.asarray(c) for s, c in d["lengths"].items()}
+        stats.train_chars, stats.train_runs = Counter(d["train_chars"]), Counter(d["train_runs"])
+        stats.overlap = set(d["overlap"])
+        return stats
+
+    def histograms(self) -> dict:
+        out = {}
+        for source, counts in self.lengths.items():
+            longest = int(np.flatnonzero(counts).max()) if counts.any() else 1
+            edges = np.unique(np.geomspace(1, longest + 1, 40).astype(int))
+            binned = [int(counts[a:b].sum()) for a, b in zip(edges[:-1], edges[1:])]
+            median = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
+            out[source] = {"edges": edges.tolist(), "counts": binned, "median": float(median)}
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "per_source": {
+                "chars": dict(self.chars["per_source"]),
+                "documents": dict(self.docs["per_source"]),
+            },
+            "splits": {
+                s: {"documents": sum(self.docs[s].values()), "chars": sum(self.chars[s].values())}
+                for s in SPLITS
+            },  # fmt: skip
+            "length_histogram": self.histograms(),
+            "top_chars": self.train_chars.most_common(40),
+            "distinct_chars": len(self.train_chars),
+        }
+
+
+def char_profile(counts: Counter, trad: set[str]) -> dict:
+    """Shares of character classes in a character count (what cleaning folds and drops)."""
     total = sum(counts.values()) or 1
-    fullwidth = sum(n for c, n in counts.items() if ord(c) in FOLD)  # what cleaning folds
+    fullwidth = sum(n for c, n in counts.items() if ord(c) in FOLD)
     cjk = sum(n for c, n in counts.items() if is_cjk(c))
     control = sum(n for c, n in counts.items() if ord(c) < 32 and c not in "\n\t")
     return {
@@ -42,143 +399,35 @@ def char_profile(texts: list[str], trad: set[str]) -> dict:
     }
 
 
-def block_splits(keys: list[str], valid_frac: float, test_frac: float) -> list[str]:
-    """Splits of People's Daily blocks by hash; with 3+ blocks, valid and test get at least one
-    each (the lowest-hash train blocks), so small profiles still have held-out gold segmentation."""
-    splits = [assign_split(k, valid_frac, test_frac, salt="corpus:") for k in keys]
-    if len(keys) >= 3:
-        order = sorted(range(len(keys)), key=lambda i: bucket("corpus:" + keys[i]))
-        for need in ("valid", "test"):
-            if need not in splits:
-                i = next(i for i in order if splits[i] == "train")
-                splits[i] = need
-    return splits
-
-
-def pd_blocks(
-    paragraphs: list[list[tuple[str, str]]], *, block_chars: int, simplified: bool
-) -> list[dict]:
-    """People's Daily's consecutive paragraphs (of gold words and tags) grouped into documents of
-    about `block_chars` characters."""
-    blocks, cur = [], {"texts": [], "words": [], "tags": []}
-    size = 0
-    for para in paragraphs:
-        pairs = [(normalize(w), tag) for w, tag in para]
-        pairs = [(to_simplified(w) if simplified else w, tag) for w, tag in pairs if w]
-        text = "".join(w for w, _ in pairs)
-        if not text:
-            continue
-        cur["texts"].append(text)
-        cur["words"].append([w for w, _ in pairs])
-        cur["tags"].append([t for _, t in pairs])
-        size += len(text)
-        if size >= block_chars:
-            blocks.append(cur)
-            cur, size = {"texts": [], "words": [], "tags": []}, 0
-    if cur["texts"]:
-        blocks.append(cur)
-    return blocks
-
-
-def clean_and_dedupe(
-    docs: list[dict], *, min_chars: int, max_chars: int, simplified: bool, valid_frac: float,
-    test_frac: float,
-) -> tuple[list[dict], dict]:  # fmt: skip
-    """Normalised, cut into pieces of at most `max_chars` at sentence ends, pieces under
-    `min_chars` and exact duplicates dropped, each piece given its split (by hash, unless its
-    document has one); returns the pieces and the counts dropped."""
-    dropped = Counter()
-    seen = set()
-    out = []
-    for d in tqdm(docs, desc="clean", mininterval=2):
-        text = d["text"] if d["source"] == "peoples_daily" else normalize(d["text"])
-        if simplified and d["source"] != "peoples_daily":
-            text = to_simplified(text)
-        for i, piece in enumerate(cut(text, max_chars)):
-            if len(piece) < min_chars:
-                dropped["too_short"] += 1
-                continue
-            if piece in seen:
-                dropped["duplicate"] += 1
-                continue
-            seen.add(piece)
-            split = d["split"] or assign_split(piece, valid_frac, test_frac, salt="corpus:")
-            doc = d["doc"] if i == 0 else f"{d['doc']}.{i}"
-            out.append({"text": piece, "source": d["source"], "doc": doc, "split": split})
-    return out, dict(dropped)
-
-
-def long_documents(blocks: list[dict], sanguo: list[str], *, simplified: bool) -> DatasetDict:
-    """三国演义 chapters and People's Daily blocks, held out by chapter / block."""
-    rows = {"train": [], "test": []}
-    for i, chapter in enumerate(sanguo):
-        paragraphs = [normalize(p) for p in chapter.split("\n")]
-        paragraphs = [p for p in paragraphs if p]
-        title, body = paragraphs[0], "\n".join(paragraphs[1:])
-        if simplified:
-            body = to_simplified(body)
-        split = "test" if assign_split(title, 0.1, 0.0, salt="longdoc:") == "valid" else "train"
-        rows[split].append({"text": body, "source": "sanguo", "title": title, "index": i})
-    for i, block in enumerate(blocks):
-        split = "train" if block["split"] == "train" else "test"
-        rows[split].append(
-            {
-                "text": "\n".join(block["texts"]),
-                "source": "peoples_daily",
-                "title": f"pd-{i}",
-                "index": i,
-            }
+def too_small(counts: dict[str, int], read: int, dropped: dict) -> None:
+    """Refuse a corpus with fewer than MIN_DOCUMENTS pieces, naming the counts and the fix."""
+    total = sum(counts.values())
+    if total < MIN_DOCUMENTS:
+        raise CorpusError(
+            f"the corpus has {total:,} documents after cleaning and deduplication ({read:,} read; "
+            f"dropped: {dropped.get('too_short', 0):,} shorter than corpus.min_chars, "
+            f"{dropped.get('duplicate', 0):,} duplicates, {dropped.get('contains_task_eval_text', 0):,} "
+            f"holding a task's evaluation text). The lab needs at least {MIN_DOCUMENTS}, so that valid "
+            "and test have documents of their own: add text (one document a line), or lower "
+            "corpus.min_chars."
         )
-    feats = Features(
-        {
-            "text": Value("string"),
-            "source": Value("string"),
-            "title": Value("string"),
-            "index": Value("int64"),
-        }
-    )
-    return DatasetDict(
-        {
-            s: Dataset.from_dict({k: [x[k] for x in r] for k in feats}, features=feats)
-            for s, r in rows.items()
-        }
-    )
 
 
-def statistics(by_split: dict[str, list[dict]], longdocs) -> dict:
-    """Per-source sizes, length histograms, the most frequent characters and the long documents
-    of a corpus split into train / valid / test."""
-    per_source = {"chars": Counter(), "documents": Counter()}
-    lengths = defaultdict(list)
-    chars = Counter()
-    for s in SPLITS:
-        for d in by_split[s]:
-            text, source = d["text"], d["source"]
-            per_source["chars"][source] += len(text)
-            per_source["documents"][source] += 1
-            if s == "train":
-                lengths[source].append(len(text))
-                chars.update(text)
-    hist = {}
-    for source, ls in lengths.items():
-        edges = np.unique(np.geomspace(1, max(ls) + 1, 40).astype(int))
-        counts, edges = np.histogram(ls, bins=edges)
-        hist[source] = {
-            "edges": edges.tolist(),
-            "counts": counts.tolist(),
-            "median": float(np.median(ls)),
-        }
-    return {
-        "per_source": {k: dict(v) for k, v in per_source.items()},
-        "splits": {
-            s: {"documents": len(docs), "chars": sum(len(d["text"]) for d in docs)}
-            for s, docs in by_split.items()
-        },
-        "length_histogram": hist,
-        "top_chars": chars.most_common(40),
-        "distinct_chars": len(chars),
-        "longdocs": {
-            s: {"documents": len(longdocs[s]), "chars": sum(map(len, list(longdocs[s]["text"])))}
-            for s in longdocs
-        },
-    }
+def fill_empty_splits(texts: dict[str, list[str]]) -> dict[str, list[int]]:
+    """For a small corpus whose valid or test split came out empty: the indices of the training
+    pieces (lowest hash first) that move there, one to each empty split."""
+    order = sorted(range(len(texts["train"])), key=lambda i: bucket("corpus:" + texts["train"][i]))
+    moves, taken = {}, 0
+    for split in ("valid", "test"):
+        if not texts[split]:
+            moves[split] = [order[taken]]
+            taken += 1
+    return moves
+
+
+if __name__ == "__main__":  # a worker of `clean_parts` and `finish_shards`
+    try:
+        for seq in work(Path(sys.argv[1])):
+            print(seq, flush=True)
+    except CorpusError:
+        sys.exit(1)

@@ -82,3 +82,41 @@ def save_dataset(ds, path: Path) -> None:
     finally:
         if was:
             datasets.enable_progress_bars()
+
+
+def save_arrow_dataset(folder: Path, splits: dict[str, list[Path]], features) -> None:
+    """A saved `datasets` DatasetDict made of Arrow stream files written elsewhere, without copying
+    them: the files move in as each split's shards, and the small JSON files `load_from_disk` reads
+    come from saving an empty dataset of the same features (so their format is the library's)."""
+    from datasets import Dataset, DatasetDict
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    empty = Dataset.from_dict({k: [] for k in features}, features=features)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        save_dataset(DatasetDict({s: empty for s in splits}), Path(tmp) / "template")
+        os.replace(Path(tmp) / "template", folder)
+    for split, files in splits.items():
+        state = read_json(folder / split / "state.json")
+        for old in state["_data_files"]:
+            os.unlink(folder / split / old["filename"])
+        names = [f"data-{k:05d}-of-{len(files):05d}.arrow" for k in range(len(files))]
+        for f, name in zip(files, names):
+            os.replace(f, folder / split / name)
+        state["_data_files"] = [{"filename": n} for n in names]
+        digest = hashlib.sha256("".join(sha256_file(folder / split / n) for n in names).encode())
+        state["_fingerprint"] = digest.hexdigest()[:16]  # the same data, the same fingerprint
+        write_json(folder / split / "state.json", state)
+
+
+def arrow_batches(ds, columns: list[str], rows: int = 50_000):
+    """A saved or mapped dataset's columns a batch at a time, read from its Arrow files rather
+    than through a memory map (which would count every page it touches as this process's)."""
+    import pyarrow as pa
+
+    for f in ds.cache_files:
+        with pa.OSFile(f["filename"]) as source:
+            for batch in pa.ipc.open_stream(source):
+                batch = batch.select(columns)
+                for start in range(0, batch.num_rows, rows):
+                    yield batch.slice(start, rows)

@@ -14,6 +14,7 @@ import math
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
+from lab.core.plan import Shape
 from lab.core.shapes import arch
 
 
@@ -116,3 +117,10 @@ def sinusoidal_positions(model) -> None:
     table[:, 1::2] = torch.cos(pos * freq)[:, : hidden // 2]
     with torch.no_grad():
         weight.copy_(table * model.config.initializer_range * math.sqrt(2))
+
+
+def shape(conf) -> Shape:
+    """What a training plan needs to know of a model, from its config."""
+    c = count(conf)
+    return Shape(conf.num_hidden_layers, conf.hidden_size, conf.num_attention_heads, c["total"],
+                 c["non_embedding"], conf.vocab_size)  # fmt: skip

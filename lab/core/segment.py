@@ -80,13 +80,19 @@ class Segmenter:
         words = rjieba.cut(text)
         if not MIXED_ASCII.search(text):
             return words
+        # rjieba keeps a run of ASCII letters, digits and . - + # & _ % whole where jieba's HMM
+        # fallback cuts it (unless it is a dictionary word): re-cut those words, and only those
+        bad = [i for i, w in enumerate(words) if w.isascii() and MIXED_ASCII.search(w)
+               and ASCII_RUN.match(w) and not rjieba.has_word(w)]  # fmt: skip
+        if not bad:
+            return words
         out: list[str] = []
-        for w in words:
-            if MIXED_ASCII.search(w) and ASCII_RUN.match(w) and not rjieba.has_word(w):
-                out += [x for x in JIEBA_SKIP.split(w) if x]  # as jieba's HMM fallback cuts it
-            else:
-                out.append(w)
-        return out
+        prev = 0
+        for i in bad:
+            out += words[prev:i]
+            out += [x for x in JIEBA_SKIP.split(words[i]) if x]
+            prev = i + 1
+        return out + words[prev:]
 
     def check(self, texts: list[str]) -> int:
         """Texts where this segmenter differs from pure jieba; falls back to jieba if any do."""

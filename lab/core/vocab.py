@@ -70,10 +70,31 @@ def _count(backend, texts: list[str], counts: Counter) -> None:
         counts.update(enc.ids)
 
 
+def counts_from(chars: Counter, runs: Counter, tokenizer) -> Counter:
+    """`token_counts` of a text from its character counts and its runs of letters and digits
+    (`lab.core.text.runs`): a CJK character or a punctuation mark is one token of its own, a run
+    goes through WordPiece. Each distinct character and run is tokenized once."""
+    from lab.core.text import SPLIT, char_class
+
+    items = [(c, n) for c, n in chars.items() if char_class(c) == SPLIT] + list(runs.items())
+    counts: Counter = Counter()
+    for start in range(0, len(items), 4000):
+        chunk = items[start : start + 4000]
+        encs = tokenizer.backend_tokenizer.encode_batch_fast(
+            [t for t, _ in chunk], add_special_tokens=False
+        )
+        for (_, n), enc in zip(chunk, encs):
+            for i in enc.ids:
+                counts[i] += n
+    return counts
+
+
 def compact_tokens(full: BertTokenizer, counts: Counter, size: int) -> list[str]:
-    """Special tokens, then the most frequent corpus tokens of `full`, `size` in all."""
+    """Special tokens, then the most frequent corpus tokens of `full` (ties in the full vocabulary's
+    order), `size` in all."""
     id_to_token = {i: t for t, i in full.get_vocab().items()}
-    ranked = [id_to_token[i] for i, _ in counts.most_common() if id_to_token[i] not in SPECIALS]
+    order = sorted(counts, key=lambda i: (-counts[i], i))
+    ranked = [id_to_token[i] for i in order if id_to_token[i] not in SPECIALS]
     return list(SPECIALS) + ranked[: max(0, size - len(SPECIALS))]
 
 

@@ -8,60 +8,19 @@ sequences, and `encode_corpus` runs segmenter and tokenizer over a `datasets` co
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from lab.core import vocab
+from lab.core.files import arrow_batches
 from lab.core.segment import Segmenter
-from lab.core.text import normalize
+from lab.core.text import RUN, SPLIT, classes_of, codes_of, normalize
 
 
 def _segmenter(segmenter: str | Segmenter) -> Segmenter:
     return segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter)
-
-
-# BERT's pre-tokenizer, per character: whitespace is dropped, punctuation and CJK ideographs become
-# tokens of their own, everything else ("run" characters: letters, digits, kana, ...) is kept in
-# runs that WordPiece then cuts into pieces.
-SPACE, SPLIT, RUN = 0, 1, 2
-BERT_CJK = (
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
-)  # fmt: skip
-
-
-def char_class(c: str) -> int:
-    o = ord(c)
-    if c.isspace():
-        return SPACE
-    if 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126:
-        return SPLIT
-    if any(a <= o <= b for a, b in BERT_CJK) or unicodedata.category(c).startswith("P"):
-        return SPLIT
-    return RUN
-
-
-@cache
-def _class_table() -> np.ndarray:
-    """char_class of every BMP code point (built once)."""
-    return np.fromiter((char_class(chr(c)) for c in range(0x10000)), dtype=np.int8, count=0x10000)
-
-
-def _classes(codes: np.ndarray) -> np.ndarray:
-    out = np.empty(len(codes), dtype=np.int8)
-    bmp = codes < 0x10000
-    out[bmp] = _class_table()[codes[bmp]]
-    for i in np.flatnonzero(~bmp):
-        out[i] = char_class(chr(codes[i]))
-    return out
-
-
-def _codes(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
 
 
 class WordTokenizer:
@@ -127,86 +86,102 @@ class WordTokenizer:
         self.wofs = np.concatenate([self.wofs, *new_wofs])
 
     def __call__(
-        self, words_per_text: list[list[str]]
+        self, words: list[list[str]] | Layout
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat token ids, flat word ids (from 0 within each text) and per-text token counts."""
-        words = [w for ws in words_per_text for w in ws if w]
-        n_texts = len(words_per_text)
-        per_text = np.asarray([sum(1 for w in ws if w) for ws in words_per_text], dtype=np.int64)
+        """Flat token ids, flat word ids (from 0 within each text) and per-text token counts, for
+        texts cut into words (or their `Layout`, which several vocabularies can share)."""
+        lay = words if isinstance(words, Layout) else Layout(words)
+        if not lay.words:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(lay.n_texts, np.int64)
+        pending = {k: v for k, v in zip(lay.keys, lay.units) if k not in self.index}
+        if pending:
+            self._add(pending)
+        rows = np.asarray(list(map(self.index.__getitem__, lay.keys)), dtype=np.int64)
+
+        n_tok = np.where(lay.has_run, 0, lay.n_split)
+        n_tok[lay.complex_units] = self.lens[rows]
+        total = int(n_tok.sum())
+        ids = np.empty(total, dtype=np.int32)
+        raw_word = np.empty(total, dtype=np.int64)
+        from_cache = np.repeat(lay.has_run, n_tok)
+        # simple units: one token per punctuation / CJK character, in order
+        ids[~from_cache] = self._char_tokens(lay.codes[lay.simple_chars])
+        raw_word[~from_cache] = lay.word_in_text[lay.word_of_char[lay.simple_chars]]
+        # complex units: ragged gather of their cached tokens
+        c_tok = n_tok[lay.complex_units]
+        gather = np.repeat(self.starts[rows] - (np.cumsum(c_tok) - c_tok), c_tok) + np.arange(
+            c_tok.sum()
+        )
+        ids[from_cache] = self.ids[gather]
+        raw_word[from_cache] = (
+            np.repeat(lay.word_in_text[lay.u_first[lay.complex_units]], c_tok) + self.wofs[gather]
+        )
+
+        text_idx = np.repeat(lay.text_of_word[lay.u_first], n_tok)
+        counts = np.bincount(text_idx, minlength=lay.n_texts).astype(np.int64)
+        # renumber words 0, 1, 2, ... within each text
+        new = np.ones(total, dtype=bool)
+        new[1:] = (raw_word[1:] != raw_word[:-1]) | (text_idx[1:] != text_idx[:-1])
+        wid = np.cumsum(new) - 1
+        first_token = np.cumsum(counts) - counts
+        base = np.zeros(lay.n_texts, dtype=np.int64)
+        base[counts > 0] = wid[first_token[counts > 0]]
+        wid -= np.repeat(base, counts)
+        return ids, wid.astype(np.int32), counts
+
+
+class Layout:
+    """What does not depend on the vocabulary when texts cut into words are tokenized: the words'
+    characters and classes, and the units (words joined where BERT keeps one pre-token) that go
+    through WordPiece. Computed once, shared by every vocabulary's `WordTokenizer`."""
+
+    def __init__(self, words_per_text: list[list[str]]):
+        words = [w for ws in words_per_text for w in ws]
+        if not all(words):  # a segmenter gives no empty words; anything else drops them here
+            words_per_text = [[w for w in ws if w] for ws in words_per_text]
+            words = [w for ws in words_per_text for w in ws]
+        self.words, self.n_texts = words, len(words_per_text)
         if not words:
-            return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(n_texts, np.int64)
+            return
+        per_text = np.fromiter(map(len, words_per_text), dtype=np.int64, count=self.n_texts)
         wlen = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        codes = _codes("".join(words))
-        cls = _classes(codes)
+        self.codes = codes_of("".join(words))
+        cls = classes_of(self.codes)
         wend = np.cumsum(wlen)
         wstart = wend - wlen
-        text_of_word = np.repeat(np.arange(n_texts), per_text)
-        word_in_text = np.arange(len(words)) - np.repeat(np.cumsum(per_text) - per_text, per_text)
+        self.text_of_word = np.repeat(np.arange(self.n_texts), per_text)
+        self.word_in_text = np.arange(len(words)) - np.repeat(
+            np.cumsum(per_text) - per_text, per_text
+        )
 
         # units: words joined where both sides of the boundary are run characters
         joins = np.zeros(len(words), dtype=bool)
         joins[1:] = (
             (cls[wend[:-1] - 1] == RUN)
             & (cls[wstart[1:]] == RUN)
-            & (text_of_word[1:] == text_of_word[:-1])
+            & (self.text_of_word[1:] == self.text_of_word[:-1])
         )
-        u_first = np.flatnonzero(~joins)  # first word of each unit
-        u_last = np.append(u_first[1:], len(words)) - 1
-        u_cstart, u_cend = wstart[u_first], wend[u_last]
-        has_run = np.add.reduceat((cls == RUN).astype(np.int64), u_cstart) > 0
-        n_split = np.add.reduceat((cls == SPLIT).astype(np.int64), u_cstart)
+        self.u_first = np.flatnonzero(~joins)  # first word of each unit
+        u_last = np.append(self.u_first[1:], len(words)) - 1
+        u_cstart, u_cend = wstart[self.u_first], wend[u_last]
+        self.has_run = np.add.reduceat((cls == RUN).astype(np.int64), u_cstart) > 0
+        self.n_split = np.add.reduceat((cls == SPLIT).astype(np.int64), u_cstart)
+        self.word_of_char = np.repeat(np.arange(len(words)), wlen)
+        self.simple_chars = (cls == SPLIT) & ~np.repeat(self.has_run, u_cend - u_cstart)
 
-        # complex units (with run characters): through WordPiece, cached
-        complex_units = np.flatnonzero(has_run)
-        keys, pending = [], {}
-        for u in complex_units:
-            a, b = u_first[u], u_last[u] + 1
+        # complex units (with run characters) go through WordPiece: their text and word lengths
+        self.complex_units = np.flatnonzero(self.has_run)
+        self.keys, self.units = [], []
+        for u in self.complex_units:
+            a, b = self.u_first[u], u_last[u] + 1
             if b - a == 1:
-                key = text = words[a]
-                lengths = (len(text),)
+                text = words[a]
+                self.keys.append(text)
+                self.units.append((text, (len(text),)))
             else:
-                text = "".join(words[a:b])
-                lengths = tuple(int(x) for x in wlen[a:b])
-                key = text + "\x00" + ",".join(map(str, lengths))
-            keys.append(key)
-            if key not in self.index and key not in pending:
-                pending[key] = (text, lengths)
-        if pending:
-            self._add(pending)
-        rows = np.asarray(list(map(self.index.__getitem__, keys)), dtype=np.int64)
-
-        n_tok = np.where(has_run, 0, n_split)
-        n_tok[complex_units] = self.lens[rows]
-        total = int(n_tok.sum())
-        ids = np.empty(total, dtype=np.int32)
-        raw_word = np.empty(total, dtype=np.int64)
-        from_cache = np.repeat(has_run, n_tok)
-        # simple units: one token per punctuation / CJK character, in order
-        word_of_char = np.repeat(np.arange(len(words)), wlen)
-        simple_chars = (cls == SPLIT) & ~np.repeat(has_run, u_cend - u_cstart)
-        ids[~from_cache] = self._char_tokens(codes[simple_chars])
-        raw_word[~from_cache] = word_in_text[word_of_char[simple_chars]]
-        # complex units: ragged gather of their cached tokens
-        c_tok = n_tok[complex_units]
-        gather = np.repeat(self.starts[rows] - (np.cumsum(c_tok) - c_tok), c_tok) + np.arange(
-            c_tok.sum()
-        )
-        ids[from_cache] = self.ids[gather]
-        raw_word[from_cache] = (
-            np.repeat(word_in_text[u_first[complex_units]], c_tok) + self.wofs[gather]
-        )
-
-        text_idx = np.repeat(text_of_word[u_first], n_tok)
-        counts = np.bincount(text_idx, minlength=n_texts).astype(np.int64)
-        # renumber words 0, 1, 2, ... within each text
-        new = np.ones(total, dtype=bool)
-        new[1:] = (raw_word[1:] != raw_word[:-1]) | (text_idx[1:] != text_idx[:-1])
-        wid = np.cumsum(new) - 1
-        first_token = np.cumsum(counts) - counts
-        base = np.zeros(n_texts, dtype=np.int64)
-        base[counts > 0] = wid[first_token[counts > 0]]
-        wid -= np.repeat(base, counts)
-        return ids, wid.astype(np.int32), counts
+                text, lengths = "".join(words[a:b]), tuple(int(x) for x in wlen[a:b])
+                self.keys.append(text + "\x00" + ",".join(map(str, lengths)))
+                self.units.append((text, lengths))
 
 
 def encode(
@@ -235,49 +210,86 @@ def encode(
     return out
 
 
-def pack(
-    ids: np.ndarray,
-    wids: np.ndarray,
-    counts: np.ndarray,
-    *,
-    seq_len: int,
-    cls_id: int,
-    sep_id: int,
-    pad_id: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Documents joined with [SEP] and cut into full `seq_len` sequences ([CLS] ... [SEP]).
+class Packer:
+    """Documents joined with [SEP] and cut into full `seq_len` sequences ([CLS] ... [SEP]), fed a
+    chunk of documents at a time: memory holds one chunk and less than one sequence carried over.
 
-    `ids` / `wids` are flat over all documents, `counts` their token counts. RoBERTa's
-    FULL-SENTENCES packing: no padding except at the end of the very last sequence. Word ids are
-    renumbered within each sequence; separators and padding get -1. Returns two (N, seq_len) arrays.
+    RoBERTa's FULL-SENTENCES packing: no padding except at the end of the very last sequence. Word
+    ids are renumbered within each sequence; separators and padding get -1.
     """
-    counts = np.asarray(counts)
-    counts = counts[counts > 0]
-    if len(ids) == 0:
-        return np.zeros((0, seq_len), np.int32), np.zeros((0, seq_len), np.int32)
-    room = seq_len - 2
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # global word ids: each document's ids shifted past the previous documents' words
-    n_words = np.maximum.reduceat(wids.astype(np.int64), starts) + 1
-    shift = np.concatenate([[0], np.cumsum(n_words)[:-1]])
-    gw = wids.astype(np.int64) + np.repeat(shift, counts)
-    flat_ids = np.insert(ids.astype(np.int32), starts[1:], sep_id)
-    flat_wids = np.insert(gw, starts[1:], -1)
-    n = -(-len(flat_ids) // room)
-    pad = n * room - len(flat_ids)
-    body_ids = np.concatenate([flat_ids, np.full(pad, pad_id, np.int32)]).reshape(n, room)
-    body_wids = np.concatenate([flat_wids, np.full(pad, -1)]).reshape(n, room)
-    first = np.where(body_wids >= 0, body_wids, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
-    body_wids = np.where(body_wids >= 0, body_wids - first, -1)
-    input_ids = np.concatenate(
-        [np.full((n, 1), cls_id, np.int32), body_ids, np.full((n, 1), sep_id, np.int32)], axis=1
-    )
-    if pad:  # the last, partly padded sequence ends with [SEP] right after its last token
-        last = room - pad + 1
-        input_ids[-1, last:] = pad_id
-        input_ids[-1, last] = sep_id
-    word_ids = np.concatenate([np.full((n, 1), -1), body_wids, np.full((n, 1), -1)], axis=1)
-    return input_ids, word_ids.astype(np.int32)
+
+    def __init__(self, *, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
+        self.room, self.cls, self.sep, self.pad = seq_len - 2, cls_id, sep_id, pad_id
+        self.ids = np.zeros(0, np.int32)  # tokens carried over to the next sequence
+        self.wids = np.zeros(0, np.int64)  # their word ids, numbered over the whole stream
+        self.next_word = 0
+        self.started = False
+
+    def add(
+        self, ids: np.ndarray, wids: np.ndarray, counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The full sequences that a chunk of documents completes: two (N, seq_len) arrays.
+        `ids` / `wids` are flat over the chunk's documents, `counts` their token counts."""
+        counts = np.asarray(counts)
+        counts = counts[counts > 0]
+        if not len(counts):
+            return self._rows(self.ids[:0], self.wids[:0])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # global word ids: each document's ids shifted past the previous documents' words
+        n_words = np.maximum.reduceat(wids.astype(np.int64), starts) + 1
+        shift = self.next_word + np.concatenate([[0], np.cumsum(n_words)[:-1]])
+        self.next_word = int(shift[-1] + n_words[-1])
+        flat_ids = np.insert(ids.astype(np.int32), starts[1:], self.sep)
+        flat_wids = np.insert(wids.astype(np.int64) + np.repeat(shift, counts), starts[1:], -1)
+        if self.started:  # a separator between the previous chunk's last document and this one
+            flat_ids, flat_wids = (
+                np.concatenate([[self.sep], flat_ids]),
+                np.concatenate([[-1], flat_wids]),
+            )
+        self.started = True
+        flat_ids, flat_wids = (
+            np.concatenate([self.ids, flat_ids]),
+            np.concatenate([self.wids, flat_wids]),
+        )
+        full = len(flat_ids) // self.room * self.room
+        self.ids, self.wids = flat_ids[full:], flat_wids[full:]
+        return self._rows(flat_ids[:full], flat_wids[:full])
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last, partly padded sequence (none if the stream ended on a full one)."""
+        n = len(self.ids)
+        if not n:
+            return self._rows(self.ids, self.wids)
+        pad = self.room - n
+        ids = np.concatenate([self.ids, np.full(pad, self.pad, np.int32)])
+        wids = np.concatenate([self.wids, np.full(pad, -1)])
+        input_ids, word_ids = self._rows(ids, wids)
+        input_ids[-1, n + 1 :] = self.pad  # [SEP] right after the last token
+        input_ids[-1, n + 1] = self.sep
+        self.ids, self.wids = self.ids[:0], self.wids[:0]
+        return input_ids, word_ids
+
+    def _rows(self, flat_ids: np.ndarray, flat_wids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(flat_ids) // self.room
+        body_ids, body_wids = flat_ids.reshape(n, self.room), flat_wids.reshape(n, self.room)
+        first = np.where(body_wids >= 0, body_wids, np.iinfo(np.int64).max).min(
+            axis=1, keepdims=True
+        )
+        body_wids = np.where(body_wids >= 0, body_wids - first, -1)
+        input_ids = np.concatenate(
+            [np.full((n, 1), self.cls, np.int32), body_ids, np.full((n, 1), self.sep, np.int32)],
+            axis=1,
+        )
+        word_ids = np.concatenate([np.full((n, 1), -1), body_wids, np.full((n, 1), -1)], axis=1)
+        return input_ids, word_ids.astype(np.int32)
+
+
+def pack(ids: np.ndarray, wids: np.ndarray, counts: np.ndarray, *, seq_len: int, cls_id: int,
+         sep_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """All documents at once through a `Packer`: two (N, seq_len) arrays."""
+    packer = Packer(seq_len=seq_len, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id)
+    parts = [packer.add(ids, wids, counts), packer.finish()]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 class _EncodeBatch:
@@ -297,10 +309,11 @@ class _EncodeBatch:
 
         words = [self.segmenter.cut(t) for t in batch.column("text").to_pylist()]
         columns = {}
+        lay = Layout(words)  # shared by the vocabularies
         for name, folder in self.tokenizer_dirs.items():
             if name not in self._tok:
                 self._tok[name] = WordTokenizer(vocab.load(folder))
-            ids, wids, counts = self._tok[name](words)
+            ids, wids, counts = self._tok[name](lay)
             offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
             columns[f"ids_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(ids))
             columns[f"wids_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(wids))
@@ -358,9 +371,25 @@ def encode_corpus(
     return encoded, differ
 
 
-def flat_column(ds, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as one flat numpy array plus per-row lengths (no per-row Python)."""
-    col = ds.data.table.column(column).combine_chunks()
-    offsets = col.offsets.to_numpy()
-    values = col.values.to_numpy()
-    return values[offsets[0] : offsets[-1]], np.diff(offsets)
+def flat_batches(ds, columns: list[str], rows: int = 50_000):
+    """List columns of an encoded dataset a batch of rows at a time: per batch, each column as one
+    flat numpy array, and the rows' lengths (no per-row Python, never the whole column)."""
+    for batch in arrow_batches(ds, columns, rows):
+        out = {}
+        for name, col in zip(columns, batch.columns):
+            offsets = col.offsets.to_numpy()
+            out[name] = col.values.to_numpy()[offsets[0] : offsets[-1]]
+            out["lengths"] = np.diff(offsets)
+        yield out
+
+
+def pack_dataset(ds, column: str, lengths: list[int], *, cls_id: int, sep_id: int, pad_id: int):
+    """An encoded dataset's documents packed (`Packer`) at every length in one pass over it:
+    yields {length: (N, length) input ids and word ids} batch by batch."""
+    packers = {L: Packer(seq_len=L, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id) for L in lengths}
+    for b in flat_batches(ds, [f"ids_{column}", f"wids_{column}"]):
+        yield {
+            L: p.add(b[f"ids_{column}"], b[f"wids_{column}"], b["lengths"])
+            for L, p in packers.items()
+        }
+    yield {L: p.finish() for L, p in packers.items()}
