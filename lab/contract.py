@@ -10,11 +10,12 @@ the modules its driver imports (`lab.codebase`), never listed by hand.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab import codebase, config, overrides, runs
+from lab import codebase, config, lock, overrides, runs
 from lab.core.errors import LabError
 
 
@@ -62,6 +63,17 @@ class Contract:
     def stage(self, cfg) -> runs.Stage:
         """The stage's cache check, work folder and manifest for `cfg`."""
         return runs.Stage(cfg, self.inputs(cfg), self.code())
+
+
+def locked(run: Callable) -> Callable:
+    """A stage's run(cfg), holding its run id's lock (`lab.lock`) while it works."""
+
+    @functools.wraps(run)
+    def wrapper(cfg):
+        with lock.hold(cfg.run_id, f"{cfg.stage} stage"):
+            return run(cfg)
+
+    return wrapper
 
 
 def main(contract: Contract, run: Callable, argv: list[str] | None = None) -> int:

@@ -1,14 +1,11 @@
-"""`python -m lab run`: execute the stage notebooks with papermill, render HTML, write the index.
+"""`python -m lab run`: execute the stage notebooks with papermill, render the reports, write the index.
 
-reports/<run_id>/NN_stage.ipynb   the executed notebook (partial output kept when a cell fails)
-reports/<run_id>/NN_stage.html    its offline HTML (plotly.js embedded, nothing from a CDN)
-reports/<run_id>/status.json      per-stage status, duration and error
-reports/<run_id>/index.html       stage, status, duration, headline metrics, links
+Per stage the terminal gets a line when it starts, a live progress line, and a line when it ends
+with its headline metrics and the path of its report; the report folder's layout is `lab.reports`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -16,12 +13,26 @@ import sys
 import time
 from pathlib import Path
 
-from lab import codebase, config, contract, corpus, distill, evaluate, longify, pretrain, runs, wwm
+from lab import (
+    codebase,
+    config,
+    contract,
+    corpus,
+    distill,
+    evaluate,
+    lock,
+    longify,
+    pretrain,
+    reports,
+    runs,
+    wwm,
+)
 from lab.config import STAGES, ConfigError
 from lab.core import plan
 from lab.core.errors import LabError
-from lab.core.files import read_json, sha256_file, write_atomic, write_json
+from lab.core.files import sha256_file
 from lab.overrides import split_overrides
+from lab.terminal import Console
 
 CONTRACTS: dict[str, contract.Contract] = {
     m.STAGE.name: m.STAGE for m in (corpus, wwm, pretrain, distill, longify, evaluate)
@@ -82,10 +93,6 @@ def resolve(
     }
 
 
-def report_dir(run_id: str) -> Path:
-    return runs.reports_dir() / run_id
-
-
 def run(
     run_id: str,
     profile: str,
@@ -104,64 +111,89 @@ def run(
                 )
     if dry_run:
         return print_plan(run_id, profile, cfgs)
-
-    out = report_dir(run_id)
+    out = reports.report_dir(run_id)
     try:
         out.mkdir(parents=True, exist_ok=True)
         runs.run_dir(run_id).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise runs.explain_os_error(err, out) from err
-    runs.clean_stale(run_id)
-    status = read_status(run_id)
-    status.update({"run_id": run_id, "profile": profile, "overrides": overrides})
-    status.setdefault("stages", {})
-    os.environ["ZH_MINILAB_BATCH"] = "1"
-    code = 0
-    t_run = time.time()
-    for i, stage in enumerate(stages, 1):
-        cfg = cfgs[stage]
-        notebook = notebooks_dir() / CONTRACTS[stage].notebook
+    with lock.hold(run_id, "python -m lab run"):
+        return Batch(run_id, profile, cfgs, overrides).run()
+
+
+class Batch:
+    """One invocation of `python -m lab run`: its stages in order, its status and its terminal."""
+
+    def __init__(self, run_id: str, profile: str, cfgs: dict, overrides: dict):
+        self.run_id, self.cfgs = run_id, cfgs
+        self.out = reports.report_dir(run_id)
+        self.status = reports.read_status(run_id)
+        self.status.update({"run_id": run_id, "profile": profile, "overrides": overrides})
+        self.status.setdefault("stages", {})
+        self.console = Console()
+
+    def run(self) -> int:
+        runs.clean_stale(self.run_id)
+        os.environ.update(BATCH_ENV)
+        t_run, code = time.time(), 0
+        for i, stage in enumerate(self.cfgs, 1):
+            if not self.stage(i, stage):
+                code = 1
+                break
+        self.status["wall_s"] = round(time.time() - t_run, 1)
+        self.write_index()
+        self.console.say(f"index: {self.out / 'index.html'}")
+        return code
+
+    def stage(self, i: int, stage: str) -> bool:
+        """Run (or find cached) one stage; False if it failed."""
+        cfg, c = self.cfgs[stage], CONTRACTS[stage]
+        notebook = notebooks_dir() / c.notebook
         entry = {
-            "notebook": notebook.name,
-            "html": notebook.with_suffix(".html").name,
+            **reports.pages(c.notebook),
             "params": cfg.params(),
             "notebook_sha256": sha256_file(notebook),
             "lab_code": report_code(stage),
         }
-        print(
-            f"[{i}/{len(stages)}] {stage}: {notebook.name} -> {out / entry['notebook']}", flush=True
-        )
-        if _cached(stage, cfg, status, out, entry):
-            prev = status["stages"][stage]
-            prev["status"] = "cached"
-            print(
-                f"    cached: parameters and inputs match {runs.stage_dir(run_id, stage)}",
-                flush=True,
-            )
-            write_index(run_id, status)
-            continue
+        self.console.say(f"[{i}/{len(self.cfgs)}] {stage}: {c.description}")
+        if _cached(stage, cfg, self.status, self.out, entry):
+            self.status["stages"][stage]["status"] = "cached"
+            self.write_index()
+            self.done(stage, "cached")
+            return True
         t0 = time.time()
-        error = execute(stage, cfg, out / entry["notebook"])
+        with self.console.captured(self.out / entry["log"], self.out / ".progress.json") as log:
+            error = execute(stage, cfg, self.out / entry["notebook"], log)
+            reports.render(self.out / entry["notebook"])
         entry["duration_s"] = round(time.time() - t0, 1)
-        render_html(out / entry["notebook"], out / entry["html"])
+        entry |= {"status": "failed", "error": error} if error else {"status": "ok"}
+        self.status["stages"][stage] = entry
+        self.write_index()
         if error:
-            entry.update(status="failed", error=error)
-            status["stages"][stage] = entry
-            write_index(run_id, status)
-            print(
-                f"    FAILED after {entry['duration_s']:.0f}s: {error}", file=sys.stderr, flush=True
-            )
-            print(f"    see {out / entry['html']}", file=sys.stderr, flush=True)
-            code = 1
-            break
-        entry["status"] = "ok"
-        status["stages"][stage] = entry
-        write_index(run_id, status)
-        print(f"    ok in {entry['duration_s']:.0f}s", flush=True)
-    status["wall_s"] = round(time.time() - t_run, 1)
-    write_index(run_id, status)
-    print(f"index: {out / 'index.html'}", flush=True)
-    return code
+            self.console.say(f"    FAILED after {entry['duration_s']:.0f} s: {error}", error=True)
+            self.console.say(f"    report: {self.out / entry['html']}", error=True)
+            self.console.say(f"    log: {self.out / entry['log']}", error=True)
+            return False
+        self.done(stage, f"ok in {entry['duration_s']:.0f} s")
+        return True
+
+    def done(self, stage: str, what: str) -> None:
+        manifest = runs.read_manifest(runs.stage_dir(self.run_id, stage))
+        try:
+            headline = list(CONTRACTS[stage].headline(manifest).items())[:3] if manifest else []
+        except Exception:  # the index says why; the terminal line goes without
+            headline = []
+        parts = [what, *(f"{k} {v}" for k, v in headline)]
+        self.console.say("    " + " · ".join(parts))
+        self.console.say(f"    report: {self.out / self.status['stages'][stage]['html']}")
+
+    def write_index(self) -> None:
+        reports.write_index(self.run_id, self.status, CONTRACTS)
+
+
+# library progress bars and redraws stay out of batch reports (the lab's own bars summarise)
+BATCH_ENV = {"ZH_MINILAB_BATCH": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
 
 
 def report_code(stage: str) -> str:
@@ -189,8 +221,9 @@ def _cached(stage: str, cfg, status: dict, out: Path, entry: dict) -> bool:
         return False
 
 
-def execute(stage: str, cfg, output: Path) -> str | None:
-    """Run one stage notebook with papermill; the failing cell's error, or None."""
+def execute(stage: str, cfg, output: Path, log) -> str | None:
+    """Run one stage notebook with papermill, its printed output to `log`; the failing cell's
+    error, or None."""
     import papermill as pm
 
     params = {"run_id": cfg.run_id, "profile": cfg.profile, "lab_resolved": True, **cfg.params()}
@@ -203,105 +236,24 @@ def execute(stage: str, cfg, output: Path) -> str | None:
             cwd=os.getcwd(),
             progress_bar=False,
             log_output=False,
-            stdout_file=sys.stdout,
-            stderr_file=sys.stderr,
+            stdout_file=log,
+            stderr_file=log,
         )
     except pm.PapermillExecutionError as err:
         return f"{err.ename}: {err.evalue}"
     return None
 
 
-def render_html(notebook: Path, target: Path) -> None:
-    """nbconvert with the lab template minus every CDN script (require.js, MathJax, widgets)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    if not notebook.exists():
-        return
-    templates = Path(__file__).parent / "templates"
-    exporter = HTMLExporter(extra_template_basedirs=[str(templates)], template_name="zh_minilab")
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    write_atomic(target, body)
-
-
-# ---------------------------------------------------------------------------------------------
-# status and index
-
-
-def read_status(run_id: str) -> dict:
-    path = report_dir(run_id) / "status.json"
-    try:
-        return read_json(path)
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def write_index(run_id: str, status: dict) -> None:
-    out = report_dir(run_id)
-    write_json(out / "status.json", status)
-    rows = []
-    for stage in STAGES:
-        entry = status.get("stages", {}).get(stage)
-        if not entry:
-            continue
-        manifest = runs.read_manifest(runs.stage_dir(run_id, stage))
-        headline = {}
-        if manifest and entry["status"] in ("ok", "cached"):
-            try:
-                headline = CONTRACTS[stage].headline(manifest)
-            except Exception as err:  # a report must render even if one summary cannot
-                headline = {"headline unavailable": f"{type(err).__name__}: {err}"}
-        rows.append((stage, entry, headline, manifest))
-    write_atomic(out / "index.html", index_html(run_id, status, rows))
-
-
-def index_html(run_id: str, status: dict, rows: list) -> str:
-    e = html.escape
-    body = []
-    for stage, entry, headline, manifest in rows:
-        metrics = "".join(f"<li>{e(k)}: <b>{e(str(v))}</b></li>" for k, v in headline.items())
-        if entry.get("error"):
-            metrics += f'<li class="err">{e(entry["error"])}</li>'
-        duration = entry.get("duration_s")
-        work = manifest.get("duration_s") if manifest else None
-        body.append(
-            f'<tr class="{e(entry["status"])}"><td>{CONTRACTS[stage].notebook[:2]}</td><td>{e(stage)}</td>'
-            f'<td class="status">{e(entry["status"])}</td>'
-            f"<td>{'' if duration is None else f'{duration:,.0f} s'}"
-            f"{'' if work is None else f' <small>(stage work {work:,.0f} s)</small>'}</td>"
-            f"<td><ul>{metrics}</ul></td>"
-            f'<td><a href="{e(entry["html"])}">report</a> · <a href="{e(entry["notebook"])}">notebook</a></td></tr>'
-        )
-    overrides = ", ".join(f"{k}={v}" for k, v in status.get("overrides", {}).items()) or "none"
-    wall = status.get("wall_s")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>zh-minilab run {e(run_id)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: 6px 10px; vertical-align: top; text-align: left; }}
-td ul {{ margin: 0; padding-left: 1.1em; }} .status {{ font-weight: bold; }}
-tr.ok .status, tr.cached .status {{ color: #1a7f37; }} tr.failed .status, .err {{ color: #c62828; }}
-small {{ color: #666; }}
-</style></head><body>
-<h1>zh-minilab · run <code>{e(run_id)}</code></h1>
-<p>profile <b>{e(str(status.get("profile")))}</b> · overrides: {e(overrides)}
-{"" if wall is None else f" · last invocation {wall:,.0f} s"}</p>
-<table><thead><tr><th>#</th><th>stage</th><th>status</th><th>duration</th><th>headline metrics</th><th>links</th></tr></thead>
-<tbody>{"".join(body)}</tbody></table>
-<p><small>Artifacts and manifests: data/runs/{e(run_id)}/&lt;stage&gt;/manifest.json</small></p>
-</body></html>
-"""
-
-
 def report(run_id: str) -> int:
-    """Re-render every executed notebook's HTML and the index of an existing run."""
-    out = report_dir(run_id)
-    status = read_status(run_id)
+    """Re-render every executed notebook's pages and the index of an existing run."""
+    out = reports.report_dir(run_id)
+    status = reports.read_status(run_id)
     if not status:
         raise PipelineError(f"no run {run_id!r} in {runs.reports_dir()} (no status.json)")
     for entry in status.get("stages", {}).values():
-        render_html(out / entry["notebook"], out / entry["html"])
-    write_index(run_id, status)
+        entry |= reports.pages(entry["notebook"])
+        reports.render(out / entry["notebook"])
+    reports.write_index(run_id, status, CONTRACTS)
     print(f"index: {out / 'index.html'}")
     return 0
 

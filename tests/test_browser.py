@@ -110,7 +110,7 @@ def test_jupyterlab_runs_a_stage_notebook_and_its_widget_reacts(smoke_run, brows
     root = Path(__file__).resolve().parents[1]
     nb = nbformat.read(str(root / "notebooks" / "02_wwm.ipynb"), as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source = params.source.replace('run_id = "default"', 'run_id = "nb"').replace(
+    params.source = params.source.replace('run_id = ""', 'run_id = "nb"').replace(
         'profile = "cpu"', 'profile = "smoke"'
     )
     nbformat.write(nb, str(tmp_path / "wwm.ipynb"))
@@ -173,3 +173,71 @@ def test_jupyterlab_runs_a_stage_notebook_and_its_widget_reacts(smoke_run, brows
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+CHINESE_PROBE = """([ids]) => {
+    // the page's first ten distinct Chinese characters, in the font of the first text holding one
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    const seen = new Set();
+    let node, style = null;
+    while (seen.size < 10 && (node = walker.nextNode())) {
+        for (const c of node.textContent.match(/[\\u4e00-\\u9fff]/g) || []) {
+            style = style || getComputedStyle(node.parentElement);
+            seen.add(c);
+        }
+    }
+    const chars = [...seen].slice(0, 10);
+    for (const [i, c] of [...chars, "\\u{10FFFD}"].entries()) {  // the last: a codepoint no font has
+        const s = document.createElement("span");
+        s.id = ids + i;
+        s.textContent = c;
+        s.style.cssText = `font-family: ${style.fontFamily}; font-size: 40px; display: inline-block`;
+        document.body.prepend(s);
+    }
+    return chars;
+}"""
+
+
+def drawn_as_missing_glyph(browser, url: str) -> tuple[list[str], list[str]]:
+    """(the page's first Chinese characters, those drawn exactly like a codepoint with no glyph)."""
+    page = browser.new_page()
+    page.goto(url, wait_until="load")
+    chars = page.evaluate(CHINESE_PROBE, ["glyph-"])
+    shot = [page.locator(f"#glyph-{i}").screenshot() for i in range(len(chars) + 1)]
+    page.close()
+    return chars, [c for c, png in zip(chars, shot) if png == shot[-1]]
+
+
+@pytest.mark.notebook
+def test_chinese_in_reports_is_drawn_with_a_font(smoke_run, browser, tmp_path):
+    """Chinese text in a report is drawn with real glyphs, not the missing-glyph box; and the check
+    sees the boxes in a browser that has only Latin fonts."""
+    page = (smoke_run[0] / "reports" / "nb" / "01_corpus.html").as_uri()
+    chars, boxes = drawn_as_missing_glyph(browser, page)
+    assert len(chars) == 10 and not boxes, (
+        f"drawn as missing glyphs: {boxes}; install fonts-noto-cjk"
+    )
+
+    latin = tmp_path / "fonts.conf"
+    latin.write_text(
+        f"<?xml version='1.0'?><fontconfig><dir>/usr/share/fonts/truetype/dejavu</dir>"
+        f"<cachedir>{tmp_path / 'fc-cache'}</cachedir></fontconfig>",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "FONTCONFIG_FILE": str(latin)}
+    bare = browser.browser_type.launch(executable_path=CHROMIUM, args=ARGS, env=env)
+    _, boxes = drawn_as_missing_glyph(bare, page)
+    bare.close()
+    assert len(boxes) == 10, "without a CJK font the check must see missing glyphs"
+
+
+@pytest.mark.notebook
+def test_a_copied_report_folder_renders_offline(smoke_run, browser, tmp_path):
+    """plotly.js sits once in the run's report folder and the pages refer to it relatively."""
+    copy = tmp_path / "copied"
+    shutil.copytree(smoke_run[0] / "reports" / "nb", copy)
+    page, seen = open_offline(browser, (copy / "06_evaluate.html").as_uri())
+    assert not seen["remote"] and not seen["errors"], seen
+    divs = page.locator(".plotly-graph-div").count()
+    assert divs > 0 and page.locator(".plotly-graph-div .main-svg").count() >= divs
+    page.close()

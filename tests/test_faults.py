@@ -151,9 +151,9 @@ def test_changed_parameter_reruns_the_stage_and_everything_downstream(smoke_run)
         "pretrain.lr=0.003",
         home=home,
     )
-    lines = out.stdout
-    assert lines.count("cached: parameters and inputs match") == 2, lines  # corpus, wwm
+    assert out.stdout.count("    cached · ") == 2, out.stdout  # corpus, wwm
     status = json.loads((home / "reports" / "cc" / "status.json").read_text())["stages"]
+    assert status["corpus"]["status"] == "cached" and status["wwm"]["status"] == "cached"
     assert status["pretrain"]["status"] == "ok" and status["distill"]["status"] == "ok"
     m = json.loads((home / "data" / "runs" / "cc" / "pretrain" / "manifest.json").read_text())
     assert m["params"]["lr"] == 0.003

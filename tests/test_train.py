@@ -57,6 +57,28 @@ def test_loss_goes_down_and_logs(tmp_path):
     assert train.latest_checkpoint(tmp_path / "checkpoints").name == "step-00000120"
 
 
+def events(folder):
+    """TensorBoard's own reader over the event files of a training folder: {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder / "tensorboard"))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_carry_the_logged_metrics(tmp_path):
+    cfg = train.TrainConfig(
+        steps=12, lr=1e-2, warmup_steps=2, log_every=4, eval_every=6, bf16=False
+    )
+    train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path, evaluate=lambda m: {"acc": 0.25})
+    tags = events(tmp_path)
+    assert {"train/loss", "train/lr", "train/tok_per_s", "eval/acc"} <= tags.keys()
+    assert [s for s, _ in tags["train/loss"]] == [4, 8, 12]
+    log = [r for r in train.read_log(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [v for _, v in tags["train/loss"]] == pytest.approx([r["loss"] for r in log], rel=1e-6)
+    assert tags["eval/acc"] == [(6, 0.25), (12, 0.25)]
+
+
 def test_resume_ends_with_the_same_model(tmp_path):
     """Stopped after 7 steps and run again, training ends bit-identical to an uninterrupted run."""
     cfg = train.TrainConfig(steps=20, lr=2e-3, warmup_steps=3, ckpt_every=5, log_every=1, bf16=True)
@@ -74,6 +96,7 @@ def test_resume_ends_with_the_same_model(tmp_path):
         assert torch.equal(a[k], b[k]), k
     steps = [r["step"] for r in train.read_log(tmp_path / "b" / "metrics.jsonl")]
     assert steps == list(range(1, 21))  # the log was cut back to the checkpoint, not duplicated
+    assert [s for s, _ in events(tmp_path / "b")["train/loss"]] == steps  # and so were the events
 
 
 class Exploding(torch.nn.Module):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.core import sources
+from lab.core.segment import quiet_jieba
 from lab.core.taskdata import eval_texts, prepare_tasks
 from lab.core.text import normalize, sentences
 
@@ -118,12 +119,11 @@ def ours(path: Path, home: Path, run_id: str) -> dict:
 
 def baseline(path: Path, out: Path) -> None:
     """The plain `datasets` pipeline, in this process: text -> jieba words + token ids -> blocks."""
-    import jieba
     from datasets import load_dataset
 
     from lab.core import vocab
 
-    jieba.setLogLevel(60)
+    jieba = quiet_jieba()
     tokenizer = vocab.make_tokenizer(sources.load("bert_vocab"))
     ds = load_dataset("text", data_files=str(path), split="train", cache_dir=str(out / "cache"))
 

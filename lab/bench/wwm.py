@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from lab.bench import data
 from lab.core import vocab, wordpiece
-from lab.core.segment import Segmenter
+from lab.core.segment import Segmenter, quiet_jieba
 from lab.core.text import is_cjk
 
 
@@ -22,9 +22,8 @@ def chinese_ref_baseline(
     """The old transformers recipe (examples/research_projects/mlm_wwm/run_chinese_ref.py with
     jieba in place of LTP): one process, one sentence at a time through segmenter and tokenizer,
     Chinese words marked with `##` by longest match, word ids from those marks, packed in Python."""
-    import jieba
 
-    jieba.setLogLevel(60)
+    jieba = quiet_jieba()
     jieba.initialize()
     ids_stream: list[int] = []
     wid_stream: list[int] = []

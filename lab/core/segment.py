@@ -29,6 +29,16 @@ HAN_EDGE = re.compile("[\u3400-\u4dbf\u9fd6-\u9fff\uf900-\ufaff\U00020000-\U0002
 SEGMENTERS = ("jieba", "jieba-python")
 
 
+def quiet_jieba():
+    """The jieba module, its dictionary-loading messages (debug lines on stderr) silenced."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
 @dataclass
 class Segmenter:
     """jieba's default (HMM) segmentation; picklable, so `datasets.map` workers can use it."""
@@ -50,11 +60,7 @@ class Segmenter:
 
     @cached_property
     def _jieba(self):
-        import logging
-
-        import jieba
-
-        jieba.setLogLevel(logging.WARNING)
+        jieba = quiet_jieba()
         if not (self.user_dict or self.words):
             jieba.dt.initialize()
             return jieba.dt  # the shared default dictionary, loaded once per process

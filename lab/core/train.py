@@ -10,7 +10,7 @@ The loop adds: bf16 autocast where the hardware supports it, gradient accumulati
 clipping, periodic evaluation, checkpoints with full state (weights as safetensors, optimizer,
 scheduler, RNG, step) written atomically, automatic resume from the latest checkpoint, a guard that
 stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s and ETA, and
-metrics appended to a jsonl file. Under `accelerate launch` or `torchrun` it runs data-parallel
+metrics appended to a jsonl file and to TensorBoard event files. Under `accelerate launch` or `torchrun` it runs data-parallel
 unchanged (DDP; gloo on CPU).
 """
 
@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 2
     checkpoints: bool = True  # False for short runs (fine-tuning): cheaper to redo than to resume
+    tensorboard: bool = True  # event files in out_dir/tensorboard (accelerate's tracker)
+    leave: bool = True  # keep the progress bar (batch runs: print its summary line) when done
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -149,12 +151,12 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
 
+    board = _board(out_dir, start) if cfg.tensorboard and acc.is_main_process else None
     last_eval: dict = {}
     t0 = time.time()
     tokens_at_start = tokens
-    bar = tqdm(
-        total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, unit="step"
-    )
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process,
+               unit="step", leave=cfg.leave)  # fmt: skip
     module.train()
     step = start
     try:
@@ -191,21 +193,17 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{logs_sum['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
             if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
-                _log(
-                    log_path,
-                    {
-                        "step": step,
-                        "tokens": tokens,
-                        "lr": scheduler.get_last_lr()[0],
-                        "tok_per_s": rate,
-                        **logs_sum,
-                    },
-                )
+                row = {"lr": scheduler.get_last_lr()[0], "tok_per_s": rate, **logs_sum}
+                _log(log_path, {"step": step, "tokens": tokens, **row})
+                if board:
+                    board.log(_scalars(row, "train"), step=step)
             if evaluate and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 last_eval = _evaluate(module, acc, evaluate, cfg.bf16)
                 if acc.is_main_process:
                     _log(log_path, {"step": step, "tokens": tokens, "eval": last_eval})
                     bar.write(f"{desc} step {step:,}: {_fmt(last_eval)}")
+                    if board:
+                        board.log(_scalars(last_eval, "eval"), step=step)
             if cfg.checkpoints and (
                 (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
             ):
@@ -224,6 +222,8 @@ def train(
                 break
     finally:
         bar.close()
+        if board:
+            board.finish()
     seconds = time.time() - t0
     acc.wait_for_everyone()
     return {
@@ -236,6 +236,20 @@ def train(
         "world_size": acc.num_processes,
         "bf16": bool(cfg.bf16),
     }
+
+
+def _board(out_dir: Path, start: int):
+    """TensorBoard events in out_dir/tensorboard; a resumed run drops the events after its
+    checkpoint (they are written again)."""
+    from accelerate.tracking import TensorBoardTracker
+
+    tracker = TensorBoardTracker("tensorboard", out_dir, purge_step=start + 1 if start else None)
+    tracker.start()
+    return tracker
+
+
+def _scalars(row: dict, group: str) -> dict:
+    return {f"{group}/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float))}
 
 
 def _evaluate(module, acc, evaluate, bf16: bool) -> dict:
