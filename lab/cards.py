@@ -139,7 +139,22 @@ loss weights KD {cfg.kd_weight}, MLM {cfg.mlm_weight}, hidden {cfg.hidden_weight
 
 def longformer(cfg, source_name: str, results: dict) -> str:
     """The converted Longformer's card."""
-    b, p = results["bpc"], results["probe"]
+    b, p, f, g = (
+        results["bpc"],
+        results["probe"],
+        results["receptive_field"],
+        results["context_gain"],
+    )
+    curve = table(
+        ["context before the last " + str(g["span"]) + " tokens", *(f"{c:,}" for c in g["contexts"])],
+        [[name, *(f"{g['bpc'][name][str(c)]:.3f}" if str(c) in g["bpc"][name] else "" for c in g["contexts"])]
+         for name in ("bert", "longformer")],
+    )  # fmt: skip
+    gain = f"Bits per character of the last {g['span']} tokens of {g['documents']} held-out documents:\n\n{curve}"
+    if "gain_beyond_512" in g:
+        x = g["gain_beyond_512"]
+        gain += (f"\n\n{x['claim']}: {x['verdict']} ({x['difference']:+.3f} bits per character, 95% interval "
+                 f"[{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]).")  # fmt: skip
     bpc = table(
         ["bits per character (held-out long documents)", ""],
         [["BERT, 512-token windows read independently", f"{b['bert_512_windows']:.3f}"],
@@ -156,6 +171,11 @@ tokenizer** saved with it (never a RoBERTa/Longformer BPE tokenizer).
 Inside one window the converted model reproduces the BERT's logits (max |difference| {results["equivalence"]:.1e}).
 
 {bpc}
+
+Receptive field: {f["layers"]} layers x {f["one_sided_window"]} tokens on each side = {f["local_reach_tokens"]:,}
+tokens through the sliding windows; the global tokens ({", ".join(f["global_tokens"])}) reach every position.
+
+{gain}
 
 Long-range name probe ({p["bert_last_512"]["instances"]} mentions whose previous mention is over
 {cfg.probe_gap} tokens back): name accuracy BERT (last 512 tokens) {p["bert_last_512"]["name_acc"]:.3f},

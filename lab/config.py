@@ -318,6 +318,12 @@ class LongifyConfig(StageConfig):
     min_doc_chars: int = param(
         "held-out documents shorter than this are skipped (characters)", min=1
     )
+    context_lengths: list[int] = param(
+        "context before the scored span in the context-gain curve (tokens)", min=0
+    )
+    context_span: int = param(
+        "final tokens of each document scored in the context-gain curve", min=8
+    )
     probe_gap: int = param(
         "a probed name's previous mention is more than this many tokens back", min=1
     )
@@ -335,6 +341,13 @@ class LongifyConfig(StageConfig):
             )
         if not self.global_tokens:
             raise ConfigError("longify.global_tokens is empty: give at least [CLS]")
+        if (
+            not self.context_lengths
+            or min(self.context_lengths) + self.context_span + 2 > self.max_positions
+        ):
+            raise ConfigError(
+                "longify.context_lengths: give lengths that, with longify.context_span, fit in longify.max_positions"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +446,7 @@ def load(
     cls = CONFIGS[stage]
     ns = dict(namespace or {})
     profile = profile or ns.get("profile", "cpu")
-    run_id = run_id or ns.get("run_id", "default")
+    run_id = run_id or ns.get("run_id") or profile  # `python -m lab run` names a run so too
     names = field_names(stage)
     cpu = profile_values("cpu")[stage]
     values = dict(profile_values(profile)[stage])

@@ -46,6 +46,7 @@ TASK_SOURCES = ("reviews", "thucnews", "msra_ner", "stsb")
 CORPUS_SOURCES = ("peoples_daily", "msra_ner", "thucnews", "reviews")
 
 
+@contract.locked
 def run(cfg: CorpusConfig) -> dict:
     """Build the corpus, the task data and both vocabularies; returns the stage's manifest."""
     stage = STAGE.stage(cfg)

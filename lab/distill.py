@@ -173,6 +173,7 @@ class Distillation:
         return train.train_once(student, out, fit)
 
 
+@contract.locked
 def run(cfg: DistillConfig) -> dict:
     """Teacher assistant, one-stage and two-stage students over seeds; returns the manifest."""
     stage = STAGE.stage(cfg)
@@ -354,7 +355,7 @@ def headline(manifest: dict) -> dict:
     for kind, s in m["summary"].items():
         spread = f" ± {s['acc_std']:.1%}" if s["seeds"] > 1 else ""
         out[f"{kind} student accuracy"] = (
-            f"{s['acc_mean']:.1%}{spread} ({s['relative_to_teacher']:.0%} of teacher, {s['speedup']:.1f}x faster)"
+            f"{s['acc_mean']:.1%}{spread} ({s['relative_to_teacher']:.0%} of teacher; batch-32 speed-up {s['speedup']:.1f}x)"
         )
     out["teacher accuracy"] = f"{m['models']['teacher']['acc']:.1%}"
     if "teacher" in m["caches"]:

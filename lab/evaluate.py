@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from datasets import load_from_disk
 from transformers import AutoConfig
 
 from lab import contract, runs
@@ -21,6 +22,8 @@ from lab.core import mlm, models, tasks, vocab
 from lab.core.files import write_json
 from lab.core.metrics import fill_mask, mlm_metrics, speed, spread
 from lab.core.progress import echo
+from lab.core.stats import FAILS, HOLDS, OPEN
+from lab.findings import OUTCOMES, findings
 
 
 def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
@@ -73,6 +76,7 @@ def packed_vocab(tokenizer, corpus_dir: Path, names: list[str]) -> str:
     )
 
 
+@contract.locked
 def run(cfg: EvaluateConfig) -> dict:
     stage = STAGE.stage(cfg)
     if stage.cached:
@@ -123,8 +127,14 @@ def run(cfg: EvaluateConfig) -> dict:
         sources["scratch"] = AutoConfig.from_pretrained(str(wanted["teacher"]["dir"]))
         tokenizers["scratch"] = tokenizers["teacher"]
         rows["scratch"] = {"role": "scratch"}
-    task_dirs = {t: corpus_m["dir"] / "tasks" / t for t in cfg.tasks}
-    scores = tasks.run_all(sources, task_dirs, cfg, work, tokenizers) if cfg.tasks else {}
+    protocol = tasks.Protocol(
+        lrs=tuple(cfg.lrs), epochs=cfg.epochs, seeds=cfg.seeds, batch_size=cfg.batch_size,
+        seq_len=cfg.task_seq_len, train_examples=cfg.task_train_examples,
+        eval_examples=cfg.task_eval_examples, bf16=cfg.bf16, seed=cfg.seed,
+    )  # fmt: skip
+    data = {t: load_from_disk(str(corpus_m["dir"] / "tasks" / t)) for t in cfg.tasks}
+    scores, outcomes = tasks.run_all(sources, data, protocol, work, tokenizers, progress=echo)
+    write_json(work / OUTCOMES, outcomes)
     metrics = {
         "models": rows,
         "tasks": scores,
@@ -136,10 +146,21 @@ def run(cfg: EvaluateConfig) -> dict:
         },
         "probes": probe_out,
         "seconds": time.time() - t0,
-        "findings": findings(cfg.run_id, rows, scores, cfg.params()),
+        "findings": findings(cfg.run_id, outcomes, rows, cfg.params()) | long_context(cfg.run_id),
     }
     write_json(work / "results.json", metrics)
-    return stage.finish({"results": "results.json"}, metrics)
+    return stage.finish({"results": "results.json", "outcomes": OUTCOMES}, metrics)
+
+
+def long_context(run_id: str) -> dict:
+    """The longify stage's finding: does the Longformer use context beyond 512 tokens?"""
+    m = runs.read_manifest(runs.stage_dir(run_id, "longify"))
+    gain = m and m["metrics"].get("context_gain", {}).get("gain_beyond_512")
+    return (
+        {gain["claim"]: gain | {"documents": m["metrics"]["context_gain"]["documents"]}}
+        if gain
+        else {}
+    )
 
 
 def relative_scores(scores: dict) -> dict:
@@ -155,96 +176,6 @@ def relative_scores(scores: dict) -> dict:
         }
         if out[name]:
             out[name]["average"] = float(np.mean(list(out[name].values())))
-    return out
-
-
-def findings(run_id: str, rows: dict, scores: dict, params: dict) -> dict:
-    """Which of the reference recipes' qualitative claims this run reproduces, stated from its own numbers
-    (`params`: this evaluate stage's, whose manifest is not written yet)."""
-    out = {}
-    avg = {n: np.mean([v["mean"] for v in t.values()]) for n, t in scores.items() if t}
-    if "teacher" in avg and "scratch" in avg:
-        out["pretraining beats scratch"] = {
-            "holds": bool(avg["teacher"] > avg["scratch"]),
-            "teacher": avg["teacher"],
-            "scratch": avg["scratch"],
-        }
-    students = [n for n in avg if n.startswith(("one-stage", "two-stage"))]
-    if "teacher" in avg and students:
-        best = max(students, key=lambda n: avg[n])
-        out["students keep most of the teacher's score at a fraction of its latency"] = {
-            "holds": bool(avg[best] / avg["teacher"] >= 0.85 and rows[best].get("speedup", 0) >= 2),
-            "student": best, "relative": avg[best] / avg["teacher"], "speedup": rows[best].get("speedup"),
-        }  # fmt: skip
-    one = [avg[n] for n in students if n.startswith("one-stage")]
-    two = [avg[n] for n in students if n.startswith("two-stage")]
-    if one and two:
-        out["two-stage beats one-stage"] = {
-            "holds": bool(np.mean(two) > np.mean(one)),
-            "two_stage": float(np.mean(two)),
-            "one_stage": float(np.mean(one)),
-        }
-    if "teacher" in avg:
-        out.update(ablation_findings(run_id, float(avg["teacher"]), params))
-    return out
-
-
-# the reference recipes' ablation claims: (the one parameter that differs, the value the claim favours, claim)
-ABLATIONS = (
-    ("pretrain.masking", "wwm", "whole-word masking beats token-level masking"),
-    ("pretrain.vocab", "compact", "the compact vocabulary keeps the full vocabulary's score"),
-)
-# parameters that do not change the teacher or how it is scored
-_NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_sequences",
-                    "speed_repeats", "probes_file"}  # fmt: skip
-
-
-def _teacher_params(run_id: str, evaluate_params: dict | None = None) -> dict | None:
-    """Everything that shapes a run's teacher and its scores: corpus, wwm, pretrain and evaluate
-    parameters (the evaluate ones given, or read from the run's evaluate manifest)."""
-    out = {}
-    for stage in ("corpus", "wwm", "pretrain", "evaluate"):
-        if stage == "evaluate" and evaluate_params is not None:
-            params = evaluate_params
-        else:
-            m = runs.read_manifest(runs.stage_dir(run_id, stage))
-            if not m:
-                return None
-            params = m["params"]
-        out.update({f"{stage}.{k}": v for k, v in params.items() if k not in _NOT_THE_TEACHER})
-    return out
-
-
-def ablation_findings(run_id: str, teacher_avg: float, evaluate_params: dict) -> dict:
-    """Compare this run's teacher with every other run whose teacher differs in exactly one of the
-    ABLATIONS parameters (say `python -m lab run --run-id cpu-wwm -p pretrain.masking=wwm`), by the
-    average downstream score. A claim holds when the favoured side scores higher; the compact
-    vocabulary claim (no loss) holds within 0.01."""
-    mine = _teacher_params(run_id, evaluate_params)
-    root = runs.data_dir() / "runs"
-    if mine is None or not root.exists():
-        return {}
-    out = {}
-    for other in sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != run_id):
-        theirs = _teacher_params(other)
-        ev = runs.read_manifest(runs.stage_dir(other, "evaluate"))
-        if theirs is None or not ev or "teacher" not in ev["metrics"].get("average", {}):
-            continue
-        keys = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
-        for key, favoured, claim in ABLATIONS:
-            if keys != {key}:
-                continue
-            scores = {
-                mine[key]: teacher_avg,
-                theirs[key]: float(ev["metrics"]["average"]["teacher"]),
-            }
-            rest = next(v for v in scores if v != favoured)
-            margin = 0.01 if key == "pretrain.vocab" else 0.0
-            out[claim] = {
-                "holds": bool(scores[favoured] > scores[rest] - margin),
-                favoured: scores[favoured], rest: scores[rest],
-                "runs": f"{run_id} vs {other}",
-            }  # fmt: skip
     return out
 
 
@@ -289,21 +220,25 @@ def compare_runs(run_ids: list[str] | None = None) -> list[dict]:
 
 def headline(manifest: dict) -> dict:
     m = manifest["metrics"]
-    out = {}
-    for name in ("teacher", "scratch", "char n-gram LR"):
+    verdicts = [f["verdict"] for f in m["findings"].values()]
+    out = {
+        "findings": ", ".join(
+            f"{verdicts.count(v)} {v}" for v in (HOLDS, FAILS, OPEN) if v in verdicts
+        )
+        or "none"
+    }
+    for name in ("teacher", "scratch"):
         if name in m["average"]:
             out[f"{name} task average"] = f"{m['average'][name]:.3f}"
     rel = {
         k: v["average"]
         for k, v in m["relative_to_teacher"].items()
-        if "average" in v and k != "teacher"
+        if "average" in v
+        and m["models"].get(k, {}).get("role") in ("student", "assistant", "longformer")
     }
     if rel:
         best = max(rel, key=rel.get)
         out["best relative to teacher"] = f"{best} {rel[best]:.0%}"
-    held = [f"{k}: {'yes' if v['holds'] else 'no'}" for k, v in m["findings"].items()]
-    if held:
-        out["findings reproduced"] = "; ".join(held)
     return out
 
 
@@ -311,7 +246,9 @@ def describe(cfg: EvaluateConfig, context: dict | None = None) -> dict:
     return {
         "models": ", ".join(cfg.models)
         + (" (every seed)" if cfg.all_seeds else " (first seed of each student)"),
-        "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / {cfg.task_eval_examples:,} test examples, {cfg.epochs} epochs, {cfg.seeds} seed(s)",
+        "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / {cfg.task_eval_examples:,} valid and test examples",
+        "protocol": f"learning rate from {', '.join(f'{x:g}' for x in cfg.lrs)} chosen on valid with the first seed; "
+        f"{cfg.seeds} seed(s) at it scored on test; {cfg.epochs:g} epochs, batch {cfg.batch_size}, {cfg.task_seq_len} tokens",
         "baselines": ("scratch + " if cfg.scratch else "") + "char n-gram logistic regression",
     }
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from lab import viz
 from lab.core import mlm, vocab
-from lab.core.attention import dense_longformer, global_mask
+from lab.core.attention import dense_longformer, global_mask, pad_to_window
 from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import fill_mask
 from lab.core.wordpiece import encode
@@ -319,9 +319,11 @@ class AttentionViewer:
             enc = tok(sentence, return_tensors="pt", truncation=True, max_length=128)
             with torch.no_grad():
                 if model.config.model_type == "longformer":
-                    gm = global_mask(enc["input_ids"], [tok.cls_token_id])
-                    out = model(**enc, global_attention_mask=gm, output_attentions=True)
-                    gm = gm[0]
+                    gm = global_mask(enc["input_ids"], [tok.cls_token_id])[0]
+                    window = model.config.attention_window[0]
+                    padded = pad_to_window(enc["input_ids"], tok.pad_token_id, window)
+                    g_pad = global_mask(padded["input_ids"], [tok.cls_token_id])
+                    out = model(**padded, global_attention_mask=g_pad, output_attentions=True)
                     layers = zip(out.attentions, out.global_attentions)
                     att = np.stack(
                         [dense_longformer(a[0], g[0], gm, model.config) for a, g in layers]

@@ -11,7 +11,6 @@ PyTorch's fused attention, block by block (`lab.core.attention.block_attention`)
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from datasets import load_from_disk
 
 from lab import cards, contract, runs
 from lab.config import LongifyConfig
-from lab.core import longdocs, mlm, models, plan, train, vocab
+from lab.core import longdocs, mlm, models, plan, stats, train, vocab
 from lab.core.attention import block_attention
 from lab.core.files import hash_tree, sha256_json
 from lab.core.longformer import ConversionError, LongBatches, convert, equivalence
@@ -44,8 +43,10 @@ def source_dir(cfg: LongifyConfig) -> Path:
     return folder
 
 
+@contract.locked
 def run(cfg: LongifyConfig) -> dict:
-    """Convert, check equivalence, continue pretraining on long documents, measure BPC and the probe."""
+    """Convert, check equivalence, continue pretraining on long documents, then measure bits per
+    character, the context-gain curve and the name probe."""
     stage = STAGE.stage(cfg)
     if stage.cached:
         echo(f"longify: cached ({stage.dir})")
@@ -66,43 +67,20 @@ def run(cfg: LongifyConfig) -> dict:
     work = stage.begin()
     diff = equivalence(bert, long, tokenizer, "中国的首都是北京。" * 40, global_ids)
     echo(f"converted {src.name}: max |logit difference| inside one window = {diff:.2e}")
-
     docs = load_from_disk(str(corpus_m["dir"] / "longdocs"))
-    seg = Segmenter(  # the run's segmenter, as the wwm stage used it
+    seg = Segmenter(
         wwm_params["segmenter"],
         user_dict=wwm_params["user_dict"],
         words=tuple(wwm_params["user_words"]),
-    )
-    train_docs = list(docs["train"]["text"])
-    test_rows = [r for r in docs["test"] if len(r["text"]) >= cfg.min_doc_chars][: cfg.eval_docs]
-    if not test_rows:
-        raise runs.StageError(
-            f"no held-out long document has {cfg.min_doc_chars}+ characters; lower longify.min_doc_chars"
-        )
-    tr_ids, tr_wids, _ = longdocs.tokenize_docs(train_docs, tokenizer, seg)
-    te = longdocs.tokenize_docs([r["text"] for r in test_rows], tokenizer, seg)
-    te_ids, te_wids, te_chars = ([a[: cfg.max_positions - 2] for a in part] for part in te)
-    specials = dict(cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, mask_id=tokenizer.mask_token_id)  # fmt: skip
-    masks = longdocs.fixed_masks(
-        te_ids, te_wids, WholeWordMaskCollator(tokenizer, whole_word=False), cfg.seed
-    )
-    bert_window = bert.config.max_position_embeddings
+    )  # the run's segmenter, as the wwm stage used it
+    test = held_out(cfg, docs, tokenizer, seg)
+    scoring = Scoring(cfg, test, global_ids, tokenizer)
+    bpc = {"bert_512_windows": scoring.bpc(bert), "longformer_before": scoring.bpc(long)}
+    echo(f"bits per character before continued pretraining: {bpc}")
 
-    def bpc(model, window: int, globals_: list[int] | None = None) -> float:
-        nats, chars = document_nats(model, te_ids, te_chars, masks, window=window,
-                                    global_ids=globals_, bf16=cfg.bf16, **specials)  # fmt: skip
-        return bits_per_char(nats, chars)
-
-    t0 = time.time()
-    result_bpc = {
-        "bert_512_windows": bpc(bert, bert_window),
-        "longformer_before": bpc(long, cfg.max_positions, global_ids),
-    }
-    echo(f"bits per character before continued pretraining: {result_bpc} ({time.time() - t0:.0f}s)")
-
-    x, w = longdocs.chunk_docs(
-        tr_ids, tr_wids, cfg.seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-    )  # fmt: skip
+    tr_ids, tr_wids, _ = longdocs.tokenize_docs(list(docs["train"]["text"]), tokenizer, seg)
+    x, w = longdocs.chunk_docs(tr_ids, tr_wids, cfg.seq_len, tokenizer.cls_token_id,
+                               tokenizer.sep_token_id, tokenizer.pad_token_id)  # fmt: skip
     collator = WholeWordMaskCollator(
         tokenizer, mlm_probability=cfg.mlm_probability, whole_word=cfg.masking == "wwm"
     )
@@ -111,48 +89,142 @@ def run(cfg: LongifyConfig) -> dict:
         steps=cfg.steps, lr=cfg.lr, warmup_steps=max(1, int(cfg.warmup * cfg.steps)), bf16=cfg.bf16,
         eval_every=cfg.steps, ckpt_every=cfg.ckpt_every, seed=cfg.seed, log_every=5,
     )  # fmt: skip
-    echo(
-        f"continued pretraining: {len(x):,} chunks of {cfg.seq_len} tokens from {len(train_docs):,} documents; "
-        f"{cfg.steps:,} steps x {cfg.batch_size} = {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens"
-    )
+    echo(f"continued pretraining: {len(x):,} chunks of {cfg.seq_len} tokens from {len(docs['train']):,} documents; "
+         f"{cfg.steps:,} steps x {cfg.batch_size} = {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens")  # fmt: skip
     fit = partial(train.train, mlm.MaskedLM(long), batches, tc, work / "continued", desc="longify")
     res = train.train_once(long, work / "continued", fit)
-    result_bpc["longformer_after"] = bpc(long, cfg.max_positions, global_ids)
+    bpc["longformer_after"] = scoring.bpc(long)
 
-    sanguo = "\n".join(r["text"] for r in docs["train"] if r["source"] == "sanguo")
+    gain = scoring.context_gain(bert, long)
     names = longdocs.frequent_names(
-        [sanguo[:300_000]], tokenizer
-    )  # a few 100K characters name them
-    instances = longdocs.probe_instances(
-        te_ids, te_wids, names, min_gap=cfg.probe_gap, limit=cfg.probe_limit
-    )
-    probe = {
-        "bert_last_512": longdocs.probe_accuracy(bert, te_ids, instances, window=bert_window, right=cfg.probe_right, bf16=cfg.bf16, **specials),
-        "longformer_whole_document": longdocs.probe_accuracy(long, te_ids, instances, window=cfg.max_positions, right=cfg.probe_right, global_ids=global_ids, bf16=cfg.bf16, **specials),
-    }  # fmt: skip
-    probe["names"] = [tokenizer.decode(n).replace(" ", "") for n in names[:20]]
-    probe["gaps"] = [i["gap"] for i in instances]
-    results = {"bpc": result_bpc, "equivalence": diff, "probe": probe}
+        [sanguo_text(docs)[:300_000]], tokenizer
+    )  # a few 100K chars name them
+    probe = scoring.probe(bert, long, names) | {
+        "names": [tokenizer.decode(n).replace(" ", "") for n in names[:20]]
+    }
+    field = receptive_field(cfg, long)
+    results = {
+        "bpc": bpc,
+        "equivalence": diff,
+        "probe": probe,
+        "receptive_field": field,
+        "context_gain": gain,
+    }
     cards.save(long, tokenizer, work / "model", cards.longformer(cfg, src.name, results))
-    sample = te_ids[0][: min(len(te_ids[0]), 2 * cfg.attention_window + 64)]
+    sample = test["ids"][0][: min(len(test["ids"][0]), 2 * cfg.attention_window + 64)]
     np.save(
         work / "attention_sample.npy",
-        longdocs.banded_attention(long, sample, global_ids, **specials),
+        longdocs.banded_attention(long, sample, global_ids, **scoring.specials),
     )
-    metrics = {
+    metrics = results | {
         "source": str(src),
         "equivalence_max_abs_diff": diff,
-        "bpc": result_bpc,
-        "probe": probe,
         "train": {k: v for k, v in res.items() if k != "eval"},
         "docs": {
-            "train": len(train_docs),
-            "test": len(test_rows),
-            "test_tokens": int(sum(map(len, te_ids))),
+            "train": len(docs["train"]),
+            "test": len(test["ids"]),
+            "test_tokens": int(sum(map(len, test["ids"]))),
         },
         "chunks": len(x),
     }
+    del metrics["equivalence"]
     return stage.finish({"model": "model", "attention_sample": "attention_sample.npy"}, metrics)
+
+
+def held_out(cfg: LongifyConfig, docs, tokenizer, seg) -> dict:
+    """The held-out long documents scored here: tokens, word ids, characters per token, and one
+    fixed masking of each (the positions every model is scored on)."""
+    rows = [r for r in docs["test"] if len(r["text"]) >= cfg.min_doc_chars][: cfg.eval_docs]
+    if not rows:
+        raise runs.StageError(
+            f"no held-out long document has {cfg.min_doc_chars}+ characters; lower longify.min_doc_chars"
+        )
+    ids, wids, chars = ([a[: cfg.max_positions - 2] for a in part]
+                        for part in longdocs.tokenize_docs([r["text"] for r in rows], tokenizer, seg))  # fmt: skip
+    masks = longdocs.fixed_masks(
+        ids, wids, WholeWordMaskCollator(tokenizer, whole_word=False), cfg.seed
+    )
+    return {"ids": ids, "wids": wids, "chars": chars, "masks": masks}
+
+
+def sanguo_text(docs) -> str:
+    return "\n".join(r["text"] for r in docs["train"] if r["source"] == "sanguo")
+
+
+def receptive_field(cfg: LongifyConfig, long) -> dict:
+    """How far information travels: through the sliding windows, layers x half a window on each
+    side; through the global tokens, anywhere in two layers."""
+    layers, half = long.config.num_hidden_layers, cfg.attention_window // 2
+    return {"layers": layers, "one_sided_window": half, "local_reach_tokens": layers * half,
+            "global_tokens": cfg.global_tokens}  # fmt: skip
+
+
+class Scoring:
+    """The held-out long documents' measurements, for BERT and for the Longformer."""
+
+    def __init__(self, cfg: LongifyConfig, test: dict, global_ids: list[int], tokenizer):
+        self.cfg, self.test, self.global_ids = cfg, test, global_ids
+        self.specials = dict(cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id,
+                             mask_id=tokenizer.mask_token_id)  # fmt: skip
+
+    def _long(self, model) -> dict:
+        """What a model reads: BERT its positions, the Longformer its length with global tokens."""
+        if model.config.model_type == "longformer":
+            return {"max_len": self.cfg.max_positions, "global_ids": self.global_ids}
+        return {"max_len": model.config.max_position_embeddings, "global_ids": None}
+
+    def bpc(self, model) -> float:
+        """Whole documents, each read in independent windows of what the model can read."""
+        r = self._long(model)
+        t = self.test
+        nats, chars = document_nats(model, t["ids"], t["chars"], t["masks"], window=r["max_len"],
+                                    global_ids=r["global_ids"], bf16=self.cfg.bf16, **self.specials)  # fmt: skip
+        return bits_per_char(nats, chars)
+
+    def context_gain(self, bert, long) -> dict:
+        """Bits per character of each document's last `context_span` tokens as the visible context
+        before them grows, for BERT (up to its positions) and the Longformer; the Longformer's gain
+        from 512 tokens of context to its longest, paired over documents, with its interval."""
+        cfg, t = self.cfg, self.test
+        span, contexts = cfg.context_span, sorted(cfg.context_lengths)
+        contexts = [c for c in contexts if c + span + 2 <= cfg.max_positions]
+        keep = [i for i, ids in enumerate(t["ids"]) if len(ids) >= span + contexts[-1]]
+        while not keep and len(contexts) > 1:  # no document that long: the longest context goes
+            contexts = contexts[:-1]
+            keep = [i for i, ids in enumerate(t["ids"]) if len(ids) >= span + contexts[-1]]
+        pick = [[part[i] for i in keep] for part in (t["ids"], t["chars"], t["masks"])]
+        curves = {}
+        for name, model in (("bert", bert), ("longformer", long)):
+            r = self._long(model)
+            curves[name] = longdocs.context_curve(model, *pick, contexts=contexts, span=span, bf16=cfg.bf16,
+                                                  **r, **self.specials)  # fmt: skip
+        per_doc = {name: {c: [bits_per_char(n, k) for n, k in rows] for c, rows in curve.items()}
+                   for name, curve in curves.items()}  # fmt: skip
+        out = {
+            "contexts": contexts, "span": span, "documents": len(keep),
+            "bpc": {name: {str(c): bits_per_char(sum(n for n, _ in rows), sum(k for _, k in rows))
+                           for c, rows in curve.items()} for name, curve in curves.items()},
+        }  # fmt: skip
+        longest = contexts[-1]
+        if longest > 512 and 512 in per_doc["longformer"]:
+            gain = stats.paired(per_doc["longformer"][512], per_doc["longformer"][longest])
+            out["gain_beyond_512"] = {"claim": f"the Longformer predicts better with {longest:,} tokens of context than with 512",
+                                      "a": "512 tokens", "b": f"{longest:,} tokens", **gain,
+                                      "unit": "bits per character (a - b)"}  # fmt: skip
+        return out
+
+    def probe(self, bert, long, names: list[list[int]]) -> dict:
+        cfg, t = self.cfg, self.test
+        instances = longdocs.probe_instances(
+            t["ids"], t["wids"], names, min_gap=cfg.probe_gap, limit=cfg.probe_limit
+        )
+        out = {}
+        for name, model in (("bert_last_512", bert), ("longformer_whole_document", long)):
+            r = self._long(model)
+            out[name] = longdocs.probe_accuracy(model, t["ids"], instances, window=r["max_len"], right=cfg.probe_right,
+                                                global_ids=r["global_ids"], bf16=cfg.bf16, **self.specials)  # fmt: skip
+        out["gaps"] = [i["gap"] for i in instances]
+        return out
 
 
 def model_source(cfg: LongifyConfig) -> dict[str, str]:
@@ -166,7 +238,13 @@ def headline(manifest: dict) -> dict:
         "equivalence max |Δlogit|": f"{m['equivalence_max_abs_diff']:.1e}",
         "BPC BERT-512 / before / after": f"{b['bert_512_windows']:.2f} / {b['longformer_before']:.2f} / {b['longformer_after']:.2f}",
         "long-range probe BERT / Longformer": f"{p['bert_last_512']['name_acc']:.1%} / {p['longformer_whole_document']['name_acc']:.1%} ({p['bert_last_512']['instances']} mentions)",
-    }
+        "receptive field": f"{m['receptive_field']['local_reach_tokens']:,} tokens through the windows, "
+        "anywhere through the global tokens",
+    } | (
+        {"context beyond 512": stats.line(g)}
+        if (g := m["context_gain"].get("gain_beyond_512"))
+        else {}
+    )
 
 
 def describe(cfg: LongifyConfig, context: dict | None = None) -> dict:

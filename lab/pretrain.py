@@ -64,6 +64,7 @@ def batches_for(cfg: PretrainConfig, tokenizer, ids, wids, *, batch_size: int, s
     return batches
 
 
+@contract.locked
 def run(cfg: PretrainConfig) -> dict:
     """Pretrain the teacher (stage 1, then stage 2), save it, evaluate it; returns the manifest."""
     stage = STAGE.stage(cfg)

@@ -9,19 +9,21 @@ from IPython.display import HTML
 
 
 def table(rows: list[dict], title: str | None = None):
-    """An HTML table with every cell escaped (corpus text is untrusted)."""
+    """An HTML table with every cell escaped (corpus text is untrusted), for a notebook."""
+    return HTML(html_table(rows, title))
+
+
+def html_table(rows: list[dict], title: str | None = None) -> str:
     if not rows:
-        return HTML(f"<p><em>{html.escape(title) + ': ' if title else ''}(empty)</em></p>")
-    cols = list(rows[0])
+        return f"<p><em>{html.escape(title) + ': ' if title else ''}(empty)</em></p>"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
         for r in rows
     )
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return HTML(
-        f'<table class="lab-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-    )
+    return f'<table class="lab-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _fmt(v) -> str:
@@ -206,8 +208,37 @@ def relative_table(relative: dict):
     )
 
 
+FINDINGS_TITLE = ("Findings: A − B (or A − ratio × B) minus the margin, with a 95% bootstrap interval over test "
+                  "examples and seeds; a claim holds only when its interval lies above 0")  # fmt: skip
+
+
 def findings_table(findings: dict):
-    rows = [{"finding": k, "reproduced here": "yes" if v["holds"] else "no",
-             "numbers": ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items() if a != "holds")}
-            for k, v in findings.items()]  # fmt: skip
-    return table(rows, "The reference recipes' qualitative findings, checked on this run's numbers")
+    """Claim, sides, difference, 95% interval and verdict of each finding, and per task."""
+    return table(findings_rows(findings), FINDINGS_TITLE)
+
+
+def findings_rows(findings: dict) -> list[dict]:
+    rows = []
+    for f in findings.values():
+        if f.get("difference") is None:
+            rows.append(
+                {"claim": f["claim"], "verdict": f["verdict"], "difference": f.get("reason")}
+            )
+            continue
+        runs = f.get("runs", {})
+        speed = f.get("speedup")
+        rows.append({
+            "claim": f["claim"], "A": f["a"], "B": f["b"],
+            "difference": f"{f['difference']:+.4f}",
+            "95% interval": "[{:+.4f}, {:+.4f}]".format(*f["ci95"]),
+            "verdict": f["verdict"],
+            "runs A / B": f"{runs['a']} / {runs['b']}" if runs else "",
+            "examples": ", ".join(f"{t} {n:,}" for t, n in f.get("examples", {}).items())
+            or (f"{f['documents']} documents" if "documents" in f else ""),
+            "note": (f"speed-up at batch 1: {speed['ratio']:.1f}x (repeats allow "
+                     f"{speed['range'][0]:.1f}-{speed['range'][1]:.1f}x)" if speed else ""),
+        })  # fmt: skip
+        for task, p in f.get("per_task", {}).items():
+            rows.append({"claim": f"  · {task}", "difference": f"{p['difference']:+.4f}",
+                         "95% interval": "[{:+.4f}, {:+.4f}]".format(*p["ci95"]), "verdict": p["verdict"]})  # fmt: skip
+    return rows

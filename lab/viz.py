@@ -1,9 +1,10 @@
 """Figures for the stage notebooks, drawn from artifacts only.
 
 `show(fig)` puts two renderings of a plotly figure in one output: the plotly mimetype that
-JupyterLab draws live, and self-contained HTML (plotly.js embedded once per notebook, no CDN, no
-MathJax) that nbconvert keeps in the offline report. Under papermill, plotly's default renderer
-stores only the mimetype, which nbconvert drops: the figure would be missing from the report.
+JupyterLab draws live, and HTML (no CDN, no MathJax) that nbconvert keeps in the offline report.
+Under papermill, plotly's default renderer stores only the mimetype, which nbconvert drops: the
+figure would be missing from the report. In batch runs the HTML leaves plotly.js out (the report
+folder holds it once, `lab.reports`); interactively it is embedded once per notebook.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def show(fig: go.Figure) -> None:
     fig.update_layout(template=TEMPLATE)
     page = pio.to_html(
         fig,
-        include_plotlyjs=not _plotlyjs_sent,
+        include_plotlyjs=not (_plotlyjs_sent or batch()),
         full_html=False,
         include_mathjax=False,
         config={"displaylogo": False},
@@ -301,6 +302,21 @@ def bpc_bars(bpc: dict) -> go.Figure:
         title="Bits per character on held-out long documents (lower is better)",
         yaxis_title="bits / character",
     )
+    return fig
+
+
+def context_gain(gain: dict) -> go.Figure:
+    """Bits per character of each document's final span against the context the model sees."""
+    fig = go.Figure()
+    for name, label in (("bert", "BERT (up to its positions)"), ("longformer", "Longformer")):
+        points = gain["bpc"][name]
+        xs = [c for c in gain["contexts"] if str(c) in points]
+        fig.add_scatter(x=xs, y=[points[str(c)] for c in xs], mode="lines+markers", name=label)
+    fig.add_vline(x=512, line_dash="dot", annotation_text="512")
+    fig.update_layout(
+        title=f"Context gain: the last {gain['span']} tokens of {gain['documents']} held-out documents",
+        xaxis_title="tokens of context before them", yaxis_title="bits per character (lower is better)",
+    )  # fmt: skip
     return fig
 
 

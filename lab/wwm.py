@@ -38,6 +38,7 @@ def collator_for(cfg: WwmConfig, tokenizer, *, whole_word: bool = True) -> Whole
     )  # fmt: skip
 
 
+@contract.locked
 def run(cfg: WwmConfig) -> dict:
     """Segment and tokenize the corpus, store packed sequences with word ids, measure masking."""
     stage = STAGE.stage(cfg)

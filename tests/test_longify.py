@@ -122,3 +122,59 @@ def test_names_followed_by_a_verb_fold_into_the_name():
 
     merged = longdocs.merge_prefixed(Counter({"玄德": 5, "玄德曰": 3, "孔明曰": 2, "诸葛亮": 4}))
     assert merged == Counter({"玄德": 8, "诸葛亮": 4, "孔明曰": 2})
+
+
+def uniform(tokenizer):
+    """A BERT whose every prediction is uniform over the vocabulary (-ln p = ln V per token): its
+    output projection, tied to the word embeddings, and the output bias are zero."""
+    model = models.build("L2_H32_A2", len(tokenizer), seed=0, dropout=0.0)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+        model.get_output_embeddings().bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("which", ["full", "compact"])
+def test_bits_per_character_by_hand(tok, which):
+    """One definition for both vocabularies: -log2 p over the masked tokens / their characters, the
+    special tokens from the tokenizer (whatever their ids), [UNK] one character."""
+    from lab.core.metrics import mlm_metrics, token_chars
+
+    t = tok if which == "full" else vocab.make_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "北", "京", "##京", "the", "##ing"]
+    )  # fmt: skip
+    pieces = ["[CLS]", "北", "##京", "the", "[UNK]", "[SEP]"]
+    ids = np.array(t.convert_tokens_to_ids(pieces))
+    chars = token_chars(t)[ids]
+    assert chars.tolist() == [0, 1, 1, 3, 1, 0]  # [CLS] is 101 in one vocab and 2 in the other
+    masks = [np.array([False, True, True, True, True, False])]
+    nats, covered = document_nats(uniform(t), [ids[1:-1]], [chars[1:-1]], [masks[0][1:-1]],
+                                  window=16, cls_id=t.cls_token_id, sep_id=t.sep_token_id,
+                                  mask_id=t.mask_token_id, bf16=False)  # fmt: skip
+    assert covered == 6
+    assert bits_per_char(nats, covered) == pytest.approx(4 * np.log2(len(t)) / 6)
+    # the held-out metric of the evaluate stage counts the same way
+    words = np.arange(len(ids))
+    m = mlm_metrics(uniform(t), ids[None].repeat(50, 0), words[None].repeat(50, 0), t)
+    assert m["bpc"] == pytest.approx(np.log2(len(t)) * m["masked"] / m["masked_chars"])
+
+
+def test_context_curve_sees_only_the_context_it_is_given(tok, bert):
+    """The span's scores depend on the context length, never on tokens before the context."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 5000, 300)
+    chars = np.ones(300, dtype=np.int64)
+    mask = np.zeros(300, dtype=bool)
+    mask[-32::3] = True
+    other = ids.copy()
+    other[: 300 - 32 - 64] = rng.integers(
+        1000, 5000, 300 - 32 - 64
+    )  # differs before the last 64 + span
+    kw = dict(contexts=[0, 64, 128, 512], span=32, cls_id=101, sep_id=102, mask_id=103,
+              max_len=512, bf16=False)  # fmt: skip
+    a = longdocs.context_curve(bert, [ids], [chars], [mask], **kw)
+    b = longdocs.context_curve(bert, [other], [chars], [mask], **kw)
+    assert sorted(a) == [0, 64, 128]  # 512 + span does not fit BERT's positions
+    assert a[0] == b[0] and a[64] == b[64]
+    assert a[128] != b[128]
+    assert a[0][0][1] == mask.sum()  # characters of the masked span tokens

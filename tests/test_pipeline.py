@@ -47,6 +47,101 @@ def test_smoke_run_writes_reports_and_index(smoke_run):
 
 
 @pytest.mark.notebook
+def test_terminal_says_what_matters(smoke_run):
+    """A line per stage start and end with its headline and report; the chatter goes to the logs."""
+    home, proc = smoke_run
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) < 100, f"{len(lines)} lines"
+    text = "\n".join(lines)
+    for stage in pipeline.available():
+        assert f"] {stage}: " in text
+    assert text.count("    ok in ") == len(pipeline.available())
+    assert "report: " in text and "index: " in text
+    for noise in ("IPKernelApp", "LOAD REPORT", "it/s]", "\r"):
+        assert noise not in text, noise
+    logs = {p.name: p.read_text(encoding="utf-8") for p in (home / "reports" / "nb").glob("*.log")}
+    assert len(logs) == len(pipeline.available())
+    assert any("IPKernelApp" in t for t in logs.values())  # the kernel's own warning, kept there
+    assert "pretrain stage1: 30/30 step in" in logs["03_pretrain.log"]  # a loop's summary line
+
+
+NOISE = ("LOAD REPORT", "You passed `num_labels", "Initializing global attention",
+         "automatically padded", "Building prefix dict")  # fmt: skip
+
+
+@pytest.mark.notebook
+def test_reports_hold_no_library_noise(smoke_run):
+    """No stderr output, no progress-bar redraws and no library chatter in any executed notebook."""
+    out = smoke_run[0] / "reports" / "nb"
+    for path in sorted(out.glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        for i, cell in enumerate(nb["cells"]):
+            for o in cell.get("outputs", []):
+                if o["output_type"] != "stream":
+                    continue
+                text = "".join(o["text"])
+                assert o["name"] == "stdout", f"{path.name} cell {i} wrote to stderr: {text[:300]}"
+                assert "\r" not in text and "%|" not in text, f"{path.name} cell {i}: {text[:300]}"
+                assert not [n for n in NOISE if n in text], f"{path.name} cell {i}: {text[:300]}"
+
+
+@pytest.mark.notebook
+def test_report_folder_is_small_and_links_its_pages(smoke_run):
+    out = smoke_run[0] / "reports" / "nb"
+    status = json.loads((out / "status.json").read_text())
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    index = (out / "index.html").read_text(encoding="utf-8")
+    for entry in status["stages"].values():
+        reader = (out / entry["html"]).read_text(encoding="utf-8")
+        code = (out / entry["code_html"]).read_text(encoding="utf-8")
+        for page in (reader, code):
+            assert '<script src="plotly.min.js">' in page and len(page) < 1_500_000
+        assert "hl-ipython3" not in reader and "hl-ipython3" in code  # code cells: only in one
+        for name in (entry["html"], entry["code_html"], entry["notebook"], entry["log"]):
+            assert f'href="{name}"' in index, name
+    assert "<h2>Findings</h2>" in index and "95% interval" in index
+    size = sum(p.stat().st_size for p in out.iterdir())
+    assert size < 25_000_000, f"{size / 1e6:.0f} MB"
+
+
+@pytest.mark.notebook
+def test_training_writes_tensorboard_events(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = smoke_run[0] / "data" / "runs" / "nb"
+    folders = sorted(p.parent for p in run.rglob("events.out.tfevents.*"))
+    rel = {str(f.relative_to(run)) for f in folders}
+    assert {"pretrain/stage1/tensorboard", "pretrain/stage2/tensorboard",
+            "longify/continued/tensorboard"} <= rel, rel  # fmt: skip
+    assert any(r.startswith("distill/") for r in rel)
+    acc = EventAccumulator(str(run / "pretrain" / "stage1" / "tensorboard"))
+    acc.Reload()
+    assert {"train/loss", "train/lr", "train/tok_per_s", "eval/acc"} <= set(acc.Tags()["scalars"])
+
+
+@pytest.mark.notebook
+def test_a_notebook_with_its_defaults_continues_the_batch_run(tmp_path, monkeypatch):
+    """After `lab run --profile smoke`, notebook 01 opened with only its profile set to smoke finds
+    the batch run's stage (run id = the profile's name) and reports it cached."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    lab("run", "--profile", "smoke", "--to", "corpus", home=tmp_path)
+    assert (tmp_path / "data" / "runs" / "smoke" / "corpus" / "manifest.json").exists()
+    nb = nbformat.read(str(pipeline.notebooks_dir() / "01_corpus.ipynb"), as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'run_id = ""' in params.source
+    params.source = params.source.replace('profile = "cpu"', 'profile = "smoke"')
+    monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
+    monkeypatch.delenv("ZH_MINILAB_BATCH", raising=False)
+    NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+    printed = "".join(
+        "".join(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert f"corpus: cached ({tmp_path / 'data' / 'runs' / 'smoke' / 'corpus'})" in printed
+
+
+@pytest.mark.notebook
 def test_smoke_corpus_manifest(smoke_run):
     m = manifest(smoke_run[0], "corpus")
     assert m["metrics"]["heldout_overlap"] == {
@@ -73,7 +168,9 @@ def test_smoke_pretrain_model_loads_with_plain_transformers(smoke_run):
 
     home = smoke_run[0]
     m = manifest(home, "pretrain")
-    assert m["metrics"]["params"] > 0 and 0 <= m["metrics"]["masked_token_accuracy"] <= 1
+    acc, vocab_size = m["metrics"]["masked_token_accuracy"], m["metrics"]["vocab_size"]
+    assert m["metrics"]["params"] > 0 and acc == m["metrics"]["heldout"]["valid"]["acc"]
+    assert 10 / vocab_size < acc < 1  # at least the unigram learned: chance is 1 / vocabulary
     assert set(m["metrics"]["train"]) == {"stage1", "stage2"}
     folder = home / "data" / "runs" / "nb" / "pretrain" / "model"
     assert (folder / "model.safetensors").exists() and (folder / "README.md").exists()
@@ -122,7 +219,14 @@ def test_smoke_evaluate_manifest(smoke_run):
     m = manifest(smoke_run[0], "evaluate")["metrics"]
     assert {"teacher", "longformer", "scratch", "char n-gram LR"} <= set(m["tasks"])
     assert set(m["tasks"]["teacher"]) == {"sentiment", "thucnews", "msra_ner", "stsb"}
-    assert "pretraining beats scratch" in m["findings"]
+    found = m["findings"]["pretraining beats training from scratch"]
+    for f in m["findings"].values():  # each with its difference, interval and verdict
+        assert f["verdict"] in ("holds", "does not hold", "inconclusive")
+        lo, hi = f["ci95"]
+        assert lo <= hi and f["verdict"] == (
+            "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
+        )
+    assert found["runs"] == {"a": 2, "b": 2} and found["examples"]["sentiment"] == 48
     assert m["models"]["teacher"]["latency_ms_b1"] > 0
 
 
@@ -196,16 +300,13 @@ def test_bad_command_line_fails_before_running(tmp_path, args, message):
 
 
 def test_params_file(tmp_path):
-    (tmp_path / "p.yaml").write_text("corpus:\n  min_chars: 6\n", encoding="utf-8")
-    lab(
-        "run",
-        "--profile",
-        "smoke",
-        "--dry-run",
-        "--params",
-        str(tmp_path / "p.yaml"),
-        home=tmp_path,
-    )
+    """--params is applied: the dry run's plan shows the file's value, not the profile's."""
+    (tmp_path / "p.yaml").write_text("corpus:\n  max_docs_per_source: 123\n", encoding="utf-8")
+    plain = lab("run", "--profile", "smoke", "--dry-run", home=tmp_path).stdout
+    given = lab("run", "--profile", "smoke", "--dry-run", "--params", str(tmp_path / "p.yaml"),
+                home=tmp_path).stdout  # fmt: skip
+    assert "documents per source: 400" in plain
+    assert "documents per source: 123" in given and "documents per source: 400" not in given
 
 
 def test_sources_lists_registry(tmp_path):

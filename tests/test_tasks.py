@@ -1,7 +1,6 @@
-import shutil
-
 import numpy as np
 import pytest
+import torch
 from datasets import Dataset
 
 from lab.core import models, sources, tasks, vocab
@@ -14,49 +13,83 @@ def tok():
     return vocab.make_tokenizer(sources.load("bert_vocab"))
 
 
-def test_entities_and_ner_f1():
-    assert tasks.entities(["B-PER", "I-PER", "O", "B-LOC", "I-ORG"]) == {
-        (0, 2, "PER"),
-        (3, 4, "LOC"),
-        (4, 5, "ORG"),
-    }
+def test_ner_outcomes_are_entity_counts_as_seqeval_counts_them():
+    from seqeval.metrics import f1_score
+
     t = tasks.TASKS["msra_ner"]
-    gold = [{"labels": [-100, 1, 2, 0, 3, -100]}]
-    assert tasks.score(t, gold, [[1, 2, 0, 3]])["entity_f1"] == 1.0
-    assert tasks.score(t, gold, [[1, 0, 0, 3]])["entity_f1"] == pytest.approx(0.5)
+    gold = [1, 2, 0, 3, 6]  # B-PER I-PER O B-LOC I-ORG: an I- without its B- starts an entity
+    examples = [{"labels": [-100, *gold, -100], "gold": gold}]
+    assert tasks.outcomes(t, examples, [gold]) == [[3, 0, 0]]
+    assert tasks.outcomes(t, examples, [[1, 0, 0, 3, 0]]) == [
+        [1, 1, 2]
+    ]  # PER cut short: a miss and a false one
+    # a sentence longer than the input: its cut-off tokens count as predicted O
+    assert tasks.outcomes(t, examples, [[1, 2, 0]]) == [[1, 0, 2]]
+    rng = np.random.default_rng(0)
+    golds = [list(rng.integers(0, 7, 12)) for _ in range(200)]
+    preds = [[x if rng.random() > 0.2 else int(rng.integers(0, 7)) for x in g] for g in golds]
+    runs = [tasks.outcomes(t, [{"labels": [], "gold": g} for g in golds], preds)]
+    names = tasks.NER_LABELS
+    expected = f1_score(
+        [[names[x] for x in g] for g in golds], [[names[x] for x in p] for p in preds]
+    )
+    assert tasks.metrics(t, runs)["entity_f1"][0] == pytest.approx(expected)
 
 
 def test_encode_every_kind(tok):
     cls = tasks.encode(
         tasks.TASKS["sentiment"],
-        Dataset.from_dict({"text": ["很好", "不好"], "label": [1, 0]}),
+        [{"text": "很好", "label": 1}, {"text": "不好", "label": 0}],
         tok,
         16,
     )
     assert cls[0]["labels"] == 1 and cls[0]["input_ids"][0] == tok.cls_token_id
     sts = tasks.encode(
-        tasks.TASKS["stsb"],
-        Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "score": [4]}),
-        tok,
-        16,
+        tasks.TASKS["stsb"], [{"sentence1": "a", "sentence2": "b", "score": 4}], tok, 16
     )
     assert sts[0]["labels"] == 4.0 and 1 in sts[0]["token_type_ids"]
     ner = tasks.encode(
-        tasks.TASKS["msra_ner"],
-        Dataset.from_dict({"tokens": [["北", "京"]], "ner_tags": [["B-LOC", "I-LOC"]]}),
-        tok,
-        16,
+        tasks.TASKS["msra_ner"], [{"tokens": ["北", "京"], "ner_tags": ["B-LOC", "I-LOC"]}], tok, 16
     )
     assert ner[0]["labels"] == [-100, 3, 4, -100] and len(ner[0]["input_ids"]) == 4
     batch = tasks.collate(cls, tok.pad_token_id)
     assert batch["labels"].tolist() == [1, 0]
 
 
-def test_ngram_baseline_learns_something():
-    train = Dataset.from_dict(
-        {"text": ["很好很好", "非常好", "太差了", "很差"] * 10, "label": [1, 1, 0, 0] * 10}
+def test_batches_group_similar_lengths_and_cover_every_example_each_epoch():
+    rng = np.random.default_rng(0)
+    examples = [{"input_ids": [1] * int(n), "labels": 0} for n in rng.integers(3, 60, 500)]
+    batches = tasks.TaskBatches(examples, batch_size=16, seed=1, pad_id=0, pool=10)
+    seen = np.concatenate([batches._batches(0)[j] for j in range(batches.per_epoch)])
+    assert sorted(seen.tolist()) == list(range(500))
+    padded = sum(batches(j)["input_ids"].numel() for j in range(batches.per_epoch))
+    plain = tasks.TaskBatches(
+        examples, batch_size=16, seed=1, pad_id=0, pool=1
+    )  # no sorting to speak of
+    assert padded < 0.7 * sum(plain(j)["input_ids"].numel() for j in range(plain.per_epoch))
+    assert torch.equal(
+        batches(3)["input_ids"], tasks.TaskBatches(examples, 16, 1, 0, pool=10)(3)["input_ids"]
     )
-    assert tasks.ngram_baseline(tasks.TASKS["sentiment"], train, train)["accuracy"] == 1.0
+
+
+def test_samples_follow_the_hash_not_the_order_of_the_split():
+    rows = Dataset.from_dict(
+        {"text": [f"{i:04d} 评论" for i in range(1000)], "label": [i % 2 for i in range(1000)]}
+    )
+    picked = tasks.sample(tasks.TASKS["sentiment"], rows, 100)
+    numbers = sorted(int(r["text"][:4]) for r in picked)
+    assert (
+        len(picked) == 100 and numbers[-1] > 900 and numbers[0] < 100
+    )  # spread, not the first 100
+    assert picked == tasks.sample(tasks.TASKS["sentiment"], rows, 100)
+
+
+def test_ngram_baseline_learns_something():
+    rows = [
+        {"text": t, "label": y}
+        for t, y in zip(["很好很好", "非常好", "太差了", "很差"] * 10, [1, 1, 0, 0] * 10)
+    ]
+    assert all(o == [1.0] for o in tasks.ngram_baseline(rows, rows))
 
 
 def test_fill_mask_decodes_several_masks_left_to_right(tok):
@@ -83,42 +116,44 @@ def test_lm_sequences_are_spread_over_the_split():
 
 def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, monkeypatch):
     """A run whose teacher differs only in the masking (or only in the vocab) is an ablation of
-    this one; a run that differs in two parameters is not."""
+    this one, compared on the same test examples; a run that differs in two parameters is not."""
     from lab import runs
     from lab.core.files import write_json
-    from lab.evaluate import ablation_findings
+    from lab.findings import OUTCOMES, ablations
 
     monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
     base = {"pretrain": {"masking": "token", "vocab": "compact", "steps": 10}, "corpus": {},
             "wwm": {}, "evaluate": {"lrs": [5e-4], "scratch": True}}  # fmt: skip
+    rng = np.random.default_rng(0)
 
-    def make_run(run_id, avg, **changes):
+    def make_run(run_id, p, **changes):
         for stage, params in base.items():
-            params = {**params, **changes.get(stage, {}), "run_id": run_id}
             folder = runs.stage_dir(run_id, stage)
             folder.mkdir(parents=True)
-            metrics = {"average": {"teacher": avg}} if stage == "evaluate" else {}
-            write_json(folder / "manifest.json",
-                            {"complete": True, "params": params, "metrics": metrics})  # fmt: skip
+            params = {**params, **changes.get(stage, {}), "run_id": run_id}
+            write_json(
+                folder / "manifest.json", {"complete": True, "params": params, "metrics": {}}
+            )
+        right = (rng.random((3, 400)) < p).astype(float)[..., None].tolist()
+        write_json(runs.stage_dir(run_id, "evaluate") / OUTCOMES, {"teacher": {"thucnews": right}})
+        return {"teacher": {"thucnews": right}}
 
-    make_run("base", 0.50)
-    make_run("wwm", 0.55, pretrain={"masking": "wwm"}, evaluate={"scratch": False})
+    mine = make_run("base", 0.50)
+    make_run("wwm", 0.80, pretrain={"masking": "wwm"}, evaluate={"scratch": False})
     make_run("full", 0.52, pretrain={"vocab": "full"})
     make_run("two-changes", 0.90, pretrain={"masking": "wwm", "steps": 20})
-    # the run being evaluated has no evaluate manifest yet: its evaluate parameters come from it
-    shutil.rmtree(runs.stage_dir("base", "evaluate"))
-    found = ablation_findings("base", 0.50, base["evaluate"])
+    found = ablations("base", mine, base["evaluate"])
     assert set(found) == {
         "whole-word masking beats token-level masking",
         "the compact vocabulary keeps the full vocabulary's score",
     }
     wwm = found["whole-word masking beats token-level masking"]
-    assert wwm["holds"] and wwm["wwm"] == 0.55 and wwm["token"] == 0.50
-    assert wwm["runs"] == "base vs wwm"
+    assert (
+        wwm["verdict"] == "holds"
+        and wwm["a"] == "wwm (wwm)"
+        and wwm["runs_compared"] == "base vs wwm"
+    )
+    assert wwm["difference"] == pytest.approx(0.30, abs=0.06) and wwm["ci95"][0] > 0
     vocab = found["the compact vocabulary keeps the full vocabulary's score"]
-    assert not vocab["holds"] and vocab["full"] == 0.52  # 0.02 lost: more than the 0.01 allowed
-    assert ablation_findings("wwm", 0.55, base["evaluate"]) == {}  # "base" is not evaluated now
-    make_run("base2", 0.50)
-    claim = "whole-word masking beats token-level masking"
-    assert ablation_findings("wwm", 0.55, {"lrs": [5e-4], "scratch": False})[claim]["holds"]
-    assert ablation_findings("wwm", 0.55, {"lrs": [1e-3]}) == {}  # scored differently
+    assert vocab["margin"] == -0.01 and vocab["verdict"] in ("inconclusive", "does not hold")
+    assert ablations("wwm", mine, {"lrs": [1e-3]}) == {}  # scored differently: no ablation

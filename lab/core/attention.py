@@ -137,6 +137,18 @@ def global_mask(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
     return torch.isin(input_ids, torch.tensor(token_ids, device=input_ids.device)).long()
 
 
+def pad_to_window(input_ids: torch.Tensor, pad_id: int, window: int) -> dict:
+    """input_ids and attention_mask padded to a multiple of the attention window, as transformers'
+    Longformer pads them itself (with a warning) before its own attention code runs."""
+    n = input_ids.shape[-1]
+    extra = (-n) % window
+    mask = torch.ones_like(input_ids)
+    if extra:
+        input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=pad_id)
+        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 def dense_longformer(local, glob, global_mask, config) -> np.ndarray:
     """(heads, T, T) from one Longformer layer's attention outputs: `local` (heads, T_pad, g+w+1),
     the attention of every token to the g global tokens then to its window; `glob` (heads, T_pad, g),

@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 import torch
 
-from lab.core.attention import dense_longformer, global_mask
+from lab.core.attention import dense_longformer, global_mask, pad_to_window
 from lab.core.metrics import token_chars
+from lab.core.segment import quiet_jieba
 from lab.core.train import autocast
 from lab.core.wordpiece import WordTokenizer
 
@@ -128,6 +129,7 @@ def merge_prefixed(counts):
 
 def frequent_names(texts: list[str], tokenizer, top: int = 60) -> list[list[int]]:
     """The most frequent person names (jieba POS `nr`, two or three characters) in `texts`."""
+    quiet_jieba()
     import jieba.posseg as pseg
 
     counts: Counter = Counter()
@@ -152,7 +154,51 @@ def banded_attention(
     long.eval()
     x = torch.tensor(np.concatenate([[cls_id], ids, [sep_id]]))[None]
     gm = global_mask(x, global_ids)
-    out = long(input_ids=x, global_attention_mask=gm, output_attentions=True)
+    padded = pad_to_window(x, long.config.pad_token_id, long.config.attention_window[0])
+    out = long(**padded, global_attention_mask=global_mask(padded["input_ids"], global_ids),
+               output_attentions=True)  # fmt: skip
     return dense_longformer(
         out.attentions[-1][0], out.global_attentions[-1][0], gm[0], long.config
     ).mean(0)
+
+
+@torch.no_grad()
+def context_curve(model, doc_ids, doc_chars, masks, *, contexts: list[int], span: int, cls_id: int,
+                  sep_id: int, mask_id: int, max_len: int, global_ids: list[int] | None = None,
+                  bf16: bool = True) -> dict[int, list[tuple[float, float]]]:  # fmt: skip
+    """How well a model predicts a document's last `span` tokens (masked at `masks`' positions) as it
+    sees more of what comes before: for each context length c, per document, (nats, characters) of
+    the masked tokens of the span when the input is the c tokens before it and the span. Lengths
+    the model cannot read (c + span + 2 > `max_len`) are left out."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[int, list[tuple[float, float]]] = {}
+    for c in contexts:
+        if c + span + 2 > max_len:
+            continue
+        rows = []
+        for ids, chars, mask in zip(doc_ids, doc_chars, masks):
+            end = len(ids)
+            tail, m = ids[end - span :], mask[end - span :]
+            before = ids[max(0, end - span - c) : end - span]
+            x = torch.tensor(
+                np.concatenate([[cls_id], before, np.where(m, mask_id, tail), [sep_id]]),
+                device=device,
+            )[None]
+            kwargs = (
+                {} if global_ids is None else {"global_attention_mask": global_mask(x, global_ids)}
+            )
+            with autocast(device, bf16):
+                logits = model(input_ids=x, **kwargs).logits[
+                    0, 1 + len(before) : 1 + len(before) + span
+                ]
+            logp = torch.log_softmax(logits[torch.from_numpy(m).to(device)].float(), -1)
+            target = torch.tensor(tail[m], device=device)
+            rows.append(
+                (
+                    float(-logp.gather(-1, target[:, None]).sum()),
+                    float(chars[end - span :][m].sum()),
+                )
+            )
+        out[c] = rows
+    return out

@@ -68,6 +68,7 @@ def mlm_metrics(model, input_ids: np.ndarray, word_ids: np.ndarray, tokenizer, *
         "ppl": math.exp(min(loss, 50)),
         "bpc": bits_per_char(total_loss, chars),
         "masked": int(total),
+        "masked_chars": int(chars),
     }
 
 

@@ -1,22 +1,30 @@
 """Downstream tasks from the corpus stage's labelled data, fine-tuned through the common loop.
 
 sentiment (reviews, 2 classes, accuracy) · thucnews (headlines, 10 classes, accuracy) · msra_ner
-(PER/LOC/ORG, entity-level F1) · stsb (sentence pairs 0-5, Spearman, and accuracy on score >= 4 vs
-<= 1 pairs). Standard heads: `AutoModelFor{Sequence,Token}Classification` from each model folder.
+(PER/LOC/ORG, entity-level F1 as seqeval counts it) · stsb (sentence pairs 0-5, Spearman, and accuracy
+on score >= 4 vs <= 1 pairs). Standard heads: `AutoModelFor{Sequence,Token}Classification`.
+
+The protocol (UER's and MiniRBT's): the learning rate chosen from a small grid on the valid split
+with the first seed, then every seed at that rate scored on test, each test example's outcome kept so
+that comparisons can carry intervals (`lab.core.stats`). Batches group examples of similar length.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from seqeval.metrics.sequence_labeling import get_entities
 
 from lab.core import train
 from lab.core.attention import block_attention
 from lab.core.progress import tqdm
+from lab.core.stats import Outcomes, scores
 from lab.core.taskdata import NER_LABELS
+from lab.core.text import bucket
 
 
 @dataclass(frozen=True)
@@ -35,40 +43,60 @@ TASKS = {
 }
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """How every model is fine-tuned and scored."""
+
+    lrs: tuple[float, ...]  # the grid, tried with the first seed and chosen on the valid split
+    epochs: float
+    seeds: int  # seeds scored on test at the chosen rate (the first one is the grid's run)
+    batch_size: int
+    seq_len: int  # inputs are cut here; NER is scored on whole sentences (the model's positions)
+    train_examples: int
+    eval_examples: int
+    bf16: bool
+    seed: int
+
+
 # ---------------------------------------------------------------------------------------------
 # data
 
 
-def encode(task: Task, ds, tokenizer, max_length: int) -> list[dict]:
-    """Token ids (and labels) per example, truncated to `max_length`."""
+def key(task: Task, row: dict) -> str:
+    if task.kind == "tag":
+        return "".join(row["tokens"])
+    return row["sentence1"] + row["sentence2"] if task.kind == "regress" else row["text"]
+
+
+def sample(task: Task, ds, n: int):
+    """At most `n` rows in the order of their text's hash: a stable sample that is not the first
+    rows of a split (the reviews are sorted by text)."""
+    rows = ds.to_list()
+    if n < len(rows):
+        rows = sorted(rows, key=lambda r: bucket(key(task, r)))[:n]
+    return rows
+
+
+def encode(task: Task, rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Token ids (and labels) per example, cut to `max_length`."""
     if task.kind == "tag":
         out = []
-        for tokens, tags in zip(ds["tokens"], ds["ner_tags"]):
-            ids = [
-                tokenizer.convert_tokens_to_ids(t.lower()) if t.strip() else tokenizer.unk_token_id
-                for t in tokens
-            ]
-            ids = ids[: max_length - 2]
-            labels = [NER_LABELS.index(t) for t in tags][: max_length - 2]
-            out.append(
-                {
-                    "input_ids": [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id],
-                    "labels": [-100, *labels, -100],
-                }
-            )
+        for row in rows:
+            ids = [tokenizer.convert_tokens_to_ids(t.lower()) if t.strip() else tokenizer.unk_token_id
+                   for t in row["tokens"]][: max_length - 2]  # fmt: skip
+            labels = [NER_LABELS.index(t) for t in row["ner_tags"]]
+            out.append({"input_ids": [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id],
+                        "labels": [-100, *labels[: max_length - 2], -100], "gold": labels})  # fmt: skip
         return out
     if task.kind == "regress":
-        enc = tokenizer(
-            list(ds["sentence1"]), list(ds["sentence2"]), truncation=True, max_length=max_length
-        )
-        labels = [float(s) for s in ds["score"]]
+        enc = tokenizer([r["sentence1"] for r in rows], [r["sentence2"] for r in rows], truncation=True,
+                        max_length=max_length)  # fmt: skip
+        labels = [float(r["score"]) for r in rows]
     else:
-        enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_length)
-        labels = list(ds["label"])
-    return [
-        {"input_ids": i, "token_type_ids": t, "labels": y}
-        for i, t, y in zip(enc["input_ids"], enc["token_type_ids"], labels)
-    ]
+        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+        labels = [r["label"] for r in rows]
+    return [{"input_ids": i, "token_type_ids": t, "labels": y}
+            for i, t, y in zip(enc["input_ids"], enc["token_type_ids"], labels)]  # fmt: skip
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:
@@ -94,37 +122,75 @@ def collate(examples: list[dict], pad_id: int) -> dict:
 
 
 class TaskBatches:
-    """Shuffled fine-tuning batches, a pure function of (index, rank, world)."""
+    """Fine-tuning batches of examples of similar length (little padding), in a seeded order: each
+    epoch shuffles, sorts pools of `pool` batches by length, cuts them into batches and shuffles the
+    batches. A pure function of (index, rank, world)."""
 
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, pad_id: int):
-        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+    def __init__(
+        self, examples: list[dict], batch_size: int, seed: int, pad_id: int, pool: int = 50
+    ):
+        self.examples, self.batch_size, self.seed, self.pad_id, self.pool = (
+            examples,
+            batch_size,
+            seed,
+            pad_id,
+            pool,
+        )
+        self.lengths = np.array([len(e["input_ids"]) for e in examples])
+        self.per_epoch = math.ceil(len(examples) / batch_size)
+        self._order: dict[int, list[np.ndarray]] = {}
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        if epoch not in self._order:
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(len(self.examples))
+            size = self.pool * self.batch_size
+            batches = []
+            for start in range(0, len(perm), size):
+                chunk = perm[start : start + size]
+                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                batches += [
+                    chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+                ]
+            self._order = {epoch: [batches[i] for i in rng.permutation(len(batches))]}
+        return self._order[epoch]
 
     def __call__(self, index: int, rank: int = 0, world: int = 1) -> dict:
-        n = len(self.examples)
-        start = (index * world + rank) * self.batch_size
-        epoch = start // n
-        perm = np.random.default_rng([self.seed, epoch]).permutation(n)
-        rows = [perm[(start + j) % n] for j in range(self.batch_size)]
-        return collate([self.examples[r] for r in rows], self.pad_id)
+        epoch, j = divmod(index * world + rank, self.per_epoch)
+        return collate([self.examples[r] for r in self._batches(epoch)[j]], self.pad_id)
 
 
 class Finetune(torch.nn.Module):
     """A task model whose forward returns {"loss"} for the training loop."""
 
-    def __init__(self, model, task: Task):
+    def __init__(self, model):
         super().__init__()
-        self.model, self.task = model, task
+        self.model = model
 
     def forward(self, **batch):
-        return {"loss": self.model(**batch).loss}
+        return {"loss": self.model(**with_global(self.model, batch)).loss}
+
+
+def with_global(model, batch: dict) -> dict:
+    """A Longformer's inputs with global attention on [CLS], as the longify stage trained it (and
+    as transformers' sequence classifier would set it, with a warning, on every call)."""
+    if model.config.model_type != "longformer" or "global_attention_mask" in batch:
+        return batch
+    gm = torch.zeros_like(batch["input_ids"])
+    gm[:, 0] = 1
+    return batch | {"global_attention_mask": gm}
 
 
 # ---------------------------------------------------------------------------------------------
-# models, training and metrics
+# models, training, predictions
 
 
 def task_model(source, task: Task, *, seed: int, max_length: int):
-    """A task head on a pretrained model folder, or on an untrained config (scratch baseline)."""
+    """A task head on a pretrained model folder, or on an untrained config (scratch baseline).
+
+    The pretrained encoder's weights are loaded here rather than by `from_pretrained`, so the head
+    swap is checked exactly (only the MLM head is left out, only the task head is new) instead of
+    reported as a warning on every load."""
     from transformers import (
         AutoConfig,
         AutoModelForSequenceClassification,
@@ -137,20 +203,42 @@ def task_model(source, task: Task, *, seed: int, max_length: int):
         if task.kind == "tag"
         else AutoModelForSequenceClassification
     )
-    kwargs = {"num_labels": task.num_labels}
+    names = {i: f"LABEL_{i}" for i in range(task.num_labels)}
+    labels = {
+        "num_labels": task.num_labels,
+        "id2label": names,
+        "label2id": {v: k for k, v in names.items()},
+    }
     if task.kind == "regress":
-        kwargs["problem_type"] = "regression"
-    if isinstance(source, (str, Path)):
-        cfg = AutoConfig.from_pretrained(str(source), **kwargs)
-        _short_window(cfg, max_length)
-        model = auto.from_pretrained(str(source), config=cfg)
-    else:  # a config: train from scratch
-        cfg = source.__class__.from_dict({**source.to_dict(), **kwargs})
-        _short_window(cfg, max_length)
-        model = auto.from_config(cfg)
+        labels["problem_type"] = "regression"
+    pretrained = isinstance(source, (str, Path))
+    base = AutoConfig.from_pretrained(str(source)) if pretrained else source
+    cfg = base.__class__.from_dict({**base.to_dict(), **labels})
+    _short_window(cfg, max_length)
+    model = auto.from_config(cfg)
+    if pretrained:
+        swap_head(model, Path(source))
     if cfg.model_type == "longformer":
         block_attention(model)
     return model
+
+
+def swap_head(model, folder: Path) -> None:
+    """Load a masked-LM checkpoint's encoder into a task model: the MLM head's weights are the only
+    ones left over and the task head's (with BERT's pooler, which an MLM has not) the only ones
+    missing, or this raises."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    result = model.load_state_dict(state, strict=False)
+    prefix = model.base_model_prefix + "."
+    stray = [k for k in result.unexpected_keys if k.startswith(prefix)]
+    lost = [k for k in result.missing_keys if k.startswith(prefix) and ".pooler." not in k]
+    if stray or lost:
+        raise ValueError(
+            f"{folder}: the encoder's weights do not fit a {type(model).__name__} "
+            f"(missing {lost[:3]}, unexpected {stray[:3]}); is it a model of another architecture?"
+        )
 
 
 def _short_window(cfg, max_length: int) -> None:
@@ -161,157 +249,195 @@ def _short_window(cfg, max_length: int) -> None:
         cfg.attention_window = [min(a, w + w % 2) for a in cfg.attention_window]
 
 
-def finetune(
-    model,
-    task: Task,
-    train_examples: list[dict],
-    cfg,
-    out_dir: Path,
-    seed: int,
-    pad_id: int,
-    *,
-    lr: float,
-) -> dict:
-    steps = max(1, int(cfg.epochs * len(train_examples) / cfg.batch_size))
+def finetune(model, examples: list[dict], p: Protocol, out_dir: Path, seed: int, pad_id: int, *,
+             lr: float, desc: str) -> dict:  # fmt: skip
+    batches = TaskBatches(examples, p.batch_size, seed, pad_id)
+    steps = max(1, math.ceil(p.epochs * batches.per_epoch))
     tc = train.TrainConfig(
-        steps=steps, lr=lr, warmup_steps=max(1, int(0.1 * steps)), bf16=cfg.bf16,
-        checkpoints=False, log_every=max(1, steps // 10), seed=seed, weight_decay=0.01,
+        steps=steps, lr=lr, warmup_steps=max(1, int(0.1 * steps)), bf16=p.bf16, checkpoints=False,
+        log_every=max(1, steps // 10), seed=seed, weight_decay=0.01, tensorboard=False,
+        leave=False,
     )  # fmt: skip
-    return train.train(
-        Finetune(model, task), TaskBatches(train_examples, cfg.batch_size, seed, pad_id), tc, out_dir,
-        desc=f"{task.name} {out_dir.parent.name}",
-        count_tokens=lambda b: int(b["attention_mask"].sum()),
-    )  # fmt: skip
+    return train.train(Finetune(model), batches, tc, out_dir, desc=desc)
 
 
 @torch.no_grad()
 def predict(
-    model, examples: list[dict], pad_id: int, batch_size: int = 64, bf16: bool = True
+    model, examples: list[dict], pad_id: int, *, bf16: bool = True, batch_size: int = 128
 ) -> list:
+    """Predictions in the examples' order, computed in batches of similar length."""
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id)
+    order = np.argsort([len(e["input_ids"]) for e in examples], kind="stable")
+    out: list = [None] * len(examples)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collate([examples[i] for i in rows], pad_id)
         labels = batch.pop("labels")
         with train.autocast(device, bf16):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-        if logits.shape[-1] == 1 and logits.dim() == 2:
-            out += logits[:, 0].tolist()
-        elif logits.dim() == 3:
-            for row, lab in zip(logits.argmax(-1), labels):
-                out.append(row[lab != -100].tolist())
-        else:
-            out += logits.argmax(-1).tolist()
+            inputs = with_global(model, {k: v.to(device) for k, v in batch.items()})
+            logits = model(**inputs).logits.float().cpu()
+        for i, row, lab in zip(rows, logits, labels):
+            if logits.dim() == 3:  # tags at the labelled (non-special) positions
+                out[i] = row.argmax(-1)[lab != -100].tolist()
+            else:
+                out[i] = float(row[0]) if logits.shape[-1] == 1 else int(row.argmax())
     return out
 
 
-def entities(tags: list[str]) -> set[tuple[int, int, str]]:
-    """(start, end, type) spans of a BIO sequence; an I- without its B- starts an entity."""
-    spans, start, kind = set(), None, None
-    for i, t in enumerate([*tags, "O"]):
-        if t == "O" or t.startswith("B-") or (t.startswith("I-") and t[2:] != kind):
-            if start is not None:
-                spans.add((start, i, kind))
-            start, kind = (i, t[2:]) if t != "O" else (None, None)
-    return spans
-
-
-def score(task: Task, examples: list[dict], preds: list) -> dict:
+def outcomes(task: Task, examples: list[dict], preds: list) -> list[list[float]]:
+    """Each example's outcome: [correct] (classify), [prediction, gold] (regress), or [true
+    positives, false positives, false negatives] of its whole sentence's entities (tag; tokens past
+    the input's length count as predicted O)."""
     if task.kind == "classify":
-        gold = [e["labels"] for e in examples]
-        return {"accuracy": float(np.mean([p == g for p, g in zip(preds, gold)]))}
+        return [[float(p == e["labels"])] for p, e in zip(preds, examples)]
     if task.kind == "regress":
-        from scipy.stats import spearmanr
-
-        gold = np.array([e["labels"] for e in examples])
-        pred = np.array(preds)
-        sel = (gold >= 4) | (gold <= 1)
-        rho = spearmanr(pred, gold).statistic
-        return {
-            "spearman": 0.0 if np.isnan(rho) else float(rho),  # a constant prediction ranks nothing
-            "pair_accuracy": float(np.mean((pred[sel] >= 2.5) == (gold[sel] >= 4))),
-        }
-    tp = fp = fn = 0
-    for e, p in zip(examples, preds):
-        gold_tags = [NER_LABELS[x] for x in e["labels"] if x != -100]
-        g, q = entities(gold_tags), entities([NER_LABELS[x] for x in p])
-        tp, fp, fn = tp + len(g & q), fp + len(q - g), fn + len(g - q)
-    prec, rec = tp / max(1, tp + fp), tp / max(1, tp + fn)
-    return {
-        "entity_f1": 2 * prec * rec / max(1e-12, prec + rec),
-        "entity_precision": prec,
-        "entity_recall": rec,
-    }
+        return [[float(p), float(e["labels"])] for p, e in zip(preds, examples)]
+    out = []
+    for p, e in zip(preds, examples):
+        gold = {tuple(s) for s in get_entities([NER_LABELS[x] for x in e["gold"]])}
+        tags = [NER_LABELS[x] for x in p] + ["O"] * (len(e["gold"]) - len(p))
+        got = {tuple(s) for s in get_entities(tags)}
+        out.append([len(gold & got), len(got - gold), len(gold - got)])
+    return out
 
 
-def ngram_baseline(task: Task, train_ds, test_ds) -> dict:
-    """Character 1-3-gram TF-IDF + logistic regression: the non-neural reference."""
+def metrics(task: Task, runs: list[list[list[float]]]) -> dict:
+    """A task's metrics of each run from its outcomes (one definition: `lab.core.stats.scores`)."""
+    o = Outcomes.of(task.metric, runs)
+    out = {task.metric: scores(o).tolist()}
+    if task.kind == "tag":
+        tp, fp, fn = o.values.sum(axis=1).T
+        out["entity_precision"] = (tp / np.maximum(1, tp + fp)).tolist()
+        out["entity_recall"] = (tp / np.maximum(1, tp + fn)).tolist()
+    if task.kind == "regress":
+        pred, gold = o.values[..., 0], o.values[..., 1]
+        sel = (gold[0] >= 4) | (gold[0] <= 1)
+        out["pair_accuracy"] = [
+            float(np.mean((p[sel] >= 2.5) == (gold[0][sel] >= 4))) for p in pred
+        ]
+    return out
+
+
+def ngram_baseline(rows: list[dict], test: list[dict]) -> list[list[float]]:
+    """Character 1-3-gram TF-IDF + logistic regression, the non-neural reference, trained on the
+    same examples as the models; each test example's outcome."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
-    x = vec.fit_transform(list(train_ds["text"]))
-    clf = LogisticRegression(max_iter=2000, C=4.0)
-    clf.fit(x, list(train_ds["label"]))
-    pred = clf.predict(vec.transform(list(test_ds["text"])))
-    return {"accuracy": float(np.mean(pred == np.array(test_ds["label"])))}
+    clf = LogisticRegression(max_iter=2000, C=4.0).fit(vec.fit_transform([r["text"] for r in rows]),
+                                                       [r["label"] for r in rows])  # fmt: skip
+    pred = clf.predict(vec.transform([r["text"] for r in test]))
+    return [[float(p == r["label"])] for p, r in zip(pred, test)]
 
 
-def run_all(models: dict, task_dirs: dict, cfg, work: Path, tokenizers: dict) -> dict:
-    """Every model x task x seed; returns results[model][task] = {"runs": [...], "mean", "spread"}.
+# ---------------------------------------------------------------------------------------------
+# the protocol over every model and task
 
-    With several learning rates in `cfg.lrs` each is tried and the one best on the valid split is
-    reported on test (the gpu profile's small grid); with one, the valid split is not used."""
-    from datasets import load_from_disk
 
+def run_all(models: dict, data: dict, p: Protocol, work: Path, tokenizers: dict, progress=print):
+    """Every model x task: each rate of the grid with the first seed, chosen on valid; the other
+    seeds at that rate; every seed scored on test. Returns (results[model][task], outcomes[model][task]
+    = each seed's per-example test outcomes). `data` maps a task to its DatasetDict."""
     results: dict[str, dict] = {}
-    for task_name in cfg.tasks:
+    kept: dict[str, dict] = {}
+    jobs = tqdm(total=len(data) * len(models), desc="fine-tuning", unit="job")
+    for task_name, dd in data.items():
         task = TASKS[task_name]
-        dd = load_from_disk(str(task_dirs[task_name]))
-        train_ds = dd["train"].select(range(min(cfg.task_train_examples, len(dd["train"]))))
-        valid_ds = dd["valid"].select(range(min(cfg.task_eval_examples, len(dd["valid"]))))
-        test_ds = dd["test"].select(range(min(cfg.task_eval_examples, len(dd["test"]))))
-        for name, source in tqdm(list(models.items()), desc=f"fine-tune {task_name}"):
+        rows = {
+            s: sample(task, dd[s], p.train_examples if s == "train" else p.eval_examples)
+            for s in dd
+        }
+        eval_len = (
+            512 if task.kind == "tag" else p.seq_len
+        )  # whole sentences, up to BERT's positions
+        encoded: dict[int, dict] = {}  # one encoding per vocabulary
+        for name, source in models.items():
             tok = tokenizers[name]
-            tr, te = (
-                encode(task, train_ds, tok, cfg.task_seq_len),
-                encode(task, test_ds, tok, cfg.task_seq_len),
+            vocab_id = hash(frozenset(tok.get_vocab().items()))
+            if vocab_id not in encoded:
+                encoded[vocab_id] = {s: encode(task, rows[s], tok, p.seq_len if s == "train" else eval_len)
+                                     for s in ("train", "valid", "test")}  # fmt: skip
+            job = Job(
+                task,
+                source,
+                encoded[vocab_id],
+                p,
+                work / "finetune" / name / task_name,
+                tok.pad_token_id,
+                eval_len,
             )
-            va = encode(task, valid_ds, tok, cfg.task_seq_len) if len(cfg.lrs) > 1 else None
-            runs_ = []
-            for k in range(cfg.seeds):
-                seed = cfg.seed + k
-                best = None
-                for lr in cfg.lrs:
-                    out = work / "finetune" / name / task_name / f"s{seed}-lr{lr:g}"
-                    model = task_model(source, task, seed=seed, max_length=cfg.task_seq_len)
-                    finetune(model, task, tr, cfg, out, seed, tok.pad_token_id, lr=lr)
-                    on_valid = (
-                        score(task, va, predict(model, va, tok.pad_token_id, bf16=cfg.bf16))[
-                            task.metric
-                        ]
-                        if va
-                        else 0.0
-                    )
-                    if best is None or on_valid > best[0]:
-                        best = (
-                            on_valid,
-                            lr,
-                            score(task, te, predict(model, te, tok.pad_token_id, bf16=cfg.bf16)),
-                        )
-                runs_.append({**best[2], "lr": best[1]})
-            values = [r[task.metric] for r in runs_]
-            results.setdefault(name, {})[task_name] = {
-                "runs": runs_,
-                "mean": float(np.mean(values)),
-                "spread": float(np.max(values) - np.min(values)) if len(values) > 1 else 0.0,
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "metric": task.metric,
-            }
+            runs, r = job.run()
+            jobs.update(1)
+            results.setdefault(name, {})[task_name] = r
+            kept.setdefault(name, {})[task_name] = runs
+            spread = f" ± {r['std']:.3f}" if len(runs) > 1 else ""
+            progress(
+                f"  {task_name} · {name}: lr {r['lr']:g}, test {task.metric} {r['mean']:.3f}{spread} ({r['seconds']:.0f} s)"
+            )
         if task.kind == "classify":
-            r = ngram_baseline(task, train_ds, test_ds)
-            results.setdefault("char n-gram LR", {})[task_name] = {
-                "runs": [r], "mean": r["accuracy"], "spread": 0.0, "std": 0.0, "metric": "accuracy",
-            }  # fmt: skip
-    return results
+            runs = [ngram_baseline(rows["train"], rows["test"])]
+            results.setdefault("char n-gram LR", {})[task_name] = summary(task, runs)
+            kept.setdefault("char n-gram LR", {})[task_name] = runs
+    jobs.close()
+    return results, kept
+
+
+@dataclass
+class Job:
+    """One model on one task, by the protocol."""
+
+    task: Task
+    source: object  # a model folder, or a config (from scratch)
+    data: dict  # encoded train / valid / test examples
+    p: Protocol
+    folder: Path
+    pad_id: int
+    eval_len: int
+
+    def fit(self, seed: int, lr: float):
+        model = task_model(self.source, self.task, seed=seed, max_length=self.eval_len)
+        r = finetune(model, self.data["train"], self.p, self.folder / f"s{seed}-lr{lr:g}", seed, self.pad_id,
+                     lr=lr, desc=f"{self.task.name} {self.folder.parent.name}")  # fmt: skip
+        return model, r["seconds"]
+
+    def outcomes(self, model, split: str) -> list:
+        preds = predict(model, self.data[split], self.pad_id, bf16=self.p.bf16)
+        return outcomes(self.task, self.data[split], preds)
+
+    def run(self) -> tuple[list, dict]:
+        grid, best, seconds = {}, None, 0.0
+        for lr in self.p.lrs:  # the first seed at every rate, chosen on valid
+            model, s = self.fit(self.p.seed, lr)
+            seconds += s
+            on_valid = (
+                scores(Outcomes.of(self.task.metric, [self.outcomes(model, "valid")]))[0]
+                if len(self.p.lrs) > 1
+                else 0.0
+            )
+            grid[f"{lr:g}"] = float(on_valid)
+            if best is None or on_valid > best[0]:
+                best = (on_valid, lr, self.outcomes(model, "test"))
+        lr, runs = best[1], [best[2]]
+        for k in range(1, self.p.seeds):  # the other seeds at the chosen rate
+            model, s = self.fit(self.p.seed + k, lr)
+            seconds += s
+            runs.append(self.outcomes(model, "test"))
+        return runs, summary(self.task, runs) | {
+            "lr": lr,
+            "grid": grid,
+            "seconds": round(seconds, 1),
+        }
+
+
+def summary(task: Task, runs: list) -> dict:
+    m = metrics(task, runs)
+    values = m[task.metric]
+    return {
+        "runs": [{k: v[i] for k, v in m.items()} for i in range(len(runs))],
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "metric": task.metric,
+        "examples": len(runs[0]),
+    }
