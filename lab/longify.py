@@ -183,11 +183,14 @@ class Scoring:
 
     def context_gain(self, bert, long) -> dict:
         """Bits per character of each document's last `context_span` tokens as the visible context
-        before them grows, for BERT (up to its positions) and the Longformer; the Longformer's gain
-        from 512 tokens of context to its longest, paired over documents, with its interval."""
+        before them grows, for BERT (up to its positions) and the Longformer, the span on the same
+        position embeddings throughout (`longdocs.span_positions`); the Longformer's gain from 512
+        tokens of context to its longest, paired over documents, with its interval."""
         cfg, t = self.cfg, self.test
-        span, contexts = cfg.context_span, sorted(cfg.context_lengths)
-        contexts = [c for c in contexts if c + span + 2 <= cfg.max_positions]
+        span = cfg.context_span
+        starts = dict(zip(("bert", "longformer"), longdocs.span_positions(
+            sorted(cfg.context_lengths), span, bert.config.max_position_embeddings, cfg.max_positions)))  # fmt: skip
+        contexts = [c for c in sorted(cfg.context_lengths) if c < starts["longformer"]]
         keep = [i for i, ids in enumerate(t["ids"]) if len(ids) >= span + contexts[-1]]
         while not keep and len(contexts) > 1:  # no document that long: the longest context goes
             contexts = contexts[:-1]
@@ -197,11 +200,11 @@ class Scoring:
         for name, model in (("bert", bert), ("longformer", long)):
             r = self._long(model)
             curves[name] = longdocs.context_curve(model, *pick, contexts=contexts, span=span, bf16=cfg.bf16,
-                                                  **r, **self.specials)  # fmt: skip
+                                                  span_position=starts[name], **r, **self.specials)  # fmt: skip
         per_doc = {name: {c: [bits_per_char(n, k) for n, k in rows] for c, rows in curve.items()}
                    for name, curve in curves.items()}  # fmt: skip
         out = {
-            "contexts": contexts, "span": span, "documents": len(keep),
+            "contexts": contexts, "span": span, "documents": len(keep), "span_positions": starts,
             "bpc": {name: {str(c): bits_per_char(sum(n for n, _ in rows), sum(k for _, k in rows))
                            for c, rows in curve.items()} for name, curve in curves.items()},
         }  # fmt: skip

@@ -171,10 +171,43 @@ def test_context_curve_sees_only_the_context_it_is_given(tok, bert):
         1000, 5000, 300 - 32 - 64
     )  # differs before the last 64 + span
     kw = dict(contexts=[0, 64, 128, 512], span=32, cls_id=101, sep_id=102, mask_id=103,
-              max_len=512, bf16=False)  # fmt: skip
+              max_len=512, span_position=129, bf16=False)  # fmt: skip
     a = longdocs.context_curve(bert, [ids], [chars], [mask], **kw)
     b = longdocs.context_curve(bert, [other], [chars], [mask], **kw)
-    assert sorted(a) == [0, 64, 128]  # 512 + span does not fit BERT's positions
+    assert sorted(a) == [0, 64, 128]  # 512 tokens do not fit before the span
     assert a[0] == b[0] and a[64] == b[64]
     assert a[128] != b[128]
     assert a[0][0][1] == mask.sum()  # characters of the masked span tokens
+
+
+def test_span_positions_put_both_models_on_the_same_position_rows():
+    assert longdocs.span_positions([0, 128, 256, 512, 1024, 2048], 128, 512, 4096) == (257, 2305)
+    assert longdocs.span_positions([0, 256, 512, 1024, 2048, 3840], 128, 512, 4096) == (257, 3841)
+    assert longdocs.span_positions([0, 64, 128, 256], 32, 512, 1024) == (257, 257)
+    assert longdocs.span_positions([0, 256, 3584], 128, 512, 4096) == (257, 257 + 512 * 7)
+    assert longdocs.span_positions([0, 256, 3968], 128, 512, 4096) == (257, 257)  # 3968 cannot
+
+
+def test_context_curve_measures_context_not_position(tok, bert):
+    """With attention cut off (each token sees only itself) a span's scores depend on its positions
+    alone: equal at every context length, and the Longformer's equal to BERT's on the same rows of
+    its tiled position table."""
+    import copy
+
+    blind = copy.deepcopy(bert)
+    for layer in blind.bert.encoder.layer:
+        layer.attention.output.dense.weight.data.zero_()
+        layer.attention.output.dense.bias.data.zero_()
+    long = convert(blind, max_positions=2048, attention_window=64)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1000, 5000, 1200)
+    chars, mask = np.ones(1200, dtype=np.int64), np.zeros(1200, dtype=bool)
+    mask[-32::2] = True
+    kw = dict(span=32, cls_id=101, sep_id=102, mask_id=103, bf16=False)
+    s_bert, s_long = longdocs.span_positions([0, 128, 1024], 32, 512, 2048)
+    a = longdocs.context_curve(blind, [ids], [chars], [mask], contexts=[0, 128], max_len=512,
+                               span_position=s_bert, **kw)  # fmt: skip
+    b = longdocs.context_curve(long, [ids], [chars], [mask], contexts=[0, 128, 1024], max_len=2048,
+                               span_position=s_long, global_ids=[101], **kw)  # fmt: skip
+    nats = [rows[0][0] for rows in (*a.values(), *b.values())]
+    assert np.allclose(nats, nats[0], rtol=1e-4), nats

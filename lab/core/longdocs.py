@@ -162,19 +162,42 @@ def banded_attention(
     ).mean(0)
 
 
+def span_positions(
+    contexts: list[int], span: int, period: int, max_positions: int
+) -> tuple[int, int]:
+    """Where the context curve's span starts, for BERT (`period` positions) and for a Longformer
+    converted from it: BERT's just after the longest context it can read; the Longformer's on the same
+    rows of its position table, which repeats BERT's every `period` positions, after its own longest
+    context that still fits."""
+    s_bert = 1 + max(c for c in contexts if c + span + 2 <= period)
+    for longest in sorted(contexts, reverse=True):
+        s_long = s_bert + period * -(-max(0, 1 + longest - s_bert) // period)
+        if s_long + span + 1 <= max_positions:
+            return s_bert, s_long
+    return s_bert, s_bert
+
+
 @torch.no_grad()
 def context_curve(model, doc_ids, doc_chars, masks, *, contexts: list[int], span: int, cls_id: int,
-                  sep_id: int, mask_id: int, max_len: int, global_ids: list[int] | None = None,
+                  sep_id: int, mask_id: int, max_len: int, span_position: int,
+                  global_ids: list[int] | None = None,
                   bf16: bool = True) -> dict[int, list[tuple[float, float]]]:  # fmt: skip
     """How well a model predicts a document's last `span` tokens (masked at `masks`' positions) as it
     sees more of what comes before: for each context length c, per document, (nats, characters) of
-    the masked tokens of the span when the input is the c tokens before it and the span. Lengths
-    the model cannot read (c + span + 2 > `max_len`) are left out."""
+    the masked tokens of the span when the input is the c tokens before it and the span.
+
+    The span sits at the same positions for every c (from `span_position`, counted as BERT counts,
+    [CLS] at 0; the context fills the positions just before it), so the curve measures context and
+    not how well the model knows one position or another. Lengths that do not fit before
+    `span_position`, or a span that would pass `max_len`, are left out."""
     model.eval()
     device = next(model.parameters()).device
+    if span_position + span + 1 > max_len:
+        raise ValueError(f"a span at {span_position} + {span} tokens passes the model's {max_len}")
+    offset = model.config.pad_token_id + 1 if model.config.model_type == "longformer" else 0
     out: dict[int, list[tuple[float, float]]] = {}
     for c in contexts:
-        if c + span + 2 > max_len:
+        if c + 1 > span_position:
             continue
         rows = []
         for ids, chars, mask in zip(doc_ids, doc_chars, masks):
@@ -185,11 +208,13 @@ def context_curve(model, doc_ids, doc_chars, masks, *, contexts: list[int], span
                 np.concatenate([[cls_id], before, np.where(m, mask_id, tail), [sep_id]]),
                 device=device,
             )[None]
+            at = np.arange(span_position - len(before), span_position + span + 1)
+            positions = torch.tensor(np.concatenate([[0], at]) + offset, device=device)[None]
             kwargs = (
                 {} if global_ids is None else {"global_attention_mask": global_mask(x, global_ids)}
             )
             with autocast(device, bf16):
-                logits = model(input_ids=x, **kwargs).logits[
+                logits = model(input_ids=x, position_ids=positions, **kwargs).logits[
                     0, 1 + len(before) : 1 + len(before) + span
                 ]
             logp = torch.log_softmax(logits[torch.from_numpy(m).to(device)].float(), -1)
