@@ -362,6 +362,10 @@ class EvaluateConfig(StageConfig):
     )
     all_seeds: bool = param("every seed's student (else the first seed of each kind)")
     tasks: list[str] = param("downstream tasks: sentiment, thucnews, msra_ner, stsb")
+    task_models: list[str] = param(
+        "models fine-tuned on the tasks: [all] or names / kinds (teacher, one-stage, ...); "
+        "the others get LM metrics, probes, size and speed"
+    )
     scratch: bool = param("also fine-tune the teacher's architecture from random init (baseline)")
     seeds: int = param("fine-tuning seeds per model and task", min=1)
     lrs: list[float] = param(

@@ -38,7 +38,7 @@ def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
         seen: set[str] = set()
         for name in names:
-            kind = name.split("-s")[0]
+            kind = name.rsplit("-s", 1)[0]
             if not all_seeds and kind in seen:
                 continue
             seen.add(kind)
@@ -53,6 +53,11 @@ def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
             "role": "longformer",
         }
     return out
+
+
+def fine_tuned(name: str, task_models: list[str]) -> bool:
+    """Whether a model is fine-tuned on the tasks: [all], its name, or its kind (one-stage, ...)."""
+    return "all" in task_models or any(name == k or name.startswith(f"{k}-s") for k in task_models)
 
 
 def read_probes(path: str = "") -> list[str]:
@@ -89,6 +94,13 @@ def run(cfg: EvaluateConfig) -> dict:
     missing = [k for k in cfg.models if k != "all" and k not in found]
     if missing:
         raise runs.StageError(f"evaluate.models names {missing}; this run has {list(found)}")
+    unmatched = [
+        k for k in cfg.task_models if k != "all" and not any(fine_tuned(n, [k]) for n in wanted)
+    ]
+    if unmatched:
+        raise runs.StageError(
+            f"evaluate.task_models names {unmatched}; the models evaluated are {list(wanted)}"
+        )
     work = stage.begin()
     t0 = time.time()
 
@@ -122,7 +134,7 @@ def run(cfg: EvaluateConfig) -> dict:
             r["throughput_speedup"] = r["throughput_seq_s_b32"] / teacher["throughput_seq_s_b32"]
 
     # downstream tasks: every model, plus the teacher's architecture trained from scratch
-    sources = {name: m["dir"] for name, m in wanted.items()}
+    sources = {name: m["dir"] for name, m in wanted.items() if fine_tuned(name, cfg.task_models)}
     if cfg.scratch and "teacher" in wanted:
         sources["scratch"] = AutoConfig.from_pretrained(str(wanted["teacher"]["dir"]))
         tokenizers["scratch"] = tokenizers["teacher"]
@@ -245,7 +257,8 @@ def headline(manifest: dict) -> dict:
 def describe(cfg: EvaluateConfig, context: dict | None = None) -> dict:
     return {
         "models": ", ".join(cfg.models)
-        + (" (every seed)" if cfg.all_seeds else " (first seed of each student)"),
+        + (" (every seed)" if cfg.all_seeds else " (first seed of each student)")
+        + ("" if "all" in cfg.task_models else f"; on the tasks: {', '.join(cfg.task_models)}"),
         "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / {cfg.task_eval_examples:,} valid and test examples",
         "protocol": f"learning rate from {', '.join(f'{x:g}' for x in cfg.lrs)} chosen on valid with the first seed; "
         f"{cfg.seeds} seed(s) at it scored on test; {cfg.epochs:g} epochs, batch {cfg.batch_size}, {cfg.task_seq_len} tokens",

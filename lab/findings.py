@@ -70,7 +70,7 @@ def findings(run_id: str, outcomes: dict, rows: dict, params: dict) -> dict:
     best = students["two-stage"] or students["one-stage"]
     if "teacher" in outcomes and best:
         c = "the distilled students keep 85% of the teacher's score"
-        kind = best[0].split("-s")[0]
+        kind = best[0].rsplit("-s", 1)[0]
         found = claim(c, f"{kind} students", "teacher",
                       compare(group(outcomes, best), group(outcomes, ["teacher"]), ratio=0.85))  # fmt: skip
         found["speedup"] = speedup(rows, best[0])

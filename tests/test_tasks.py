@@ -157,3 +157,29 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     vocab = found["the compact vocabulary keeps the full vocabulary's score"]
     assert vocab["margin"] == -0.01 and vocab["verdict"] in ("inconclusive", "does not hold")
     assert ablations("wwm", mine, {"lrs": [1e-3]}) == {}  # scored differently: no ablation
+
+
+def test_run_findings_name_their_sides_and_pool_distillation_seeds(tmp_path, monkeypatch):
+    from lab.findings import findings
+
+    monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
+    rng = np.random.default_rng(0)
+
+    def right(p, runs=3):
+        return (rng.random((runs, 500)) < p).astype(float)[..., None].tolist()
+
+    outcomes = {
+        "teacher": {"thucnews": right(0.8)},
+        "scratch": {"thucnews": right(0.5)},
+        "one-stage-s1234": {"thucnews": right(0.70)},
+        "two-stage-s1234": {"thucnews": right(0.75)},
+        "two-stage-s1235": {"thucnews": right(0.75)},
+    }
+    found = findings("r", outcomes, {}, {})
+    scratch = found["pretraining beats training from scratch"]
+    assert scratch["verdict"] == "holds" and scratch["runs"] == {"a": 3, "b": 3}
+    kept = found["the distilled students keep 85% of the teacher's score"]
+    assert kept["a"] == "two-stage students" and kept["runs"] == {"a": 6, "b": 3}
+    assert kept["ratio"] == 0.85 and kept["speedup"] is None
+    two = found["two-stage distillation beats one-stage"]
+    assert two["a"] == "two-stage students" and two["b"] == "one-stage students"
