@@ -133,7 +133,7 @@ def run(cfg: EvaluateConfig) -> dict:
             r["speedup"] = teacher["latency_ms_b1"] / r["latency_ms_b1"]
             r["throughput_speedup"] = r["throughput_seq_s_b32"] / teacher["throughput_seq_s_b32"]
 
-    # downstream tasks: every model, plus the teacher's architecture trained from scratch
+    # downstream tasks: the task_models, plus the teacher's architecture trained from scratch
     sources = {name: m["dir"] for name, m in wanted.items() if fine_tuned(name, cfg.task_models)}
     if cfg.scratch and "teacher" in wanted:
         sources["scratch"] = AutoConfig.from_pretrained(str(wanted["teacher"]["dir"]))

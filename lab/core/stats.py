@@ -118,6 +118,6 @@ def line(f: dict) -> str:
     if f.get("difference") is None:
         return f"{f['claim']}: {f['verdict']} ({f.get('reason', 'no numbers')})"
     lo, hi = f["ci95"]
-    digits = 3 if max(abs(lo), abs(hi)) >= 0.01 else 4  # an interval narrower than 0.01 shows it
+    digits = 3 if max(abs(lo), abs(hi)) >= 0.01 else 4  # a fourth decimal inside +-0.01
     return (f"{f['claim']}: {f['verdict']} ({f['difference']:+.{digits}f}, "
             f"95% interval [{lo:+.{digits}f}, {hi:+.{digits}f}])")  # fmt: skip
