@@ -23,7 +23,7 @@ from lab.core.files import write_json
 from lab.core.metrics import fill_mask, mlm_metrics, speed, spread
 from lab.core.progress import echo
 from lab.core.stats import FAILS, HOLDS, OPEN
-from lab.findings import OUTCOMES, findings
+from lab.findings import OUTCOMES, findings, kind
 
 
 def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
@@ -38,10 +38,9 @@ def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
         seen: set[str] = set()
         for name in names:
-            kind = name.rsplit("-s", 1)[0]
-            if not all_seeds and kind in seen:
+            if not all_seeds and kind(name) in seen:
                 continue
-            seen.add(kind)
+            seen.add(kind(name))
             out[name] = {
                 "dir": folder / name,
                 "role": "assistant" if name == "assistant" else "student",
@@ -57,7 +56,7 @@ def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
 
 def fine_tuned(name: str, task_models: list[str]) -> bool:
     """Whether a model is fine-tuned on the tasks: [all], its name, or its kind (one-stage, ...)."""
-    return "all" in task_models or any(name == k or name.startswith(f"{k}-s") for k in task_models)
+    return "all" in task_models or name in task_models or kind(name) in task_models
 
 
 def read_probes(path: str = "") -> list[str]:
@@ -211,8 +210,8 @@ def compare_runs(run_ids: list[str] | None = None) -> list[dict]:
                 row["teacher acc"] = mm["masked_token_accuracy"]
                 row["teacher ppl"] = mm["perplexity"]
             elif stage == "distill":
-                for kind, s in mm["summary"].items():
-                    row[f"{kind} acc"] = s["acc_mean"]
+                for student, s in mm["summary"].items():
+                    row[f"{student} acc"] = s["acc_mean"]
             elif stage == "longify":
                 row["BPC after"] = mm["bpc"].get("longformer_after")
             elif stage == "evaluate":

@@ -9,6 +9,8 @@ teacher with another run's whose parameters differ in exactly that one place, on
 
 from __future__ import annotations
 
+import re
+
 from lab import runs
 from lab.core.files import read_json
 from lab.core.stats import Outcomes, compare
@@ -33,6 +35,11 @@ NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_se
                    "probes_file", "seed"}  # fmt: skip
 
 
+def kind(name: str) -> str:
+    """A model's kind, its name without the distillation seed: `two-stage-s1234` -> `two-stage`."""
+    return re.sub(r"-s\d+$", "", name)
+
+
 def group(outcomes: dict, names: list[str], tasks: list[str] | None = None) -> dict[str, Outcomes]:
     """The runs of several models (a student's distillation seeds) pooled, per task."""
     out = {}
@@ -51,9 +58,7 @@ def findings(run_id: str, outcomes: dict, rows: dict, params: dict) -> dict:
     """Every claim this run can check. `rows` are the models' measurements (speed), `params` this
     evaluate stage's parameters (its manifest is not written yet)."""
     out = {}
-    students = {
-        k: sorted(n for n in outcomes if n.startswith(k)) for k in ("one-stage", "two-stage")
-    }
+    students = {k: sorted(n for n in outcomes if kind(n) == k) for k in ("one-stage", "two-stage")}
     if "teacher" in outcomes and "scratch" in outcomes:
         c = "pretraining beats training from scratch"
         out[c] = claim(
@@ -70,8 +75,7 @@ def findings(run_id: str, outcomes: dict, rows: dict, params: dict) -> dict:
     best = students["two-stage"] or students["one-stage"]
     if "teacher" in outcomes and best:
         c = "the distilled students keep 85% of the teacher's score"
-        kind = best[0].rsplit("-s", 1)[0]
-        found = claim(c, f"{kind} students", "teacher",
+        found = claim(c, f"{kind(best[0])} students", "teacher",
                       compare(group(outcomes, best), group(outcomes, ["teacher"]), ratio=0.85))  # fmt: skip
         found["speedup"] = speedup(rows, best[0])
         out[c] = found

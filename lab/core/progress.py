@@ -9,12 +9,16 @@ made with leave=False, whose caller reports the outcome itself).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 
 from tqdm import tqdm as _text_tqdm
 from tqdm.auto import tqdm as _auto_tqdm
+
+from lab.core.files import write_atomic
 
 PROGRESS_FILE = "ZH_MINILAB_PROGRESS"
 
@@ -87,13 +91,8 @@ def _publish() -> None:
     path = os.environ.get(PROGRESS_FILE)
     if not path:
         return
-    try:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump([b.state() for b in _open], f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except OSError:  # progress is a courtesy: never fail the work for it
-        pass
+    with contextlib.suppress(OSError):  # progress is a courtesy: never fail the work for it
+        write_atomic(Path(path), json.dumps([b.state() for b in _open], ensure_ascii=False))
 
 
 def read_progress(path: str | os.PathLike) -> list[dict]:
