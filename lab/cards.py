@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lab.core import names
+
 USAGE = """```python
 from transformers import pipeline
 unmasker = pipeline("fill-mask", model="path/to/this/folder")
@@ -36,7 +38,7 @@ def card(title: str, body: str, *, tags: tuple[str, ...] = (), datasets: tuple[s
     return "\n".join(front) + f"\n\n# {title}\n\n{body.strip()}\n"
 
 
-def table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -56,23 +58,23 @@ def teacher(cfg, arch, metrics: dict, sources_used: list[str]) -> str:
     kept = 1 - cfg.mask_replace_prob - cfg.random_replace_prob
     masking = "whole words from jieba" if cfg.masking == "wwm" else "single tokens"
     static = "dynamic" if not cfg.dupe_factor else f"static x{cfg.dupe_factor}"
-    size = table(
+    size = markdown_table(
         ["layers", "hidden", "heads", "FFN", "vocab", "parameters", "non-embedding"],
         [[arch.layers, arch.hidden, arch.heads, arch.ffn, f"{cfg.vocab} ({metrics['vocab_size']:,})",
           f"{metrics['params']:,}", f"{metrics['non_embedding_params']:,}"]],
     )  # fmt: skip
-    stages = table(
+    stages = markdown_table(
         ["stage", "steps", "tokens", "time", "tokens/s"],
         [[name, f"{r['steps']:,}", f"{r['tokens']:,}", f"{r['seconds'] / 60:.1f} min",
           f"{r['tokens_per_s']:,.0f}"] for name, r in metrics["train"].items()],
     )  # fmt: skip
-    results = table(
+    results = markdown_table(
         ["split", "masking", "masked-token accuracy", "loss", "perplexity"],
         [[split, mode, f"{held[key]['acc']:.4f}", f"{held[key]['loss']:.3f}", f"{held[key]['ppl']:.1f}"]
          for key, split, mode in (("valid", "valid", "token 15%"), ("test", "test", "token 15%"),
                                   ("valid_wwm", "valid", "whole word 15%"))],
     )  # fmt: skip
-    probes = table(
+    probes = markdown_table(
         ["sentence", "predictions"],
         [[f"`{p}`", "; ".join(" ".join(f"{t} {pr:.2f}" for t, pr in slot) for slot in slots)]
          for p, slots in metrics["probes"].items()],
@@ -112,13 +114,14 @@ Fill-mask probes (top 5 with probabilities):
     return card(title, body, datasets=tuple(sources_used))
 
 
-def student(cfg, name: str, model, row: dict, summary: dict, init: str) -> str:
-    """A distilled model's card: the teacher assistant or a student."""
-    kind = "teacher assistant" if name == "assistant" else f"{name.split('-s')[0]} student"
+def student(cfg, name: str, model, row: dict, summary: dict, init: str, teacher: str) -> str:
+    """A distilled model's card: the teacher assistant or a student; `teacher` says where the
+    teacher came from."""
+    kind = names.title(name)
     c = model.config
-    source = "the teacher assistant" if name.startswith("two-stage") else "the teacher"
+    source = f"the {names.title(names.taught_by(name))}"
     t2 = " (loss x T^2)" if cfg.kd_t2 else ""
-    scores = table(
+    scores = markdown_table(
         ["held-out masked-token accuracy", "perplexity", "agreement with teacher top-1", "speed-up vs teacher"],
         [[f"{row['acc']:.4f}", f"{row['ppl']:.1f}", f"{row['agreement']:.3f}", f"{row['speedup']:.1f}x"]],
     )  # fmt: skip
@@ -128,6 +131,7 @@ def student(cfg, name: str, model, row: dict, summary: dict, init: str) -> str:
 Distilled from {source} with {cfg.mode} teacher outputs (top-{cfg.topk}), temperature {cfg.temperature}{t2},
 loss weights KD {cfg.kd_weight}, MLM {cfg.mlm_weight}, hidden {cfg.hidden_weight}, attention {cfg.attention_weight}, top-k {cfg.topk_weight};
 {summary["steps"]:,} steps, {summary["tokens"]:,} tokens, {summary["seconds"] / 60:.1f} min.
+The teacher: {teacher}.
 
 {scores}
 
@@ -137,15 +141,15 @@ loss weights KD {cfg.kd_weight}, MLM {cfg.mlm_weight}, hidden {cfg.hidden_weight
     return card(title, body, tags=("distillation",))
 
 
-def longformer(cfg, source_name: str, results: dict) -> str:
-    """The converted Longformer's card."""
+def longformer(cfg, source_name: str, provenance: str, results: dict) -> str:
+    """The converted Longformer's card; `provenance` says where the BERT came from."""
     b, p, f, g = (
         results["bpc"],
         results["probe"],
         results["receptive_field"],
         results["context_gain"],
     )
-    curve = table(
+    curve = markdown_table(
         ["context before the last " + str(g["span"]) + " tokens", *(f"{c:,}" for c in g["contexts"])],
         [[name, *(f"{g['bpc'][name][str(c)]:.3f}" if str(c) in g["bpc"][name] else "" for c in g["contexts"])]
          for name in ("bert", "longformer")],
@@ -155,14 +159,14 @@ def longformer(cfg, source_name: str, results: dict) -> str:
         x = g["gain_beyond_512"]
         gain += (f"\n\n{x['claim']}: {x['verdict']} ({x['difference']:+.3f} bits per character, 95% interval "
                  f"[{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]).")  # fmt: skip
-    bpc = table(
+    bpc = markdown_table(
         ["bits per character (held-out long documents)", ""],
         [["BERT, 512-token windows read independently", f"{b['bert_512_windows']:.3f}"],
          ["converted, before continued pretraining", f"{b['longformer_before']:.3f}"],
          ["converted, after", f"{b.get('longformer_after', float('nan')):.3f}"]],
     )  # fmt: skip
     body = f"""
-A `LongformerForMaskedLM` converted from a lab BERT: position embeddings copied out to
+A `LongformerForMaskedLM` converted from a BERT, {provenance}: position embeddings copied out to
 {cfg.max_positions:,}, sliding-window attention of {cfg.attention_window} tokens, global attention on
 {", ".join(cfg.global_tokens)}, global Q/K/V initialised from the local ones; then continued MLM
 pretraining on long documents ({cfg.steps:,} steps at {cfg.seq_len} tokens). It uses the **BERT

@@ -1,4 +1,5 @@
-"""The command line (a contract: tests and users call exactly this).
+"""zh-minilab: a lab for small Chinese language models, pretrained, distilled, longified and
+evaluated from random initialisation on real offline text, end to end on one machine.
 
 python -m lab run [--profile smoke|cpu|gpu] [--run-id ID] [--from STAGE] [--to STAGE]
                   [-p KEY=VALUE ...] [--params FILE.yaml] [--dry-run]
@@ -14,19 +15,23 @@ import json
 import sys
 import time
 
-from lab import config, contract, overrides
+from lab import contract, overrides, params
 from lab.core.errors import LabError
 
 BENCHES = ("corpus", "wwm", "pretrain", "locality", "distill", "longify")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lab", description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="The run/report layout: data/runs/<run_id>/<stage>/ (artifacts, manifest.json) and "
+        "reports/<run_id>/ (index.html, a page per stage). README.md has the rest.",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="execute the stage notebooks and render the reports")
     p.add_argument(
-        "--profile", default="cpu", choices=config.PROFILES, help="parameter set (default cpu)"
+        "--profile", default="cpu", choices=params.PROFILES, help="parameter set (default cpu)"
     )
     p.add_argument("--run-id", default=None, help="run name (default: the profile's name)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="first stage (name or 01-06)")

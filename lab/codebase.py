@@ -1,6 +1,7 @@
 """The package's own import graph: which `lab` modules a module imports, transitively, counting
-imports inside functions. A stage's cache key covers the source of exactly these modules, and the
-layering test checks the rules of the package against the same graph."""
+imports inside functions. A stage's cache key covers the code of exactly these modules (their syntax
+tree: comments, docstrings and layout do not count), and the layering test checks the rules of the
+package against the same graph."""
 
 from __future__ import annotations
 
@@ -82,10 +83,27 @@ def closure(*names: str, root: Path = ROOT) -> set[str]:
 
 @cache
 def digest(*names: str, root: Path = ROOT) -> str:
-    """sha256 over the source of `names` and every `lab` module they import: changed code there,
-    and only there, changes the digest."""
+    """sha256 over the code of `names` and every `lab` module they import: changed code there,
+    and only there, changes the digest; an edited comment or docstring does not."""
     h = hashlib.sha256(lab.__version__.encode())
     for m in sorted(closure(*names, root=root)):
         h.update(m.encode())
-        h.update(module_file(m, root).read_bytes())
+        h.update(code_of(module_file(m, root).read_text(encoding="utf-8")).encode())
     return h.hexdigest()
+
+
+def code_of(source: str) -> str:
+    """What a module computes: its syntax tree without docstrings (comments and layout are not in
+    a syntax tree), dumped as text."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)

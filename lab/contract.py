@@ -1,10 +1,10 @@
 """The stage contract, declared once in each stage driver: what it reads, what it reports, and how it
 runs on its own (`python -m lab.<stage>`, also under torchrun / accelerate launch).
 
-The pipeline, the dry run and the cache all read a stage from here: its upstream stages (their
-manifests are its inputs), the files and folders of the user's it reads, the headline metrics the
-index shows, and the plan lines of `--dry-run`. Which code a stage's cache key covers is derived from
-the modules its driver imports (`lab.codebase`), never listed by hand.
+The pipeline, the dry run and the cache all read a stage from here: its parameters, its upstream
+stages (their manifests are its inputs), the files and folders of the user's it reads, and the
+headline metrics the index shows. Which code a stage's cache key covers is derived from the modules
+its driver imports (`lab.codebase`), never listed by hand.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab import codebase, config, lock, overrides, runs
+from lab import codebase, lock, overrides, params, runs
 from lab.core.errors import LabError
 
 
@@ -28,12 +28,12 @@ class Contract:
     name: str  # the stage, e.g. "pretrain"
     notebook: str  # its notebook in notebooks/
     description: str  # one line: what the stage makes
+    params: type[params.StageConfig]  # its parameters
     upstream: tuple[str, ...]  # stages whose artifacts it reads: they must be complete
     headline: Callable[[dict], dict]  # its manifest -> the index's headline metrics
-    describe: Callable[[config.StageConfig, dict], dict]  # config, plan context -> the plan lines
     verify: tuple[str, ...] = ()  # upstream stages whose files are checked against their hashes
     optional: tuple[str, ...] = ()  # stages it reads when they are complete
-    sources: Callable[[config.StageConfig], dict[str, str]] = _none  # user files it reads: hashes
+    sources: Callable[[params.StageConfig], dict[str, str]] = _none  # user files it reads: hashes
 
     @property
     def module(self) -> str:
@@ -85,7 +85,7 @@ def main(contract: Contract, run: Callable, argv: list[str] | None = None) -> in
     )
     parser.add_argument("--run-id", default=None, help="run name (default: the profile's name)")
     parser.add_argument(
-        "--profile", default="cpu", choices=config.PROFILES, help="parameter set (default cpu)"
+        "--profile", default="cpu", choices=params.PROFILES, help="parameter set (default cpu)"
     )
     parser.add_argument(
         "-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
@@ -94,9 +94,10 @@ def main(contract: Contract, run: Callable, argv: list[str] | None = None) -> in
     args = parser.parse_args(argv)
     try:
         pairs = overrides.parse_pairs(args.params)
-        routed = overrides.split_overrides(pairs, (contract.name,))[contract.name]
-        cfg = config.load(
-            contract.name, run_id=args.run_id or args.profile, profile=args.profile,
+        fields = {contract.name: params.field_names(contract.params)}
+        routed = overrides.split_overrides(pairs, fields)[contract.name]
+        cfg = params.load(
+            contract.params, run_id=args.run_id or args.profile, profile=args.profile,
             overrides=routed,
         )  # fmt: skip
         manifest = run(cfg)
@@ -110,4 +111,4 @@ def main(contract: Contract, run: Callable, argv: list[str] | None = None) -> in
 def exit_code(err: LabError) -> int:
     """A user's error on stderr, without a traceback; exit status 2 for a bad parameter, else 1."""
     print(f"error: {err}", file=sys.stderr)
-    return 2 if isinstance(err, config.ConfigError) else 1
+    return 2 if isinstance(err, params.ConfigError) else 1

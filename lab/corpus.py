@@ -14,36 +14,78 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 from datasets import (
     Dataset,
     Features,
-    Sequence,
     Value,
     load_from_disk,
 )
 
 from lab import contract
-from lab.config import CorpusConfig
-from lab.core import build, documents, sources, vocab
-from lab.core.blocks import block_splits, long_documents, pd_blocks
-from lab.core.documents import CorpusError, Part
-from lab.core.files import (
-    hash_tree,
-    save_arrow_dataset,
-    save_dataset,
-    sha256_file,
-    sha256_json,
-    write_json,
-)
+from lab.core import build, documents, offline, sources, vocab
+from lab.core.blocks import long_documents
+from lab.core.corpusstats import CorpusStats, char_profile
+from lab.core.files import digest_path, save_arrow_dataset, save_dataset, write_json
 from lab.core.progress import echo
 from lab.core.taskdata import SPLITS, eval_texts, prepare_tasks
-from lab.core.text import Needles, normalize, traditional_chars
+from lab.core.text import Needles, traditional_chars
+from lab.params import ConfigError, StageConfig, param
 
-TASK_SOURCES = ("reviews", "thucnews", "msra_ner", "stsb")
-CORPUS_SOURCES = ("peoples_daily", "msra_ner", "thucnews", "reviews")
+
+@dataclass(frozen=True)
+class CorpusConfig(StageConfig):
+    stage = "corpus"
+    sources: list[str] = param(
+        "registry names (python -m lab sources) and/or paths to .txt / .jsonl / datasets folders"
+    )
+    text_encoding: str = param("encoding of user text files, e.g. utf-8 or gb18030")
+    max_docs_per_source: int = param("documents kept per source (0: all)", min=0)
+    source_max_chars: int = param("characters read per user source, its first ones (0: all)", min=0)
+    min_chars: int = param("documents shorter than this (characters) are dropped", min=1)
+    max_chars: int = param(
+        "longer documents are cut at sentence ends into pieces this long", min=16
+    )
+    long_doc_chars: int = param(
+        "People's Daily paragraphs are grouped into long documents this long; a user document "
+        "this long is also a long document",
+        min=256,
+    )
+    user_long_docs: int = param("long documents kept from each part of a user source", min=0)
+    to_simplified: bool = param("convert Traditional to Simplified Chinese (OpenCC t2s)")
+    valid_frac: float = param(
+        "share of documents in the valid split (by hash of the text)", min=0.0
+    )
+    test_frac: float = param("share of documents in the test split (by hash of the text)", min=0.0)
+    task_eval_frac: float = param(
+        "share of each labelled task in its valid and in its test split", min=0.0
+    )
+    task_max_train: int = param("training examples kept per labelled task (0: all)", min=0)
+    task_max_eval: int = param("valid / test examples kept per labelled task (0: all)", min=0)
+    compact_vocab_size: int = param(
+        "size of the compact CLUE-style vocab built from the corpus", min=200
+    )
+    num_proc: int = param("processes that clean the sources side by side", min=1)
+    cache_dir: str = param("sources cache; empty: $ZH_MINILAB_CACHE or ~/.cache/zh-minilab")
+
+    def check(self):
+        if self.valid_frac + self.test_frac >= 0.5:
+            raise ConfigError(
+                f"corpus.valid_frac + corpus.test_frac = {self.valid_frac + self.test_frac:g}: "
+                "keep the held-out share below 0.5"
+            )
+        if 2 * self.task_eval_frac >= 0.8:
+            raise self.fail("task_eval_frac", "keep it below 0.4 (valid and test each)")
+        if self.min_chars >= self.max_chars:
+            raise ConfigError(
+                f"corpus.min_chars ({self.min_chars}) must be below corpus.max_chars ({self.max_chars})"
+            )
+        if not self.sources:
+            raise ConfigError("corpus.sources is empty: name at least one source")
+        super().check()
 
 
 @contract.locked
@@ -55,7 +97,7 @@ def run(cfg: CorpusConfig) -> dict:
         return stage.manifest
 
     # Everything is read and checked before the stage folder is touched.
-    raw_tasks = {name: sources.load(name, cfg.cache_dir) for name in TASK_SOURCES}
+    raw_tasks = {name: sources.load(name, cfg.cache_dir) for name in offline.TASK_SOURCES}
     tasks, task_facts = prepare_tasks(
         raw_tasks, eval_frac=cfg.task_eval_frac, max_train=cfg.task_max_train,
         max_eval=cfg.task_max_eval,
@@ -63,11 +105,16 @@ def run(cfg: CorpusConfig) -> dict:
     excluded = eval_texts(tasks)
     owner = [name for name, texts in excluded.items() for _ in texts]
     needles = Needles([t for texts in excluded.values() for t in texts])
-    blocks = people_daily_blocks(cfg)
-    parts = [*registry_parts(cfg, raw_tasks, tasks, blocks)]
+    blocks = offline.people_daily_blocks(
+        cfg.cache_dir, max_docs=cfg.max_docs_per_source, block_chars=cfg.long_doc_chars,
+        simplified=cfg.to_simplified, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac,
+    )  # fmt: skip
+    parts = offline.registry_parts(
+        cfg.sources, raw_tasks, tasks, blocks, max_docs=cfg.max_docs_per_source
+    )
     for spec in (s for s in cfg.sources if s not in sources.REGISTRY):
         capped = bool(cfg.max_docs_per_source or cfg.source_max_chars)
-        parts += documents.plan(spec, cfg.text_encoding, parts=4 * cfg.num_proc, cap=capped)
+        parts += documents.parts_of(spec, cfg.text_encoding, parts=4 * cfg.num_proc, cap=capped)
     full_tok = vocab.make_tokenizer(sources.load("bert_vocab", cfg.cache_dir))
     sanguo = sources.load("sanguo", cfg.cache_dir)
 
@@ -110,7 +157,7 @@ def run(cfg: CorpusConfig) -> dict:
     save_arrow_dataset(work / "corpus", finals, features)
     for name, dd in tasks.items():
         save_dataset(dd, work / "tasks" / name)
-    save_dataset(gold_segmentation(blocks), work / "gold_segmentation")
+    save_dataset(offline.gold_segmentation(blocks), work / "gold_segmentation")
     user_long = [d for r in results for d in r["longdocs"]]
     long = long_documents(blocks, sanguo, user_long, simplified=cfg.to_simplified)
     save_dataset(long, work / "longdocs")
@@ -130,7 +177,10 @@ def run(cfg: CorpusConfig) -> dict:
         "compact": vocab.coverage(compact_tok, valid),
     }
 
-    raw_chars = registry_profile(cfg, raw_tasks) + sum((r["raw_chars"] for r in results), Counter())
+    raw_chars = offline.registry_profile(
+        cfg.sources, raw_tasks, cfg.cache_dir, max_docs=cfg.max_docs_per_source
+    )
+    raw_chars += sum((r["raw_chars"] for r in results), Counter())
     trad = traditional_chars(set(raw_chars) | set(stats.train_chars))
     found = {name: 0 for name in excluded}
     for i in set().union(*(r["found"] for r in results)):
@@ -142,8 +192,8 @@ def run(cfg: CorpusConfig) -> dict:
     summary = stats.summary()
     report = summary | {
         "char_profile": {
-            "before": build.char_profile(raw_chars, trad),
-            "after": build.char_profile(stats.train_chars, trad),
+            "before": char_profile(raw_chars, trad),
+            "after": char_profile(stats.train_chars, trad),
         },
         "documents_read": dict(docs_read),
         "dropped": dict(dropped),
@@ -200,7 +250,7 @@ def rebalance(finals: dict[str, list[Path]], shards: Path, needles: Needles, max
     new = {"train": tables["train"].take([i for i in range(len(texts["train"])) if i not in moved])}
     for s in ("valid", "test"):
         new[s] = tables["train"].take(moves[s]) if s in moves else tables[s]
-    stats, out = build.CorpusStats(max_chars), {}
+    stats, out = CorpusStats(max_chars), {}
     for s in SPLITS:
         out[s] = [shards / f"balanced-{s}.arrow"]
         with pa.ipc.new_stream(str(out[s][0]), new[s].schema) as w:
@@ -211,127 +261,19 @@ def rebalance(finals: dict[str, list[Path]], shards: Path, needles: Needles, max
     return out, stats
 
 
-def registry_profile(cfg: CorpusConfig, raw_tasks: dict) -> Counter:
-    """The characters of the registry's corpus sources as they ship (before cleaning)."""
-    raw = {
-        "peoples_daily": lambda: [
-            "".join(w for w, _ in p) for p in sources.load("peoples_daily", cfg.cache_dir)
-        ],
-        "msra_ner": lambda: ["".join(c) for c, _ in raw_tasks["msra_ner"]["train"]],
-        "thucnews": lambda: [t for _, t in raw_tasks["thucnews"]],
-        "reviews": lambda: raw_tasks["reviews"]["pos"] + raw_tasks["reviews"]["neg"],
-    }
-    counts: Counter = Counter()
-    for name in (s for s in cfg.sources if s in raw):
-        texts = raw[name]()
-        counts.update(
-            "".join(
-                texts[: cfg.max_docs_per_source]
-                if name == "peoples_daily" and cfg.max_docs_per_source
-                else texts
-            )
-        )
-    return counts
-
-
-def people_daily_blocks(cfg: CorpusConfig) -> list[dict]:
-    """People's Daily grouped into blocks with their splits: its held-out blocks are the gold
-    segmentation the wwm stage scores against and long documents, whatever the corpus is."""
-    paragraphs = sources.load("peoples_daily", cfg.cache_dir)
-    if cfg.max_docs_per_source:
-        paragraphs = paragraphs[: cfg.max_docs_per_source]
-    blocks = pd_blocks(paragraphs, block_chars=cfg.long_doc_chars, simplified=cfg.to_simplified)
-    splits = block_splits(["\n".join(b["texts"]) for b in blocks], cfg.valid_frac, cfg.test_frac)
-    for block, split in zip(blocks, splits):
-        block["split"] = split
-    return blocks
-
-
-def gold_segmentation(blocks: list[dict]) -> Dataset:
-    rows = [
-        (t, w, g)
-        for b in blocks
-        if b["split"] != "train"
-        for t, w, g in zip(b["texts"], b["words"], b["tags"])
-    ]
-    feats = Features(
-        {
-            "text": Value("string"),
-            "words": Sequence(Value("string")),
-            "tags": Sequence(Value("string")),
-        }
-    )
-    return Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(feats)}, features=feats)
-
-
-def registry_parts(
-    cfg: CorpusConfig, raw_tasks: dict, tasks: dict, blocks: list[dict]
-) -> list[Part]:
-    """The registry's corpus sources as in-memory parts; each task's evaluation texts stay out of
-    the source they came from, People's Daily keeps its blocks' splits."""
-    evals = eval_texts(
-        {
-            "msra_ner": tasks["msra_ner"],
-            "thucnews": tasks["thucnews"],
-            "reviews": tasks["sentiment"],
-        }
-    )
-    heldout = {name: set(texts) for name, texts in evals.items()}
-    parts = []
-    for name in (s for s in cfg.sources if s in sources.REGISTRY):
-        if name == "peoples_daily":
-            rows = [
-                (f"pd-{b}", text, block["split"])
-                for b, block in enumerate(blocks)
-                for text in block["texts"]
-            ]
-            names, texts, fixed = zip(*rows) if rows else ((), (), ())
-            parts.append(Part(name, "list", texts=texts, fixed=fixed, names=names))
-            continue
-        if name == "msra_ner":
-            texts = ["".join(c) for c, _ in raw_tasks["msra_ner"]["train"]]
-        elif name == "thucnews":
-            texts = [
-                t for _, t in raw_tasks["thucnews"] if "\ufffd" not in t
-            ]  # a character was lost
-        elif name == "reviews":
-            texts = raw_tasks["reviews"]["pos"] + raw_tasks["reviews"]["neg"]
-        else:
-            raise CorpusError(
-                f"source {name!r} holds no corpus text (it feeds tasks, long documents or the vocab); "
-                f"corpus sources are: {', '.join(CORPUS_SOURCES)}, or your own files"
-            )
-        texts = [t for t in texts if normalize(t) not in heldout[name]]
-        if cfg.max_docs_per_source:
-            texts = texts[: cfg.max_docs_per_source]
-        parts.append(
-            Part(
-                name,
-                "list",
-                texts=tuple(texts),
-                names=tuple(f"{name}-{i}" for i in range(len(texts))),
-            )
-        )
-    return parts
-
-
 def user_sources(cfg: CorpusConfig) -> dict[str, str]:
     """sha256 of every input: pinned archives by their registry hash, user files by content."""
-    needed = set(cfg.sources) | {*TASK_SOURCES, "peoples_daily", "sanguo", "bert_vocab"}
+    needed = set(cfg.sources) | {*offline.TASK_SOURCES, "peoples_daily", "sanguo", "bert_vocab"}
     out = {}
     for name in sorted(needed):
         if name in sources.REGISTRY:
             out[name] = sources.REGISTRY[name].archive.sha256
-            continue
-        path = Path(name).expanduser()
-        if path.is_file():
-            out[name] = sha256_file(path)
-        elif path.is_dir():
-            out[name] = sha256_json(hash_tree(path))
+        elif Path(name).expanduser().exists():
+            out[name] = digest_path(Path(name))
         elif "/" in name and not name.startswith((".", "/", "~")):
             out[name] = f"hub:{name}"
         else:
-            raise CorpusError(sources.unknown_source(name))
+            raise documents.CorpusError(sources.unknown_source(name))
     return out
 
 
@@ -365,44 +307,13 @@ def headline(manifest: dict) -> dict:
     }
 
 
-def estimate_chars(cfg: CorpusConfig) -> int | None:
-    """The corpus's characters, estimated without reading it: registry sources by what they add,
-    text files by their size and a decoded sample, saved datasets by their text column; None where a
-    source's size cannot be known before it is read (a hub dataset)."""
-    total = 0
-    for name in cfg.sources:
-        if name in sources.REGISTRY:
-            n = sources.REGISTRY[name].corpus_chars
-            total += min(n, cfg.max_docs_per_source * n // 20_000) if cfg.max_docs_per_source else n
-            continue
-        n = documents.estimate_chars(name, cfg.text_encoding)
-        if n is None:
-            return None
-        total += min(n, cfg.source_max_chars) if cfg.source_max_chars else n
-    return total
-
-
-def describe(cfg: CorpusConfig, context: dict | None = None) -> dict:
-    chars = estimate_chars(cfg)
-    return {
-        "sources": ", ".join(cfg.sources),
-        "size": f"about {chars:,} characters" if chars else "unknown before the sources are read",
-        "documents per source": cfg.max_docs_per_source or "all",
-        "splits valid / test": f"{cfg.valid_frac:.0%} / {cfg.test_frac:.0%} by hash of the text",
-        "task examples train / eval": f"{cfg.task_max_train or 'all'} / {cfg.task_max_eval or 'all'}",
-        "vocabularies": f"bert-base-chinese 21,128 + compact {cfg.compact_vocab_size:,}",
-        "expected compute": f"about {12 + (chars or 0) / 3.5e6:,.0f} s with 2 processes (measured on 2 cores: "
-        "100 M characters in 40 s, 12 s of it set-up)",
-    }
-
-
 STAGE = contract.Contract(
     name="corpus",
     notebook="01_corpus.ipynb",
     description="cleaned, deduplicated, split corpus; labelled tasks; long documents; vocabularies",
+    params=CorpusConfig,
     upstream=(),
     headline=headline,
-    describe=describe,
     sources=user_sources,
 )
 

@@ -16,49 +16,102 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers import AutoConfig
-
-from lab import cards, contract
-from lab.config import DistillConfig
-from lab.core import kd, mlm, models, plan, shapes, train, vocab
-from lab.core.errors import LabError
-from lab.core.files import hash_tree, sha256_json
+from lab import cards, contract, runs
+from lab.core import budget, checkpoints, kd, kdeval, mlm, names, presets, train, vocab
+from lab.core.files import sha256_json
 from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
-from lab.core.masking import WholeWordMaskCollator
-from lab.core.metrics import mlm_metrics, speed
+from lab.core.metrics import mlm_metrics
 from lab.core.progress import echo
+from lab.params import ConfigError, Loop, Masking, StageConfig, check_share, param
 
-MASK_SHARE = 0.15  # distillation masks 15% of the tokens (the collator's default)
+
+@dataclass(frozen=True)
+class DistillConfig(Masking, Loop, StageConfig):
+    stage = "distill"
+    teacher: str = param("empty: this run's pretrained model; or a model folder or hub name")
+    vocab: str = param("vocabulary the teacher was trained with", choices=("compact", "full"))
+    student: str = param("student preset (at most the teacher's width)")
+    seeds: int = param("students trained per setting, seeds seed, seed+1, ...", min=1)
+    assistant_layers: list[int] = param(
+        "teacher layers copied into the teacher assistant (empty: uniform)"
+    )
+    assistant_steps: int = param(
+        "teacher-assistant training steps (0: no assistant, one-stage only)", min=0
+    )
+    assistant_lr: float = param("teacher-assistant peak learning rate", min=0.0)
+    layer_map: list[int] = param("teacher layer matched by each student layer (empty: uniform)")
+    mode: str = param(
+        "cached: teacher top-k stored once; online: teacher forward every step",
+        choices=("cached", "online"),
+    )
+    topk: int = param("teacher entries kept per masked position", min=1)
+    dupe_factor: int = param("fixed maskings per sequence in the cache (static masking)", min=1)
+    temperature: float = param("softmax temperature T of the KD term", min=0.01)
+    kd_t2: bool = param("multiply the KD term by T squared (Hinton); TextBrewer does not")
+    kd_weight: float = param("weight of the soft-target KD term", min=0.0)
+    mlm_weight: float = param("weight of the hard MLM term on the true tokens", min=0.0)
+    hidden_weight: float = param("weight of hidden-state MSE (online mode only)", min=0.0)
+    attention_weight: float = param("weight of attention-map MSE (online mode only)", min=0.0)
+    topk_weight: float = param("weight of the seed's top-k CE + (1 - cosine) term", min=0.0)
+    seq_len: int = param("sequence length (a packed length of the wwm stage)", min=8)
+    steps: int = param("student training steps (the same for one- and two-stage)", min=1)
+    batch_size: int = param("sequences per step and process", min=1)
+    lr: float = param("student peak learning rate", min=0.0)
+    dropout: float = param("student dropout", min=0.0)
+    student_init: str = param(
+        "random (MiniRBT), or select: evenly spaced dimensions and whole heads of the teacher's "
+        "(two-stage: the assistant's) mapped layers (weight selection, Xu et al. 2023)",
+        choices=("random", "select"),
+    )
+    locality_bias: float = param(
+        "locality warm-up of students from random init, as pretrain.locality_bias (0: off)",
+        min=0.0,
+    )
+    locality_steps: float = param(
+        "share of the student's steps over which the locality bias anneals to 0", min=0.0
+    )
+    eval_every: int = param("steps between held-out evaluations", min=1)
+    eval_sequences: int = param("held-out sequences per evaluation", min=1)
+    cache_dir: str = param("where teacher caches live (empty: inside the stage folder)")
+    keep_cache: bool = param("keep the cached teacher logits after the stage")
+
+    def check(self):
+        try:
+            presets.arch(self.student)
+        except presets.ModelError as err:
+            raise ConfigError(f"distill.student: {err}") from None
+        if self.mode == "cached" and (self.hidden_weight or self.attention_weight):
+            raise ConfigError(
+                "distill.hidden_weight / attention_weight need the teacher's hidden states: "
+                "set distill.mode = online, or those weights to 0"
+            )
+        if not any(getattr(self, f"{k}_weight") for k in kd.LOSSES):
+            raise ConfigError("distill: every loss weight is 0; give at least one term a weight")
+        if self.assistant_layers and not self.assistant_steps:
+            raise ConfigError("distill.assistant_layers is set but distill.assistant_steps = 0")
+        check_share(self, "locality_steps")
+        super().check()
 
 
-def load_teacher(cfg: DistillConfig):
-    """The teacher: this run's pretrained model, or a model folder given as `distill.teacher`."""
-    folder = teacher_dir(cfg)
-    teacher = mlm.load(folder, attn="eager" if cfg.attention_weight else None)
+def teacher_source(cfg: DistillConfig) -> checkpoints.ModelSource:
+    """The teacher: this run's pretrained model, or a model folder or hub name (`distill.teacher`)."""
+    own = runs.stage_dir(cfg.run_id, "pretrain") / "model"
+    return checkpoints.resolve(cfg.teacher, own, param="distill.teacher")
+
+
+def load_teacher(cfg: DistillConfig, source: checkpoints.ModelSource):
+    teacher = mlm.load(source.folder, attn="eager" if cfg.attention_weight else None)
     if teacher.config.model_type != "bert":
         raise DistillError(
-            f"the teacher in {folder} is a {teacher.config.model_type} model; distillation here takes BERT teachers"
+            f"the teacher in {source.folder} is a {teacher.config.model_type} model; distillation here "
+            "takes BERT teachers"
         )
-    return teacher, folder
-
-
-def teacher_dir(cfg: DistillConfig) -> Path:
-    folder = (
-        Path(cfg.teacher)
-        if cfg.teacher
-        else STAGE.upstream_manifest(cfg, "pretrain")["dir"] / "model"
-    )
-    if not (folder / "config.json").exists():
-        raise DistillError(
-            f"distill.teacher = {str(folder)!r} is not a model folder (no config.json)"
-        )
-    return folder
+    return teacher
 
 
 def check_setup(cfg: DistillConfig, teacher, tokenizer) -> dict:
@@ -69,7 +122,7 @@ def check_setup(cfg: DistillConfig, teacher, tokenizer) -> dict:
             f"this run has {len(tokenizer):,}: distill with the vocab the teacher was trained on (distill.vocab)"
         )
     t_layers, t_hidden = teacher.config.num_hidden_layers, teacher.config.hidden_size
-    s = shapes.arch(cfg.student)
+    s = presets.arch(cfg.student)
     if s.hidden > t_hidden:
         raise DistillError(
             f"distill.student = {cfg.student} is {s.hidden} wide, wider than the teacher ({t_hidden}); the "
@@ -104,9 +157,7 @@ class Distillation:
         self.train_ids, self.train_wids = mlm.load_packed(packed, "train")
         valid = mlm.load_packed(packed, "valid")
         self.eval = [a[: cfg.eval_sequences] for a in valid]
-        self.collator = WholeWordMaskCollator(
-            tokenizer, seed=cfg.seed, whole_word=cfg.masking == "wwm"
-        )
+        self.collator = cfg.mask_rule().collator(tokenizer, cfg.seed)
         self.cache_root = Path(cfg.cache_dir) if cfg.cache_dir else work / "cache"
 
     def cache(self, model, digest: str, name: str) -> dict | None:
@@ -115,8 +166,8 @@ class Distillation:
         if cfg.mode != "cached":
             return None
         acc = train.accelerator()
-        n = cfg.steps * cfg.batch_size * acc.num_processes  # every process's batches, once
-        need = plan.cache_disk(n, cfg.seq_len, MASK_SHARE, cfg.topk)
+        n = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes  # every batch, once
+        need = budget.cache_disk(n, cfg.seq_len, cfg.mlm_probability, cfg.topk)
         self.cache_root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.cache_root).free
         if need > free and not (self.cache_root / name / "meta.json").exists():
@@ -124,7 +175,7 @@ class Distillation:
         meta = None
         if acc.is_main_process:  # one process writes the cache; every process reads it
             echo(
-                f"caching {name}'s top-{cfg.topk} over {n:,} statically masked sequences ({plan.gb(need)}) ..."
+                f"caching {name}'s top-{cfg.topk} over {n:,} statically masked sequences ({budget.gb(need)}) ..."
             )
             meta = build_cache(
                 model, self.train_ids, self.train_wids, self.collator, self.cache_root / name,
@@ -150,19 +201,16 @@ class Distillation:
         if cache:
             batches = CachedBatches(self.cache_root / cache, cfg.batch_size, seed)
         else:
-            collator = WholeWordMaskCollator(self.tokenizer, whole_word=cfg.masking == "wwm")
+            collator = cfg.mask_rule().collator(self.tokenizer)
             batches = mlm.PackedBatches(
                 self.train_ids, self.train_wids, collator, cfg.batch_size, seed
             )
         if warm_up and cfg.locality_bias and cfg.locality_steps:
             batches = mlm.LocalityWarmup(
                 batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
-                steps=int(cfg.locality_steps * steps),
+                steps=int(cfg.locality_steps * steps), grad_accum=cfg.grad_accum,
             )  # fmt: skip
-        tc = train.TrainConfig(
-            steps=steps, lr=lr, warmup_steps=max(1, int(cfg.warmup * steps)), bf16=cfg.bf16,
-            eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=seed, weight_decay=0.01,
-        )  # fmt: skip
+        tc = cfg.loop(steps=steps, lr=lr, seed=seed, eval_every=cfg.eval_every)
 
         def held_out(m) -> dict:
             return mlm_metrics(m.student, *self.eval, self.tokenizer, seed=cfg.seed)
@@ -183,14 +231,15 @@ def run(cfg: DistillConfig) -> dict:
     corpus_m = STAGE.upstream_manifest(cfg, "corpus")
     wwm_m = STAGE.upstream_manifest(cfg, "wwm")
     tokenizer = vocab.load(corpus_m["dir"] / "vocab" / cfg.vocab)
-    teacher, folder = load_teacher(cfg)
+    source = teacher_source(cfg)
+    teacher = load_teacher(cfg, source)
     plan = check_setup(cfg, teacher, tokenizer)
     packed = wwm_m["dir"] / "packed" / cfg.vocab / str(cfg.seq_len)
     if not packed.exists():
         raise DistillError(
             f"the wwm stage packed no {cfg.vocab} sequences of length {cfg.seq_len} ({packed})"
         )
-    teacher_digest = sha256_json(hash_tree(folder))
+    teacher_digest = source.digest()
 
     work = stage.begin()
     job = Distillation(cfg, tokenizer, packed, work)
@@ -216,13 +265,13 @@ def run(cfg: DistillConfig) -> dict:
         kinds.append(("two-stage", assistant, "student_map_from_assistant", "assistant"))
     for k in range(cfg.seeds):
         seed = cfg.seed + k
-        for kind, source, map_key, cache in kinds:
-            name = f"{kind}-s{seed}"
+        for kind, taught_by, map_key, cache in kinds:
+            name = names.student(kind, seed)
             student = kd.new_student(cfg.student, teacher, seed=seed, dropout=cfg.dropout)
             if cfg.student_init == "select":
-                plan["heads_kept"] = kd.select_weights(student, source, plan[map_key])
+                plan["heads_kept"] = kd.select_weights(student, taught_by, plan[map_key])
             summaries[name] = job.train(
-                student, source, plan[map_key], cache if caches.get(cache) else None,
+                student, taught_by, plan[map_key], cache if caches.get(cache) else None,
                 work / "students" / name, steps=cfg.steps, lr=cfg.lr, seed=seed,
                 warm_up=cfg.student_init == "random",
             )  # fmt: skip
@@ -232,16 +281,16 @@ def run(cfg: DistillConfig) -> dict:
         f"distillation trained {len(trained)} models in {(time.time() - t0) / 60:.1f} min; evaluating ..."
     )
     valid_ids, valid_wids = mlm.load_packed(packed, "valid")
-    table = compare(cfg, teacher, trained, tokenizer, valid_ids, valid_wids)
+    table = kdeval.compare(teacher, trained, tokenizer, valid_ids, valid_wids,
+                           sequences=cfg.eval_sequences * 4, seed=cfg.seed)  # fmt: skip
     for name, model in trained.items():
-        card = cards.student(
-            cfg, name, model, table[name], summaries[name], init_text(cfg, plan, name)
-        )
+        card = cards.student(cfg, name, model, table[name], summaries[name],
+                             init_text(cfg, plan, name), source.provenance())  # fmt: skip
         cards.save(model, tokenizer, work / "models" / name, card)
     metrics = {
         "plan": plan,
         "models": table,
-        "summary": summarize(table),
+        "summary": kdeval.summarize(table),
         "caches": {k: v for k, v in caches.items() if v},
         "kd_sanity": {
             name: kd.kd_sanity(train.read_log(log_dir(work, name) / "metrics.jsonl"))
@@ -256,12 +305,11 @@ def run(cfg: DistillConfig) -> dict:
 
 def init_text(cfg: DistillConfig, plan: dict, name: str) -> str:
     """How a model's weights started, for its model card."""
-    if name == "assistant":
+    if name == names.ASSISTANT:
         return f"initialised from teacher layers {plan.get('assistant_init')}"
     if cfg.student_init == "select":
-        two = name.startswith("two-stage")
-        layers = plan["student_map_from_assistant" if two else "student_map"]
-        source = "assistant" if two else "teacher"
+        source = names.taught_by(name)
+        layers = plan["student_map_from_assistant" if source == names.ASSISTANT else "student_map"]
         return f"initialised by weight selection from the {source}'s layers {layers} (heads {plan.get('heads_kept')})"
     warm = cfg.locality_bias and cfg.locality_steps
     return "initialised randomly" + (
@@ -271,7 +319,7 @@ def init_text(cfg: DistillConfig, plan: dict, name: str) -> str:
 
 def log_dir(stage_dir: Path, name: str) -> Path:
     """Where the training log of model `name` of a distill stage folder is."""
-    return stage_dir / "assistant" if name == "assistant" else stage_dir / "students" / name
+    return stage_dir / name if name == names.ASSISTANT else stage_dir / "students" / name
 
 
 def training_logs(manifest: dict) -> dict[str, list[dict]]:
@@ -282,71 +330,10 @@ def training_logs(manifest: dict) -> dict[str, list[dict]]:
     }
 
 
-@torch.no_grad()
-def compare(cfg, teacher, trained: dict, tokenizer, ids: np.ndarray, wids: np.ndarray) -> dict:
-    """Held-out accuracy, perplexity, agreement with the teacher's top-1, size and speed, per model."""
-    collator = WholeWordMaskCollator(tokenizer, seed=cfg.seed, whole_word=False)
-    n = min(len(ids), cfg.eval_sequences * 4)
-    batches = []
-    for start in range(0, n, 64):
-        collator.reseed([cfg.seed, start])
-        rows = range(start, min(start + 64, n))
-        batches.append(collator([{"input_ids": ids[i], "word_ids": wids[i]} for i in rows]))
-
-    def top1(model):
-        out = []
-        for b in batches:
-            chosen = b["labels"] != -100
-            hidden = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
-            out.append(model.cls(hidden[chosen]).argmax(-1))
-        return torch.cat(out)
-
-    def row(model, agreement: float, teacher_ms: float | None = None) -> dict:
-        c, ev, s = (
-            models.count(model),
-            mlm_metrics(model, ids[:n], wids[:n], tokenizer, seed=cfg.seed),
-            speed(model),
-        )
-        return {
-            "params": c["total"], "non_embedding": c["non_embedding"], "acc": ev["acc"], "ppl": ev["ppl"],
-            "agreement": agreement, "ms_per_batch": s["ms_per_batch"],
-            "speedup": (teacher_ms or s["ms_per_batch"]) / s["ms_per_batch"],
-        }  # fmt: skip
-
-    teacher.eval()
-    t_top1 = top1(teacher)
-    rows = {"teacher": row(teacher, 1.0)}
-    for name, model in trained.items():
-        model.eval()
-        agree = float((top1(model) == t_top1).float().mean())
-        rows[name] = row(model, agree, rows["teacher"]["ms_per_batch"])
-    return rows
-
-
-def summarize(table: dict) -> dict:
-    """Mean and spread over seeds for the one-stage and two-stage students."""
-    out = {}
-    for kind in ("one-stage", "two-stage"):
-        rows = [v for k, v in table.items() if k.startswith(kind)]
-        if not rows:
-            continue
-        accs = np.array([r["acc"] for r in rows])
-        out[kind] = {
-            "seeds": len(rows),
-            "acc_mean": float(accs.mean()),
-            "acc_spread": float(accs.max() - accs.min()) if len(rows) > 1 else 0.0,
-            "acc_std": float(accs.std(ddof=1)) if len(rows) > 1 else 0.0,
-            "ppl_mean": float(np.mean([r["ppl"] for r in rows])),
-            "agreement_mean": float(np.mean([r["agreement"] for r in rows])),
-            "relative_to_teacher": float(accs.mean() / table["teacher"]["acc"]),
-            "speedup": float(np.mean([r["speedup"] for r in rows])),
-            "non_embedding_ratio": rows[0]["non_embedding"] / table["teacher"]["non_embedding"],
-        }
-    return out
-
-
-def teacher_source(cfg: DistillConfig) -> dict[str, str]:
-    return {"teacher": sha256_json(hash_tree(Path(cfg.teacher)))} if cfg.teacher else {}
+def teacher_inputs(cfg: DistillConfig) -> dict[str, str]:
+    """A teacher named by the parameter is an input: a folder by its content, a hub name by its
+    revision (this run's own teacher is an upstream stage)."""
+    return {"teacher": teacher_source(cfg).digest()} if cfg.teacher else {}
 
 
 def headline(manifest: dict) -> dict:
@@ -364,81 +351,9 @@ def headline(manifest: dict) -> dict:
     return out
 
 
-def teacher_shape(cfg: DistillConfig, context: dict) -> tuple[plan.Shape, int]:
-    """The teacher's shape and vocabulary size: this plan's pretraining, the run's teacher on disk,
-    or the folder given as `distill.teacher`."""
-    vocab_size = 21128 if cfg.vocab == "full" else context.get("compact_vocab", 8000)
-    pre = context.get("configs", {}).get("pretrain")
-    if pre is not None and not cfg.teacher:
-        conf = models.config(pre.model, vocab_size, max_positions=pre.max_positions)
-        return models.shape(conf), pre.max_positions
-    folder = teacher_dir(cfg)
-    conf = AutoConfig.from_pretrained(str(folder))
-    return models.shape(conf), conf.max_position_embeddings
-
-
-def describe(cfg: DistillConfig, context: dict | None = None) -> dict:
-    """The plan: the models, tokens and epochs, compute and time, memory, the teacher cache's disk."""
-    context = context or {}
-    weights = [
-        f"{k} {getattr(cfg, k + '_weight')}" for k in kd.LOSSES if getattr(cfg, k + "_weight")
-    ]
-    out = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}"}
-    try:
-        teacher, positions = teacher_shape(cfg, context)
-    except LabError as err:  # no teacher yet, and none in this plan
-        out["plan"] = f"not computed: {err}"
-        return out
-    student = models.shape(models.config(cfg.student, teacher.vocab, max_positions=positions))
-    layers = len(cfg.assistant_layers) or max(1, teacher.layers // 2)
-    share = layers / teacher.layers
-    assistant = plan.Shape(layers, teacher.hidden, teacher.heads,
-                           teacher.params - round((1 - share) * teacher.non_embedding),
-                           round(share * teacher.non_embedding), teacher.vocab)  # fmt: skip
-    students = (2 if cfg.assistant_steps else 1) * cfg.seeds
-    n = plan.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, 1, cfg.processes)
-    n_assistant = plan.tokens(cfg.assistant_steps, cfg.batch_size, cfg.seq_len, 1, cfg.processes)
-    epochs, too_many = plan.epochs_line(n, context.get("corpus_tokens"))
-    out["students"] = (f"{students} x {cfg.student} ({student.params:,} parameters), {cfg.steps:,} steps x "
-                       f"{cfg.batch_size} x {cfg.seq_len} tokens x {cfg.processes} process(es) = {n:,} tokens each; {epochs}")  # fmt: skip
-    out["teacher assistant"] = (f"{layers} of the teacher's layers, {n_assistant:,} tokens" if cfg.assistant_steps
-                                else "none (one-stage only)")  # fmt: skip
-    # the models trained, and who teaches how many tokens
-    flops = students * plan.train_flops(student, n, cfg.seq_len, MASK_SHARE)
-    flops += plan.train_flops(assistant, n_assistant, cfg.seq_len, MASK_SHARE)
-    taught = [(teacher, cfg.seeds * n + n_assistant)] + (
-        [(assistant, cfg.seeds * n)] if cfg.assistant_steps else []
-    )
-    sequences = cfg.steps * cfg.batch_size * cfg.processes
-    if cfg.mode == "online":  # a teacher forward every step
-        flops += sum(plan.forward_flops(t, k, cfg.seq_len) for t, k in taught)
-    else:  # each teacher runs once over the cached sequences
-        flops += sum(plan.forward_flops(t, sequences * cfg.seq_len, cfg.seq_len) for t, _ in taught)
-        cache = len(taught) * plan.cache_disk(sequences, cfg.seq_len, MASK_SHARE, cfg.topk)
-        free = context.get("free_disk")
-        out["teacher cache"] = (
-            f"{plan.gb(cache)} on disk ({plan.gb(free) if free else 'unknown'} free)"
-        )
-        if free is not None and cache > free:
-            out.setdefault("refused", []).append(cache_refusal(cache, free))
-    need = plan.memory(student, cfg.batch_size, cfg.seq_len, MASK_SHARE,
-                       extra_params=teacher.params if cfg.mode == "online" else 0)  # fmt: skip
-    out["compute"] = plan.time_line(flops, cfg.processes)
-    out["memory"] = f"{plan.gb(need)} per process (fits {plan.fits(need)})"
-    if too_many:
-        out["WARNING"] = (
-            f"each student reads its corpus more than {plan.MAX_EPOCHS} times: a larger corpus, or fewer steps"
-        )
-    if plan.fits(need).startswith("none"):
-        out.setdefault("refused", []).append(
-            f"distill: {plan.gb(need)} per process fits no named accelerator; lower distill.batch_size"
-        )
-    return out
-
-
 def cache_refusal(need: float, free: float) -> str:
     return (
-        f"distill: the teacher cache needs {plan.gb(need)} but the disk has {plan.gb(free)} free; run the "
+        f"distill: the teacher cache needs {budget.gb(need)} but the disk has {budget.gb(free)} free; run the "
         "teacher online (-p distill.mode=online), keep fewer entries (-p distill.topk=...) or take fewer steps"
     )
 
@@ -447,11 +362,11 @@ STAGE = contract.Contract(
     name="distill",
     notebook="04_distill.ipynb",
     description="a teacher assistant and one-stage and two-stage students distilled from the teacher",
+    params=DistillConfig,
     upstream=("corpus", "wwm", "pretrain"),
     verify=("wwm", "pretrain"),
     headline=headline,
-    describe=describe,
-    sources=teacher_source,
+    sources=teacher_inputs,
 )
 
 

@@ -7,8 +7,8 @@ runs. UER's task scores and MiniRBT's relative-score and speed tables on one pag
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -17,46 +17,78 @@ from datasets import load_from_disk
 from transformers import AutoConfig
 
 from lab import contract, runs
-from lab.config import EvaluateConfig
-from lab.core import mlm, models, tasks, vocab
+from lab.core import mlm, models, names, tasks, vocab
 from lab.core.files import write_json
 from lab.core.metrics import fill_mask, mlm_metrics, speed, spread
 from lab.core.progress import echo
 from lab.core.stats import FAILS, HOLDS, OPEN
-from lab.findings import OUTCOMES, findings, kind
+from lab.findings import OUTCOMES, findings
+from lab.params import ConfigError, StageConfig, param
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    stage = "evaluate"
+    models: list[str] = param(
+        "models to evaluate: [all] or names (teacher, assistant, one-stage-s1234, ...)"
+    )
+    all_seeds: bool = param("every seed's student (else the first seed of each kind)")
+    tasks: list[str] = param("downstream tasks: sentiment, thucnews, msra_ner, stsb")
+    task_models: list[str] = param(
+        "models fine-tuned on the tasks: [all] or names / kinds (teacher, one-stage, ...); "
+        "the others get LM metrics, probes, size and speed"
+    )
+    scratch: bool = param("also fine-tune the teacher's architecture from random init (baseline)")
+    seeds: int = param("fine-tuning seeds per model and task", min=1)
+    lrs: list[float] = param(
+        "fine-tuning learning rates; several: chosen on the valid split", min=0.0
+    )
+    epochs: float = param("fine-tuning epochs", min=0.0)
+    batch_size: int = param("fine-tuning batch size", min=1)
+    task_seq_len: int = param("fine-tuning sequence length (tokens)", min=8)
+    task_train_examples: int = param("training examples per task", min=1)
+    task_eval_examples: int = param("valid / test examples per task", min=1)
+    bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    lm_sequences: int = param(
+        "held-out sequences for accuracy / perplexity / BPC, evenly spaced", min=1
+    )
+    speed_repeats: int = param("timed forward passes per speed measurement", min=1)
+    probes_file: str = param("fill-mask probe file, one sentence a line (empty: the packaged one)")
+
+    def check(self):
+        bad = [t for t in self.tasks if t not in tasks.TASKS]
+        if bad:
+            raise ConfigError(
+                f"evaluate.tasks: unknown {bad}; choose from {', '.join(tasks.TASKS)}"
+            )
+        if not self.lrs:
+            raise ConfigError("evaluate.lrs is empty: give at least one learning rate")
+        super().check()
 
 
 def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
     """Every model folder the run produced, by role: teacher, assistant, students, longformer."""
     out: dict[str, dict] = {}
-    pre = runs.read_manifest(runs.stage_dir(run_id, "pretrain"))
-    if pre:
-        out["teacher"] = {"dir": runs.stage_dir(run_id, "pretrain") / "model", "role": "teacher"}
-    dist = runs.read_manifest(runs.stage_dir(run_id, "distill"))
-    if dist:
+    if runs.read_manifest(runs.stage_dir(run_id, "pretrain")):
+        out[names.TEACHER] = {
+            "dir": runs.stage_dir(run_id, "pretrain") / "model",
+            "role": "teacher",
+        }
+    if runs.read_manifest(runs.stage_dir(run_id, "distill")):
         folder = runs.stage_dir(run_id, "distill") / "models"
-        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
         seen: set[str] = set()
-        for name in names:
-            if not all_seeds and kind(name) in seen:
+        for name in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+            if not all_seeds and names.kind(name) in seen:
                 continue
-            seen.add(kind(name))
-            out[name] = {
-                "dir": folder / name,
-                "role": "assistant" if name == "assistant" else "student",
-            }
-    lon = runs.read_manifest(runs.stage_dir(run_id, "longify"))
-    if lon:
-        out["longformer"] = {
+            seen.add(names.kind(name))
+            role = "student" if names.is_student(name) else names.kind(name)
+            out[name] = {"dir": folder / name, "role": role}
+    if runs.read_manifest(runs.stage_dir(run_id, "longify")):
+        out[names.LONGFORMER] = {
             "dir": runs.stage_dir(run_id, "longify") / "model",
             "role": "longformer",
         }
     return out
-
-
-def fine_tuned(name: str, task_models: list[str]) -> bool:
-    """Whether a model is fine-tuned on the tasks: [all], its name, or its kind (one-stage, ...)."""
-    return "all" in task_models or name in task_models or kind(name) in task_models
 
 
 def read_probes(path: str = "") -> list[str]:
@@ -94,7 +126,7 @@ def run(cfg: EvaluateConfig) -> dict:
     if missing:
         raise runs.StageError(f"evaluate.models names {missing}; this run has {list(found)}")
     unmatched = [
-        k for k in cfg.task_models if k != "all" and not any(fine_tuned(n, [k]) for n in wanted)
+        k for k in cfg.task_models if k != "all" and not any(names.selected(n, [k]) for n in wanted)
     ]
     if unmatched:
         raise runs.StageError(
@@ -133,7 +165,9 @@ def run(cfg: EvaluateConfig) -> dict:
             r["throughput_speedup"] = r["throughput_seq_s_b32"] / teacher["throughput_seq_s_b32"]
 
     # downstream tasks: the task_models, plus the teacher's architecture trained from scratch
-    sources = {name: m["dir"] for name, m in wanted.items() if fine_tuned(name, cfg.task_models)}
+    sources = {
+        name: m["dir"] for name, m in wanted.items() if names.selected(name, cfg.task_models)
+    }
     if cfg.scratch and "teacher" in wanted:
         sources["scratch"] = AutoConfig.from_pretrained(str(wanted["teacher"]["dir"]))
         tokenizers["scratch"] = tokenizers["teacher"]
@@ -157,7 +191,7 @@ def run(cfg: EvaluateConfig) -> dict:
         },
         "probes": probe_out,
         "seconds": time.time() - t0,
-        "findings": findings(cfg.run_id, outcomes, rows, cfg.params()) | long_context(cfg.run_id),
+        "findings": findings(outcomes, rows) | long_context(cfg.run_id),
     }
     write_json(work / "results.json", metrics)
     return stage.finish({"results": "results.json", "outcomes": OUTCOMES}, metrics)
@@ -190,45 +224,6 @@ def relative_scores(scores: dict) -> dict:
     return out
 
 
-def compare_runs(run_ids: list[str] | None = None) -> list[dict]:
-    """Headline metrics of several runs side by side, with the parameters in which they differ."""
-    root = runs.data_dir() / "runs"
-    ids = run_ids or sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
-    rows, params = [], {}
-    for rid in ids:
-        row: dict = {"run": rid}
-        for stage in ("pretrain", "distill", "longify", "evaluate"):
-            m = runs.read_manifest(runs.stage_dir(rid, stage))
-            if not m:
-                continue
-            params[rid] = {
-                **params.get(rid, {}),
-                **{f"{stage}.{k}": v for k, v in m["params"].items()},
-            }
-            mm = m["metrics"]
-            if stage == "pretrain":
-                row["teacher acc"] = mm["masked_token_accuracy"]
-                row["teacher ppl"] = mm["perplexity"]
-            elif stage == "distill":
-                for student, s in mm["summary"].items():
-                    row[f"{student} acc"] = s["acc_mean"]
-            elif stage == "longify":
-                row["BPC after"] = mm["bpc"].get("longformer_after")
-            elif stage == "evaluate":
-                row.update(
-                    {f"avg {k}": v for k, v in mm["average"].items() if k in ("teacher", "scratch")}
-                )
-        if len(row) > 1:
-            rows.append(row)
-    keys = sorted({k for p in params.values() for k in p})
-    differing = [
-        k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1
-    ]
-    for row in rows:
-        row["differs in"] = ", ".join(f"{k}={params[row['run']].get(k)}" for k in differing[:6])
-    return rows
-
-
 def headline(manifest: dict) -> dict:
     m = manifest["metrics"]
     verdicts = [f["verdict"] for f in m["findings"].values()]
@@ -253,27 +248,15 @@ def headline(manifest: dict) -> dict:
     return out
 
 
-def describe(cfg: EvaluateConfig, context: dict | None = None) -> dict:
-    return {
-        "models": ", ".join(cfg.models)
-        + (" (every seed)" if cfg.all_seeds else " (first seed of each student)")
-        + ("" if "all" in cfg.task_models else f"; on the tasks: {', '.join(cfg.task_models)}"),
-        "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / {cfg.task_eval_examples:,} valid and test examples",
-        "protocol": f"learning rate from {', '.join(f'{x:g}' for x in cfg.lrs)} chosen on valid with the first seed; "
-        f"{cfg.seeds} seed(s) at it scored on test; {cfg.epochs:g} epochs, batch {cfg.batch_size}, {cfg.task_seq_len} tokens",
-        "baselines": ("scratch + " if cfg.scratch else "") + "char n-gram logistic regression",
-    }
-
-
 STAGE = contract.Contract(
     name="evaluate",
     notebook="06_evaluate.ipynb",
     description="every model of the run on downstream tasks, LM metrics, probes, size and speed",
+    params=EvaluateConfig,
     upstream=("corpus", "wwm", "pretrain"),
     verify=("wwm", "pretrain", "distill", "longify"),
     optional=("distill", "longify"),
     headline=headline,
-    describe=describe,
 )
 
 

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from lab import viz
 from lab.core import mlm, vocab
 from lab.core.attention import dense_longformer, global_mask, pad_to_window
-from lab.core.masking import WholeWordMaskCollator
+from lab.core.masking import Masking
 from lab.core.metrics import fill_mask
 from lab.core.wordpiece import encode
 
@@ -31,15 +31,8 @@ MASK_COLOURS = {"mask": "#ef5350", "random": "#ab47bc", "kept": "#66bb6a"}
 class MaskInspector:
     """Tokens coloured by word, the words a masking collator chose marked, for any sentence."""
 
-    def __init__(
-        self,
-        tokenizer,
-        texts: list[str],
-        *,
-        segmenter="jieba",
-        mlm_probability: float = 0.15,
-        seed: int = 0,
-    ):
+    def __init__(self, tokenizer, texts: list[str], *, segmenter="jieba", mlm_probability: float = 0.15,
+                 seed: int = 0):  # fmt: skip
         self.tokenizer = tokenizer
         self.texts = texts
         self.segmenter = segmenter
@@ -51,8 +44,8 @@ class MaskInspector:
     ) -> list[dict]:
         """One masking of `text`: per token its text, word id and what happened to it."""
         (example,) = encode([text], self.tokenizer, segmenter=self.segmenter, max_length=128)
-        collator = WholeWordMaskCollator(
-            self.tokenizer, mlm_probability=mlm_probability, seed=seed, whole_word=whole_word
+        collator = Masking(whole_word=whole_word, probability=mlm_probability).collator(
+            self.tokenizer, seed
         )
         batch = collator([example])
         out_ids = batch["input_ids"][0].tolist()

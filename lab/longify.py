@@ -11,36 +11,73 @@ PyTorch's fused attention, block by block (`lab.core.attention.block_attention`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from datasets import load_from_disk
 
 from lab import cards, contract, runs
-from lab.config import LongifyConfig
-from lab.core import longdocs, mlm, models, plan, stats, train, vocab
+from lab.core import checkpoints, longdocs, mlm, stats, train, vocab
 from lab.core.attention import block_attention
-from lab.core.files import hash_tree, sha256_json
 from lab.core.longformer import ConversionError, LongBatches, convert, equivalence
 from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import bits_per_char, document_nats
+from lab.core.presets import check_window
 from lab.core.progress import echo
-from lab.core.segment import Segmenter
+from lab.params import ConfigError, Loop, Masking, StageConfig, param, segmenter_of
 
 
-def source_dir(cfg: LongifyConfig) -> Path:
-    """The BERT to convert: this run's pretrained model, or `longify.source`."""
-    folder = (
-        Path(cfg.source)
-        if cfg.source
-        else STAGE.upstream_manifest(cfg, "pretrain")["dir"] / "model"
+@dataclass(frozen=True)
+class LongifyConfig(Masking, Loop, StageConfig):
+    stage = "longify"
+    source: str = param("empty: this run's pretrained model; or a BERT model folder or hub name")
+    max_positions: int = param("positions of the Longformer (tokens)", min=16)
+    attention_window: int = param("sliding-window size (tokens, even)", min=2)
+    global_tokens: list[str] = param("tokens that get global attention")
+    seq_len: int = param("continued-pretraining sequence length (tokens)", min=16)
+    steps: int = param("continued-pretraining steps", min=0)
+    batch_size: int = param("sequences per step and process", min=1)
+    lr: float = param("peak learning rate", min=0.0)
+    eval_docs: int = param("held-out long documents for bits per character and the probe", min=1)
+    min_doc_chars: int = param(
+        "held-out documents shorter than this are skipped (characters)", min=1
     )
-    if not (folder / "config.json").exists():
-        raise ConversionError(
-            f"longify.source = {str(folder)!r} is not a model folder (no config.json)"
-        )
-    return folder
+    context_lengths: list[int] = param(
+        "context before the scored span in the context-gain curve (tokens)", min=0
+    )
+    context_span: int = param(
+        "final tokens of each document scored in the context-gain curve", min=8
+    )
+    probe_gap: int = param(
+        "a probed name's previous mention is more than this many tokens back", min=1
+    )
+    probe_right: int = param("tokens of right context after a probed name", min=0)
+    probe_limit: int = param("most probe mentions", min=1)
+
+    def check(self):
+        try:
+            check_window(self.attention_window, self.max_positions)
+        except ConversionError as err:
+            raise ConfigError(f"longify.{err}") from None
+        if self.seq_len > self.max_positions:
+            raise self.fail("seq_len", f"exceeds longify.max_positions = {self.max_positions}")
+        if not self.global_tokens:
+            raise ConfigError("longify.global_tokens is empty: give at least [CLS]")
+        if (
+            not self.context_lengths
+            or min(self.context_lengths) + self.context_span + 2 > self.max_positions
+        ):
+            raise ConfigError(
+                "longify.context_lengths: give lengths that, with longify.context_span, fit in longify.max_positions"
+            )
+        super().check()
+
+
+def model_source(cfg: LongifyConfig) -> checkpoints.ModelSource:
+    """The BERT to convert: this run's pretrained model, or `longify.source`."""
+    own = runs.stage_dir(cfg.run_id, "pretrain") / "model"
+    return checkpoints.resolve(cfg.source, own, param="longify.source")
 
 
 @contract.locked
@@ -53,7 +90,8 @@ def run(cfg: LongifyConfig) -> dict:
         return stage.manifest
     corpus_m = STAGE.upstream_manifest(cfg, "corpus")
     wwm_params = STAGE.upstream_manifest(cfg, "wwm")["params"]
-    src = source_dir(cfg)
+    source = model_source(cfg)
+    src = source.folder
     bert = mlm.load(src)
     tokenizer = vocab.load(src)
     long = convert(bert, max_positions=cfg.max_positions, attention_window=cfg.attention_window)
@@ -68,27 +106,19 @@ def run(cfg: LongifyConfig) -> dict:
     diff = equivalence(bert, long, tokenizer, "中国的首都是北京。" * 40, global_ids)
     echo(f"converted {src.name}: max |logit difference| inside one window = {diff:.2e}")
     docs = load_from_disk(str(corpus_m["dir"] / "longdocs"))
-    seg = Segmenter(
-        wwm_params["segmenter"],
-        user_dict=wwm_params["user_dict"],
-        words=tuple(wwm_params["user_words"]),
-    )  # the run's segmenter, as the wwm stage used it
+    seg = segmenter_of(wwm_params)  # the run's segmenter, as the wwm stage used it
     test = held_out(cfg, docs, tokenizer, seg)
     scoring = Scoring(cfg, test, global_ids, tokenizer)
     bpc = {"bert_512_windows": scoring.bpc(bert), "longformer_before": scoring.bpc(long)}
-    echo(f"bits per character before continued pretraining: {bpc}")
+    echo("bits per character before continued pretraining: BERT in 512-token windows "
+         f"{bpc['bert_512_windows']:.3f}, converted {bpc['longformer_before']:.3f}")  # fmt: skip
 
     tr_ids, tr_wids, _ = longdocs.tokenize_docs(list(docs["train"]["text"]), tokenizer, seg)
     x, w = longdocs.chunk_docs(tr_ids, tr_wids, cfg.seq_len, tokenizer.cls_token_id,
                                tokenizer.sep_token_id, tokenizer.pad_token_id)  # fmt: skip
-    collator = WholeWordMaskCollator(
-        tokenizer, mlm_probability=cfg.mlm_probability, whole_word=cfg.masking == "wwm"
-    )
+    collator = cfg.mask_rule().collator(tokenizer)
     batches = LongBatches(x, w, collator, cfg.batch_size, cfg.seed, global_ids=global_ids)
-    tc = train.TrainConfig(
-        steps=cfg.steps, lr=cfg.lr, warmup_steps=max(1, int(cfg.warmup * cfg.steps)), bf16=cfg.bf16,
-        eval_every=cfg.steps, ckpt_every=cfg.ckpt_every, seed=cfg.seed, log_every=5,
-    )  # fmt: skip
+    tc = cfg.loop(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=5)
     echo(f"continued pretraining: {len(x):,} chunks of {cfg.seq_len} tokens from {len(docs['train']):,} documents; "
          f"{cfg.steps:,} steps x {cfg.batch_size} = {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens")  # fmt: skip
     fit = partial(train.train, mlm.MaskedLM(long), batches, tc, work / "continued", desc="longify")
@@ -110,7 +140,8 @@ def run(cfg: LongifyConfig) -> dict:
         "receptive_field": field,
         "context_gain": gain,
     }
-    cards.save(long, tokenizer, work / "model", cards.longformer(cfg, src.name, results))
+    card = cards.longformer(cfg, source.label, source.provenance(), results)
+    cards.save(long, tokenizer, work / "model", card)
     sample = test["ids"][0][: min(len(test["ids"][0]), 2 * cfg.attention_window + 64)]
     np.save(
         work / "attention_sample.npy",
@@ -230,8 +261,9 @@ class Scoring:
         return out
 
 
-def model_source(cfg: LongifyConfig) -> dict[str, str]:
-    return {"source": sha256_json(hash_tree(Path(cfg.source)))} if cfg.source else {}
+def source_inputs(cfg: LongifyConfig) -> dict[str, str]:
+    """A model named by `longify.source` is an input (the run's own is an upstream stage)."""
+    return {"source": model_source(cfg).digest()} if cfg.source else {}
 
 
 def headline(manifest: dict) -> dict:
@@ -250,42 +282,15 @@ def headline(manifest: dict) -> dict:
     )
 
 
-def describe(cfg: LongifyConfig, context: dict | None = None) -> dict:
-    """The plan: conversion, continued pretraining's tokens, compute and memory, the evaluation."""
-    context = context or {}
-    out = {
-        "conversion": f"{cfg.source or 'this run pretrained model'} -> Longformer, {cfg.max_positions:,} positions, "
-        f"window {cfg.attention_window}, global {cfg.global_tokens}",
-        "evaluation": f"{cfg.eval_docs} held-out documents, probe gap > {cfg.probe_gap} tokens",
-    }
-    n = plan.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, 1, cfg.processes)
-    out["continued pretraining"] = (
-        f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} tokens x {cfg.processes} process(es) = {n:,} tokens"
-    )
-    pre = context.get("configs", {}).get("pretrain")
-    if pre is not None and not cfg.source:
-        vocab_size = 21128 if pre.vocab == "full" else context.get("compact_vocab", 8000)
-        bert = models.config(pre.model, vocab_size, max_positions=pre.max_positions)
-        shape = models.shape(bert)
-        # a sliding window: each token attends to window + 1 keys, not the whole sequence
-        flops = plan.train_flops(shape, n, cfg.attention_window, cfg.mlm_probability)
-        need = plan.memory(
-            shape, cfg.batch_size, cfg.seq_len, cfg.mlm_probability, window=cfg.attention_window
-        )
-        out["compute"] = plan.time_line(flops, cfg.processes)
-        out["memory"] = f"{plan.gb(need)} per process (fits {plan.fits(need)})"
-    return out
-
-
 STAGE = contract.Contract(
     name="longify",
     notebook="05_longify.ipynb",
     description="a 4,096-token Longformer converted from the BERT, trained on long documents",
+    params=LongifyConfig,
     upstream=("corpus", "wwm", "pretrain"),
     verify=("wwm", "pretrain"),
     headline=headline,
-    describe=describe,
-    sources=model_source,
+    sources=source_inputs,
 )
 
 

@@ -9,34 +9,35 @@ from typing import Any
 
 import yaml
 
-from lab.config import CONFIGS, STAGES, ConfigError, field_names, unknown
+from lab.params import STAGES, ConfigError, unknown
 
 
-def split_overrides(pairs: dict[str, Any], stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
-    """Route `stage.key` or bare `key` overrides to those of `stages` that have them; a command
-    that runs one stage refuses another stage's parameter rather than ignore it."""
-    out: dict[str, dict] = {s: {} for s in stages}
+def split_overrides(pairs: dict[str, Any], fields: dict[str, list[str]]) -> dict[str, dict]:
+    """Route `stage.key` or bare `key` overrides to the stages of `fields` (stage -> its parameter
+    names: the stages this command runs) that have them; a command that runs one stage refuses
+    another stage's parameter rather than ignore it."""
+    out: dict[str, dict] = {s: {} for s in fields}
     for key, value in pairs.items():
         if "." in key:
             stage, name = key.split(".", 1)
-            if stage not in CONFIGS:
-                raise ConfigError(f"-p {key}: unknown stage {stage!r}; stages are {list(CONFIGS)}")
-            fields = field_names(stage)
-            if name not in fields:
-                raise ConfigError(unknown(stage, name, fields))
-            if stage not in out:
+            if stage not in STAGES:
+                raise ConfigError(f"-p {key}: unknown stage {stage!r}; stages are {list(STAGES)}")
+            if stage not in fields:
                 raise ConfigError(
-                    f"-p {key}: this command runs stage {', '.join(stages)} only; set {stage}'s "
+                    f"-p {key}: this command runs stage {', '.join(fields)} only; set {stage}'s "
                     f"parameters where it runs (python -m lab run -p {key}=...)"
                 )
+            if name not in fields[stage]:
+                raise ConfigError(unknown(stage, name, fields[stage]))
             out[stage][name] = value
             continue
-        targets = [s for s in stages if key in field_names(s)]
+        targets = [s for s in fields if key in fields[s]]
         if not targets:
-            every = sorted({n for s in CONFIGS for n in field_names(s)})
+            every = sorted({n for names in fields.values() for n in names})
             close = difflib.get_close_matches(key, every, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"-p {key}: no stage has a parameter {key!r}{hint}")
+            owner = "no stage has a" if len(fields) > 1 else f"stage {next(iter(fields))} has no"
+            raise ConfigError(f"-p {key}: {owner} parameter {key!r}{hint}")
         for s in targets:
             out[s][key] = value
     return out

@@ -1,14 +1,29 @@
-"""Stage parameters, the machinery: a frozen dataclass per stage whose fields carry their help text
-and bounds, checked for type, choice and range when it is built; cross-field checks in `check()`."""
+"""Stage parameters: a frozen dataclass per stage whose fields carry their help text and bounds,
+checked for type, choice and range when it is built, filled from a profile and validated once.
+
+A stage's parameters compose shared groups, each declared once here with its checks and with the
+one method that turns it into the core object it describes: `MaskShares` / `Masking` (the masking
+rule and its collator), `Loop` (the training loop's `TrainConfig`), `Segmentation` (the jieba
+segmenter). A profile is a YAML parameter set shipped in `lab/profiles/`: `cpu.yaml` holds every
+parameter of every stage; `smoke.yaml` and `gpu.yaml` change sizes and counts on top of it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from lab.core import masking, segment, train
 from lab.core.errors import LabError
 
 STAGES = ("corpus", "wwm", "pretrain", "distill", "longify", "evaluate")
@@ -27,7 +42,8 @@ def param(help: str, *, choices: tuple | None = None, min: float | None = None) 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """Fields every stage has."""
+    """Fields every stage has. A stage's class lists its groups before this one:
+    `class PretrainConfig(Masking, Loop, StageConfig)`; each group's `check` runs in turn."""
 
     run_id: str = param("run folder under data/runs/ and reports/ (letters, digits, . _ -)")
     profile: str = param("parameter set the other values came from", choices=PROFILES)
@@ -46,8 +62,7 @@ class StageConfig:
                     f"{self.stage}.{f.name} = {value!r} is not one of {list(meta['choices'])}"
                 )
             if meta.get("min") is not None:
-                values = value if isinstance(value, list) else [value]
-                for v in values:
+                for v in value if isinstance(value, list) else [value]:
                     if v < meta["min"]:
                         raise ConfigError(
                             f"{self.stage}.{f.name} = {value!r}: must be at least {meta['min']}"
@@ -60,13 +75,125 @@ class StageConfig:
         self.check()
 
     def check(self) -> None:
-        """Cross-field checks; subclasses raise ConfigError naming the parameters."""
+        """Cross-field checks; stages and groups raise ConfigError naming the parameters, then
+        call `super().check()`."""
 
     def params(self) -> dict:
         """The values that define the stage's result (everything but run_id)."""
         d = dataclasses.asdict(self)
         d.pop("run_id")
         return d
+
+    def fail(self, name: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.stage}.{name} = {getattr(self, name)!r}: {why}")
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter groups
+
+
+@dataclass(frozen=True)
+class MaskShares:
+    """How many tokens are chosen for masking, and what the chosen words become."""
+
+    mlm_probability: float = param("share of tokens chosen for masking", min=0.0)
+    mask_replace_prob: float = param("share of chosen words replaced by [MASK]", min=0.0)
+    random_replace_prob: float = param("share of chosen words replaced by random tokens", min=0.0)
+    max_predictions: int = param("cap on chosen tokens per sequence (0: none)", min=0)
+
+    def check(self):
+        if not 0 < self.mlm_probability < 1:
+            raise self.fail("mlm_probability", "must be between 0 and 1")
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ConfigError(
+                f"{self.stage}.mask_replace_prob + {self.stage}.random_replace_prob must not exceed 1"
+            )
+        super().check()
+
+    def mask_rule(self, *, whole_word: bool = True) -> masking.Masking:
+        return masking.Masking(
+            whole_word=whole_word, probability=self.mlm_probability,
+            mask_replace=self.mask_replace_prob, random_replace=self.random_replace_prob,
+            max_predictions=self.max_predictions,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Masking(MaskShares):
+    """The masking of a training stage: whole words or single tokens, and the shares."""
+
+    masking: str = param("wwm (whole words) or token (single tokens)", choices=("wwm", "token"))
+
+    def mask_rule(self, *, whole_word: bool | None = None) -> masking.Masking:
+        return super().mask_rule(
+            whole_word=self.masking == "wwm" if whole_word is None else whole_word
+        )
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How the common training loop runs (`lab.core.train`)."""
+
+    warmup: float = param("warmup as a share of each training run's steps", min=0.0)
+    schedule: str = param("decay after warmup", choices=("linear", "cosine", "constant"))
+    weight_decay: float = param("AdamW weight decay", min=0.0)
+    clip: float = param("max gradient norm (0: off)", min=0.0)
+    grad_accum: int = param("micro-batches per optimizer step", min=1)
+    processes: int = param(
+        "data-parallel processes the plan assumes (torchrun --nproc_per_node); a run uses the "
+        "processes it is launched with",
+        min=1,
+    )
+    bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    ckpt_every: int = param("steps between checkpoints (resume points)", min=1)
+
+    def check(self):
+        if self.warmup >= 1:
+            raise self.fail("warmup", "a share of the steps, below 1")
+        super().check()
+
+    def loop(self, *, steps: int, lr: float, seed: int, **more) -> train.TrainConfig:
+        """The loop's configuration for one training run of `steps` at peak rate `lr`."""
+        return train.TrainConfig(
+            steps=steps, lr=lr, warmup_steps=max(1, int(self.warmup * steps)), schedule=self.schedule,
+            weight_decay=self.weight_decay, clip=self.clip, grad_accum=self.grad_accum, bf16=self.bf16,
+            ckpt_every=self.ckpt_every, seed=seed, **more,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The jieba segmenter that finds the words of whole-word masking."""
+
+    segmenter: str = param(
+        "jieba (rjieba where identical) or jieba-python", choices=segment.SEGMENTERS
+    )
+    user_dict: str = param("path of a jieba user dictionary (empty: none)")
+    user_words: list[str] = param("extra words the segmenter must keep whole")
+
+    def check(self):
+        if self.user_dict and not Path(self.user_dict).expanduser().is_file():
+            raise self.fail("user_dict", "no such file (a jieba dictionary: one word a line)")
+        super().check()
+
+    def segmenter_obj(self) -> segment.Segmenter:
+        return segmenter_of(dataclasses.asdict(self), self.stage)
+
+
+def segmenter_of(values: Mapping, stage: str = "wwm") -> segment.Segmenter:
+    """The segmenter a `Segmentation` group describes, from a config or from a stage's manifest
+    parameters (a later stage segments as the wwm stage did)."""
+    try:
+        return segment.Segmenter(
+            values["segmenter"], user_dict=values["user_dict"], words=tuple(values["user_words"])
+        )
+    except segment.SegmenterError as err:
+        raise ConfigError(f"{stage}.user_dict: {err}") from None
+
+
+def check_share(cfg: StageConfig, name: str) -> None:
+    if getattr(cfg, name) > 1:
+        raise cfg.fail(name, "a share of the steps, between 0 and 1")
 
 
 def _check_type(stage: str, name: str, value: Any, hint: Any) -> None:
@@ -93,8 +220,69 @@ def _check_type(stage: str, name: str, value: Any, hint: Any) -> None:
         )
 
 
-def check_share(cfg: StageConfig, name: str) -> None:
-    if getattr(cfg, name) > 1:
-        raise ConfigError(
-            f"{cfg.stage}.{name} = {getattr(cfg, name)}: a share of the steps, between 0 and 1"
-        )
+# ---------------------------------------------------------------------------------------------
+# profiles and resolution
+
+
+@cache
+def profile_values(profile: str) -> dict[str, dict]:
+    """Every stage's parameters under `profile` (cpu.yaml with the profile's changes on top)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile = {profile!r}: choose one of {list(PROFILES)}")
+    base = _read_profile("cpu")
+    if profile != "cpu":
+        for stage, values in _read_profile(profile).items():
+            unknown_keys = set(values) - set(base.get(stage, {}))
+            if unknown_keys:
+                raise ConfigError(
+                    f"profile {profile}: unknown {stage} parameters {sorted(unknown_keys)}"
+                )
+            base[stage] = {**base[stage], **values}
+    return base
+
+
+def _read_profile(name: str) -> dict[str, dict]:
+    text = resources.files("lab").joinpath("profiles", f"{name}.yaml").read_text("utf-8")
+    data = yaml.safe_load(text) or {}
+    return {stage: dict(values or {}) for stage, values in data.items()}
+
+
+def field_names(cls: type[StageConfig]) -> list[str]:
+    """A stage's parameters (every field but run_id and profile)."""
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("run_id", "profile")]
+
+
+def load(cls: type[StageConfig], namespace: dict | None = None, *, run_id: str | None = None,
+         profile: str | None = None, overrides: dict | None = None) -> StageConfig:  # fmt: skip
+    """The validated parameters of stage `cls`.
+
+    From a notebook, pass `globals()`: `run_id`, `profile` and the stage's parameters are read from
+    it. A value left at its `cpu` default takes the profile's value; a changed value overrides the
+    profile. When `python -m lab run` executed the notebook it injected `lab_resolved = True` with
+    every value already resolved, and those are taken as they are.
+    """
+    stage = cls.stage
+    ns = dict(namespace or {})
+    profile = profile or ns.get("profile", "cpu")
+    run_id = run_id or ns.get("run_id") or profile  # `python -m lab run` names a run so too
+    names = field_names(cls)
+    cpu = profile_values("cpu")[stage]
+    values = dict(profile_values(profile)[stage])
+    resolved = ns.get("lab_resolved", False)
+    for name in names:
+        if name in ns and (resolved or ns[name] != cpu.get(name)):
+            values[name] = ns[name]
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ConfigError(unknown(stage, key, names))
+        values[key] = value
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ConfigError(f"{stage}: no value for {missing} in profile {profile}")
+    return cls(run_id=run_id, profile=profile, **{n: values[n] for n in names})
+
+
+def unknown(stage: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
+    return f"unknown parameter {key!r} for stage {stage}{hint}"

@@ -8,35 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
-from lab import (
-    codebase,
-    config,
-    contract,
-    corpus,
-    distill,
-    evaluate,
-    lock,
-    longify,
-    pretrain,
-    reports,
-    runs,
-    wwm,
-)
-from lab.config import STAGES, ConfigError
-from lab.core import plan
+from lab import codebase, config, dryrun, lock, reports, runs
+from lab.config import CONTRACTS, STAGES, ConfigError
 from lab.core.errors import LabError
 from lab.core.files import sha256_file
 from lab.overrides import split_overrides
 from lab.terminal import Console
-
-CONTRACTS: dict[str, contract.Contract] = {
-    m.STAGE.name: m.STAGE for m in (corpus, wwm, pretrain, distill, longify, evaluate)
-}
 
 
 class PipelineError(LabError, RuntimeError):
@@ -86,7 +66,7 @@ def resolve(
     run_id: str, profile: str, stages: list[str], overrides: dict
 ) -> dict[str, config.StageConfig]:
     """Validated configs of `stages`; every problem is raised here, before anything runs."""
-    routed = split_overrides(overrides)
+    routed = split_overrides(overrides, config.FIELDS)
     return {
         s: config.load(s, run_id=run_id, profile=profile, overrides=routed.get(s, {}))
         for s in stages
@@ -110,7 +90,7 @@ def run(
                     f"{runs.stage_dir(run_id, up)}. Run it: python -m lab run --run-id {run_id} --to {up}"
                 )
     if dry_run:
-        return print_plan(run_id, profile, cfgs)
+        return dryrun.print_plan(run_id, profile, cfgs)
     out = reports.report_dir(run_id)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -255,45 +235,4 @@ def report(run_id: str) -> int:
         reports.render(out / entry["notebook"])
     reports.write_index(run_id, status, CONTRACTS)
     print(f"index: {out / 'index.html'}")
-    return 0
-
-
-def plan_context(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> dict:
-    """What the stages' plans share: every stage's parameters, the corpus's training tokens (estimated
-    from its sources, or read from a finished corpus stage), the free disk."""
-    every = {s: cfgs.get(s) or config.load(s, run_id=run_id, profile=profile) for s in STAGES}
-    chars = None
-    done = runs.read_manifest(runs.stage_dir(run_id, "corpus"))
-    if "corpus" not in cfgs and done:
-        chars = done["metrics"]["chars"]["train"]
-    elif (estimate := corpus.estimate_chars(every["corpus"])) is not None:
-        chars = round(estimate * (1 - every["corpus"].valid_frac - every["corpus"].test_frac))
-    folder = runs.data_dir()
-    while not folder.exists():
-        folder = folder.parent
-    return {
-        "configs": every,
-        "corpus_tokens": round(chars * plan.TOKENS_PER_CHAR) if chars else None,
-        "compact_vocab": every["corpus"].compact_vocab_size,
-        "free_disk": shutil.disk_usage(folder).free,
-    }
-
-
-def print_plan(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> int:
-    """Every stage's plan; 2 (and the reasons) if a stage cannot run as planned."""
-    context = plan_context(run_id, profile, cfgs)
-    refused = []
-    for stage, cfg in cfgs.items():
-        print(f"{CONTRACTS[stage].notebook}  [{stage}]")
-        for key, value in CONTRACTS[stage].describe(cfg, context).items():
-            if key == "refused":
-                refused += value
-            else:
-                print(f"    {key}: {value}")
-    if refused:
-        print("dry run: the plan cannot run as it stands:", file=sys.stderr)
-        for reason in refused:
-            print(f"  refused: {reason}", file=sys.stderr)
-        return 2
-    print("dry run: parameters valid; nothing was executed.")
     return 0

@@ -11,22 +11,94 @@ format with its tokenizer and a model card, loadable by `from_pretrained` and `p
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from lab import cards, contract, runs
-from lab.config import PretrainConfig
-from lab.core import mlm, models, plan, shapes, train, vocab
-from lab.core.files import hash_tree, sha256_json
-from lab.core.masking import WholeWordMaskCollator
+from lab.core import checkpoints, mlm, models, presets, train, vocab
 from lab.core.metrics import attention_by_offset, fill_mask, mlm_metrics
 from lab.core.progress import echo
+from lab.params import ConfigError, Loop, Masking, StageConfig, check_share, param
+
+
+@dataclass(frozen=True)
+class PretrainConfig(Masking, Loop, StageConfig):
+    stage = "pretrain"
+    model: str = param(
+        "preset: Tiny, Mini, Small, Medium, Base, L{n}_H{h}, MiniRBT-H256, RBT4-H312, ..."
+    )
+    init_from: str = param(
+        "empty: random initialisation; or a model folder / hub name to start from"
+    )
+    vocab: str = param("compact or full vocabulary", choices=("compact", "full"))
+    dupe_factor: int = param("0: dynamic masking; n: n fixed maskings per sequence (static)", min=0)
+    dropout: float = param(
+        "dropout while pretraining (0 is faster to learn on a small budget)", min=0.0
+    )
+    init_std: float = param(
+        "std of the random weights (BERT uses 0.02; 0 means 1/sqrt(hidden))", min=0.0
+    )
+    position_init: str = param(
+        "position embeddings: random (BERT) or sinusoidal init", choices=("random", "sinusoidal")
+    )
+    locality_bias: float = param(
+        "locality warm-up: slope of an ALiBi-style attention bias -slope*|i-j| (head h gets "
+        "slope/2^h) added while pretraining starts, annealed to 0; 0: off",
+        min=0.0,
+    )
+    locality_steps: float = param(
+        "share of stage 1 over which the locality bias anneals to 0 (the model is plain BERT after)",
+        min=0.0,
+    )
+    max_positions: int = param("position embeddings of the model (tokens)", min=8)
+    seq_len: int = param(
+        "stage 1 sequence length (tokens; a packed length of the wwm stage)", min=8
+    )
+    steps: int = param("stage 1 optimizer steps", min=1)
+    batch_size: int = param("stage 1 sequences per micro-batch per process", min=1)
+    lr: float = param("stage 1 peak learning rate", min=0.0)
+    stage2_seq_len: int = param("stage 2 sequence length (tokens)", min=8)
+    stage2_steps: int = param(
+        "stage 2 optimizer steps, continuing from stage 1 (0: no stage 2)", min=0
+    )
+    stage2_batch_size: int = param("stage 2 sequences per micro-batch per process", min=1)
+    stage2_lr: float = param("stage 2 peak learning rate", min=0.0)
+    eval_every: int = param("steps between held-out evaluations", min=1)
+    eval_sequences: int = param("held-out sequences per evaluation", min=1)
+    probes: list[str] = param("fill-mask probe sentences, [MASK] marks each blank")
+
+    def check(self):
+        try:
+            presets.arch(self.model)
+        except presets.ModelError as err:
+            raise ConfigError(f"pretrain.model: {err}") from None
+        for name in ("seq_len", "stage2_seq_len"):
+            if getattr(self, name) > self.max_positions and (
+                name == "seq_len" or self.stage2_steps
+            ):
+                raise self.fail(
+                    name, f"longer than the model's pretrain.max_positions = {self.max_positions}"
+                )
+        check_share(self, "locality_steps")
+        if any("[MASK]" not in p for p in self.probes):
+            raise ConfigError("pretrain.probes: every probe sentence needs a [MASK]")
+        super().check()
+
+    def phases(self) -> list[tuple[str, int, int, int, float]]:
+        """(name, sequence length, steps, batch, peak rate) of stage 1 and, if any, stage 2."""
+        out = [("stage1", self.seq_len, self.steps, self.batch_size, self.lr)]
+        if self.stage2_steps:
+            out.append(("stage2", self.stage2_seq_len, self.stage2_steps, self.stage2_batch_size,
+                        self.stage2_lr))  # fmt: skip
+        return out
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
     """The model to pretrain: fresh from the preset, or continued from `init_from`."""
     if cfg.init_from:  # a folder, or a hub name where a hub is reachable
-        model = mlm.load(cfg.init_from)
+        source = checkpoints.resolve(cfg.init_from, param="pretrain.init_from")
+        model = mlm.load(source.folder)
         if model.config.vocab_size != len(tokenizer):
             raise runs.StageError(
                 f"pretrain.init_from = {cfg.init_from!r} has a vocabulary of {model.config.vocab_size:,}, "
@@ -46,11 +118,7 @@ def batches_for(cfg: PretrainConfig, tokenizer, ids, wids, *, batch_size: int, s
                 warm_up_steps: int):  # fmt: skip
     """Masked batches of packed sequences: dynamic or static masking, with the locality warm-up
     over its first `warm_up_steps` optimizer steps (0: none)."""
-    collator = WholeWordMaskCollator(
-        tokenizer, mlm_probability=cfg.mlm_probability, max_predictions=cfg.max_predictions or None,
-        mask_replace_prob=cfg.mask_replace_prob, random_replace_prob=cfg.random_replace_prob,
-        seed=cfg.seed, whole_word=cfg.masking == "wwm",
-    )  # fmt: skip
+    collator = cfg.mask_rule().collator(tokenizer, cfg.seed)
     if cfg.dupe_factor:
         batches = mlm.StaticMasks(
             ids, wids, collator, batch_size, seed, dupe_factor=cfg.dupe_factor
@@ -74,12 +142,7 @@ def run(cfg: PretrainConfig) -> dict:
     corpus_m = STAGE.upstream_manifest(cfg, "corpus")
     wwm_m = STAGE.upstream_manifest(cfg, "wwm")
     packed = wwm_m["dir"] / "packed" / cfg.vocab
-    plan = [("stage1", cfg.seq_len, cfg.steps, cfg.batch_size, cfg.lr)]
-    if cfg.stage2_steps:
-        plan.append(
-            ("stage2", cfg.stage2_seq_len, cfg.stage2_steps, cfg.stage2_batch_size, cfg.stage2_lr)
-        )
-    for _, L, *_ in plan:
+    for _, L, *_ in cfg.phases():
         if L not in wwm_m["params"]["seq_lengths"] or cfg.vocab not in wwm_m["params"]["vocabs"]:
             raise runs.StageError(
                 f"the wwm stage of run {cfg.run_id!r} packed {wwm_m['params']['vocabs']} x "
@@ -103,16 +166,12 @@ def run(cfg: PretrainConfig) -> dict:
         return mlm_metrics(m.model, *valid, tokenizer, seed=cfg.seed)
 
     results = {}
-    for i, (name, L, steps, bs, lr) in enumerate(plan):
+    for i, (name, L, steps, bs, lr) in enumerate(cfg.phases()):
         ids, wids = mlm.load_packed(packed / str(L), "train")
         warm = int(cfg.locality_steps * steps) if i == 0 and cfg.locality_bias else 0
         batches = batches_for(cfg, tokenizer, ids, wids, batch_size=bs, seed=cfg.seed + i,
                               heads=model.config.num_attention_heads, warm_up_steps=warm)  # fmt: skip
-        tc = train.TrainConfig(
-            steps=steps, lr=lr, warmup_steps=max(1, int(cfg.warmup * steps)), schedule=cfg.schedule,
-            weight_decay=cfg.weight_decay, clip=cfg.clip, grad_accum=cfg.grad_accum, bf16=cfg.bf16,
-            eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=cfg.seed + i,
-        )  # fmt: skip
+        tc = cfg.loop(steps=steps, lr=lr, seed=cfg.seed + i, eval_every=cfg.eval_every)
         if acc.is_main_process:
             per_step = bs * L * cfg.grad_accum * world
             echo(
@@ -133,7 +192,7 @@ def run(cfg: PretrainConfig) -> dict:
     if not acc.is_main_process:  # other ranks are done; the main process writes the results
         return {}
     metrics = evaluate(cfg, model, tokenizer, results, counts, packed / str(cfg.seq_len))
-    card = cards.teacher(cfg, shapes.arch(cfg.model), metrics, corpus_m["params"]["sources"])
+    card = cards.teacher(cfg, presets.arch(cfg.model), metrics, corpus_m["params"]["sources"])
     cards.save(model, tokenizer, work / "model", card)
     return stage.finish({"model": "model", "metrics_log": "stage1/metrics.jsonl"}, metrics)
 
@@ -149,7 +208,9 @@ def evaluate(cfg, model, tokenizer, results: dict, counts: dict, packed: Path) -
         "valid_wwm": mlm_metrics(model, *valid, tokenizer, seed=cfg.seed, whole_word=True),
     }
     probes = {p: fill_mask(model, tokenizer, p)["slots"] for p in cfg.probes}
-    echo(f"held-out evaluation in {time.time() - t0:.0f}s: {held['valid']}")
+    v = held["valid"]
+    echo(f"held-out evaluation in {time.time() - t0:.0f}s: masked-token accuracy {v['acc']:.1%}, "
+         f"perplexity {v['ppl']:.1f}")  # fmt: skip
     seconds = sum(r["seconds"] for r in results.values())
     tokens = sum(r["tokens"] for r in results.values())
     metrics = {
@@ -170,10 +231,10 @@ def evaluate(cfg, model, tokenizer, results: dict, counts: dict, packed: Path) -
 
 
 def starting_point(cfg: PretrainConfig) -> dict[str, str]:
-    """A model folder to continue from is an input; a hub name is recorded as such."""
-    if cfg.init_from and Path(cfg.init_from).is_dir():
-        return {"init_from": sha256_json(hash_tree(Path(cfg.init_from)))}
-    return {"init_from": f"hub:{cfg.init_from}"} if cfg.init_from else {}
+    """A model to continue from is an input: a folder by its content, a hub name by its revision."""
+    if not cfg.init_from:
+        return {}
+    return {"init_from": checkpoints.resolve(cfg.init_from, param="pretrain.init_from").digest()}
 
 
 def headline(manifest: dict) -> dict:
@@ -194,51 +255,14 @@ def headline(manifest: dict) -> dict:
     return out
 
 
-def describe(cfg: PretrainConfig, context: dict | None = None) -> dict:
-    """The plan: model, tokens and epochs, compute and time, memory and disk, per stage."""
-    context = context or {}
-    vocab_size = 21128 if cfg.vocab == "full" else context.get("compact_vocab", 8000)
-    shape = models.shape(models.config(cfg.model, vocab_size, max_positions=cfg.max_positions))
-    a = shapes.arch(cfg.model)
-    out = {
-        "model": f"{cfg.model} = {a.layers} layers x {a.hidden} hidden, {a.heads} heads; "
-        f"{shape.params:,} parameters ({shape.non_embedding:,} non-embedding) with the {cfg.vocab} vocab",
-    }
-    runs_ = [("stage 1", cfg.steps, cfg.batch_size, cfg.seq_len)]
-    if cfg.stage2_steps:
-        runs_.append(("stage 2", cfg.stage2_steps, cfg.stage2_batch_size, cfg.stage2_seq_len))
-    for name, steps, batch, L in runs_:
-        n = plan.tokens(steps, batch, L, cfg.grad_accum, cfg.processes)
-        epochs, too_many = plan.epochs_line(n, context.get("corpus_tokens"))
-        flops = plan.train_flops(shape, n, L, cfg.mlm_probability)
-        need = plan.memory(shape, batch, L, cfg.mlm_probability)
-        out[name] = (
-            f"{steps:,} steps x {batch} sequences x {L} tokens x {cfg.grad_accum} accumulation x "
-            f"{cfg.processes} process(es) = {n:,} tokens; {epochs}"
-        )
-        out[f"{name} compute"] = plan.time_line(flops, cfg.processes)
-        out[f"{name} memory"] = f"{plan.gb(need)} per process (fits {plan.fits(need)})"
-        if too_many:
-            out[f"{name} WARNING"] = (
-                f"it reads its corpus more than {plan.MAX_EPOCHS} times: give a corpus of the size the "
-                "profile expects (-p corpus.sources='[...]') or fewer steps"
-            )
-        if plan.fits(need).startswith("none"):
-            out.setdefault("refused", []).append(
-                f"pretrain {name}: {plan.gb(need)} per process fits no named accelerator; lower the batch"
-            )
-    out["disk"] = f"checkpoints {plan.gb(plan.checkpoint_disk(shape))} per stage"
-    return out
-
-
 STAGE = contract.Contract(
     name="pretrain",
     notebook="03_pretrain.ipynb",
     description="a BERT masked language model pretrained from random initialisation (UER's recipe)",
+    params=PretrainConfig,
     upstream=("corpus", "wwm"),
     verify=("wwm",),
     headline=headline,
-    describe=describe,
     sources=starting_point,
 )
 

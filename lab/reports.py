@@ -7,6 +7,7 @@ reports/<run_id>/NN_stage.ipynb     the executed notebook (partial output kept w
 reports/<run_id>/NN_stage.log       everything the stage printed, with library and kernel chatter
 reports/<run_id>/plotly.min.js      plotly.js, once for every page (they refer to it relatively)
 reports/<run_id>/status.json        per-stage status, duration and error
+reports/<run_id>/findings.json      every finding the index shows, the comparisons with other runs too
 
 Pages fetch nothing from the network: they open offline, from a copied folder too.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from lab import runs, tables
+from lab import crossrun, runs, tables
 from lab.core.files import read_json, write_atomic, write_json
 
 PLOTLY_JS = "plotly.min.js"
@@ -48,9 +49,21 @@ def render(notebook: Path) -> None:
             extra_template_basedirs=[str(TEMPLATES)], template_name="zh_minilab",
             exclude_input=reader, exclude_input_prompt=reader, exclude_output_prompt=reader,
         )  # fmt: skip
-        body, _ = exporter.from_notebook_node(node)
+        body, _ = exporter.from_notebook_node(without_streams(node) if reader else node)
         write_atomic(notebook.with_name(names[key]), body)
     write_plotly(notebook.parent)
+
+
+def without_streams(node):
+    """A notebook without what its cells printed (progress summaries, the stage's messages): the
+    reader's page shows tables, figures and prose; the log and the page with code keep the rest."""
+    import copy
+
+    node = copy.deepcopy(node)
+    for cell in node.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if o.output_type != "stream"]
+    return node
 
 
 def write_plotly(folder: Path) -> None:
@@ -92,6 +105,8 @@ def write_index(run_id: str, status: dict, contracts: dict) -> None:
                 headline = {"headline unavailable": f"{type(err).__name__}: {err}"}
             findings |= manifest["metrics"].get("findings", {})
         rows.append((contract, entry, headline, manifest))
+    findings |= crossrun.ablations(run_id)  # other runs may have been made since this one
+    write_json(out / "findings.json", findings)
     write_atomic(out / "index.html", index_html(run_id, status, rows, findings))
 
 

@@ -26,6 +26,18 @@ def html_table(rows: list[dict], title: str | None = None) -> str:
     return f'<table class="lab-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def plan(lines: dict, title: str = "Plan (what --dry-run prints for this stage)"):
+    """A stage's plan lines (`lab.dryrun.describe`) as a two-column table."""
+    rows = [{"": k, "plan": v if isinstance(v, str) else "; ".join(map(str, v)) if isinstance(v, list)
+             else _fmt(v)} for k, v in lines.items()]  # fmt: skip
+    return table(rows, title)
+
+
+def note(text: str):
+    """A line of prose for the reader (never a quoted Python string)."""
+    return HTML(f"<p>{html.escape(text)}</p>")
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"

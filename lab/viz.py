@@ -9,6 +9,7 @@ folder holds it once, `lab.reports`); interactively it is embedded once per note
 
 from __future__ import annotations
 
+import html
 import os
 
 import plotly.graph_objects as go
@@ -24,11 +25,15 @@ def batch() -> bool:
     return bool(os.environ.get("ZH_MINILAB_BATCH"))
 
 
-def show(fig: go.Figure) -> None:
-    """Display a figure live in JupyterLab and as embedded HTML in executed notebooks."""
+def show(fig: go.Figure | str) -> None:
+    """Display a figure live in JupyterLab and as embedded HTML in executed notebooks; a figure
+    function that had too little to draw returns a line saying so, shown as it is."""
     global _plotlyjs_sent
-    from IPython.display import display
+    from IPython.display import HTML, display
 
+    if isinstance(fig, str):
+        display(HTML(f"<p><em>{html.escape(fig)}</em></p>"))
+        return
     fig.update_layout(template=TEMPLATE)
     page = pio.to_html(
         fig,
@@ -158,9 +163,13 @@ def builtin_vs_ours(stats: dict) -> go.Figure:
 # 03 pretraining
 
 
-def training_curves(logs: dict[str, list[dict]], title: str = "Pretraining") -> go.Figure:
+def training_curves(logs: dict[str, list[dict]], title: str = "Pretraining") -> go.Figure | str:
     """Train loss / masked-token accuracy and held-out accuracy / perplexity against tokens seen;
-    `logs` maps a run or stage name to its metrics.jsonl rows (tokens continue across stages)."""
+    `logs` maps a run or stage name to its metrics.jsonl rows (tokens continue across stages). With
+    fewer than two logged points there is no curve: a line says so."""
+    points = sum(1 for rows in logs.values() for r in rows if "loss" in r and "eval" not in r)
+    if points < 2:
+        return f"{title}: {points} logged point{'s' * (points != 1)}, too few for a curve"
     fig = make_subplots(
         rows=1,
         cols=3,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +16,31 @@ import pyarrow as pa
 from datasets import Features, Sequence, Value, load_from_disk
 
 from lab import contract
-from lab.config import WwmConfig
 from lab.core import segment, vocab
-from lab.core.files import save_arrow_dataset, sha256_file, write_json
-from lab.core.masking import WholeWordMaskCollator, builtin_comparison, mask_statistics
+from lab.core.files import digest_path, save_arrow_dataset, write_json
+from lab.core.masking import builtin_comparison, mask_statistics
 from lab.core.progress import echo
 from lab.core.wordpiece import encode, encode_corpus, flat_batches, pack_dataset
+from lab.params import ConfigError, MaskShares, Segmentation, StageConfig, param
 
 
-def segmenter_for(cfg: WwmConfig) -> segment.Segmenter:
-    """The run's segmenter, with the user's dictionary and words."""
-    if cfg.user_dict and not Path(cfg.user_dict).is_file():
-        raise FileNotFoundError(f"wwm.user_dict = {cfg.user_dict!r}: no such file")
-    return segment.Segmenter(cfg.segmenter, user_dict=cfg.user_dict, words=tuple(cfg.user_words))
+@dataclass(frozen=True)
+class WwmConfig(MaskShares, Segmentation, StageConfig):
+    """The masking shares here are for the statistics and demos; each training stage has its own."""
 
+    stage = "wwm"
+    vocabs: list[str] = param("vocabularies to tokenize with: compact and/or full")
+    seq_lengths: list[int] = param("packed sequence lengths to store (tokens)", min=8)
+    num_proc: int = param("processes for segmentation and tokenization", min=1)
+    check_docs: int = param("documents compared with pure jieba before rjieba is trusted", min=0)
+    stats_sequences: int = param("sequences sampled for the masking statistics", min=10)
 
-def collator_for(cfg: WwmConfig, tokenizer, *, whole_word: bool = True) -> WholeWordMaskCollator:
-    return WholeWordMaskCollator(
-        tokenizer, mlm_probability=cfg.mlm_probability, max_predictions=cfg.max_predictions or None,
-        mask_replace_prob=cfg.mask_replace_prob, random_replace_prob=cfg.random_replace_prob,
-        seed=cfg.seed, whole_word=whole_word,
-    )  # fmt: skip
+    def check(self):
+        if not self.vocabs or any(v not in ("compact", "full") for v in self.vocabs):
+            raise self.fail("vocabs", "choose from compact, full (at least one)")
+        if not self.seq_lengths:
+            raise ConfigError("wwm.seq_lengths is empty: give at least one length, e.g. [128]")
+        super().check()
 
 
 @contract.locked
@@ -49,7 +54,7 @@ def run(cfg: WwmConfig) -> dict:
     corpus_dir = corpus_m["dir"]
     corpus = load_from_disk(str(corpus_dir / "corpus"))
     tok_dirs = {v: str(corpus_dir / "vocab" / v) for v in cfg.vocabs}
-    segmenter = segmenter_for(cfg)
+    segmenter = cfg.segmenter_obj()
 
     work = stage.begin()
     t0 = time.time()
@@ -141,13 +146,14 @@ def masking_statistics(cfg: WwmConfig, work: Path, tok_dirs: dict, corpus, segme
         str(work / "packed" / cfg.vocabs[0] / str(min(cfg.seq_lengths)) / "valid")
     )
     examples = [valid[i] for i in range(min(cfg.stats_sequences, len(valid)))]
-    stats = {
-        "wwm": mask_statistics(collator_for(cfg, tokenizer), examples),
-        "token": mask_statistics(collator_for(cfg, tokenizer, whole_word=False), examples),
-    }
+    words, tokens = (
+        cfg.mask_rule(whole_word=w).collator(tokenizer, cfg.seed) for w in (True, False)
+    )
+    stats = {"wwm": mask_statistics(words, examples), "token": mask_statistics(tokens, examples)}
     sentences = [t for t in corpus["valid"]["text"] if 10 <= len(t) <= 120][: cfg.stats_sequences]
     ours = mask_statistics(
-        collator_for(cfg, tokenizer), encode(sentences, tokenizer, segmenter=segmenter)
+        cfg.mask_rule().collator(tokenizer, cfg.seed),
+        encode(sentences, tokenizer, segmenter=segmenter),
     )
     stats["builtin"] = builtin_comparison(
         tokenizer, sentences, mlm_probability=cfg.mlm_probability, seed=cfg.seed
@@ -163,7 +169,7 @@ def masking_statistics(cfg: WwmConfig, work: Path, tok_dirs: dict, corpus, segme
 
 
 def user_dictionary(cfg: WwmConfig) -> dict[str, str]:
-    return {"user_dict": sha256_file(Path(cfg.user_dict))} if cfg.user_dict else {}
+    return {"user_dict": digest_path(Path(cfg.user_dict))} if cfg.user_dict else {}
 
 
 def headline(manifest: dict) -> dict:
@@ -179,27 +185,14 @@ def headline(manifest: dict) -> dict:
     }
 
 
-def describe(cfg: WwmConfig, context: dict | None = None) -> dict:
-    kept = 1 - cfg.mask_replace_prob - cfg.random_replace_prob
-    return {
-        "segmenter": f"{cfg.segmenter}{' + user dictionary' if cfg.user_dict else ''}",
-        "vocabularies": ", ".join(cfg.vocabs),
-        "packed lengths": ", ".join(map(str, cfg.seq_lengths)),
-        "masking": f"{cfg.mlm_probability:.0%} of tokens, {cfg.mask_replace_prob:.0%}/"
-        f"{cfg.random_replace_prob:.0%}/{kept:.0%} per word",
-        "expected compute": "about 1.6 M characters/s with 2 processes, two vocabularies (measured on 2 "
-        "cores: 100 M characters in 62 s)",
-    }
-
-
 STAGE = contract.Contract(
     name="wwm",
     notebook="02_wwm.ipynb",
     description="the corpus segmented, tokenized with word ids and packed; segmenter and masking measured",
+    params=WwmConfig,
     upstream=("corpus",),
     verify=("corpus",),
     headline=headline,
-    describe=describe,
     sources=user_dictionary,
 )
 

@@ -69,6 +69,7 @@ def test_corpus_of_emoji_english_or_digits_is_refused(tmp_path, text):
         documents.check_chinese(str(path), documents.read_user_source(str(path)))
 
 
+@pytest.mark.slow
 def test_traditional_chinese_is_kept_or_converted(lab_home, tmp_path):
     import opencc
     from datasets import load_from_disk
@@ -92,16 +93,21 @@ def test_traditional_chinese_is_kept_or_converted(lab_home, tmp_path):
     assert to_simplified(normalize(traditional[0])) in converted and "國" not in "".join(converted)
 
 
-def test_model_folder_without_config_or_of_another_architecture(tmp_path):
+def test_model_folder_without_config_or_weights(tmp_path):
     from lab import distill, longify
-    from lab.core.longformer import ConversionError
+    from lab.core.checkpoints import ModelSourceError
 
     cfg = config.load("distill", run_id="x", overrides={"teacher": str(tmp_path)})
-    with pytest.raises(DistillError, match="is not a model folder"):
-        distill.load_teacher(cfg)
+    with pytest.raises(ModelSourceError, match="distill.teacher = .* is not a model folder"):
+        distill.teacher_source(cfg)
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     lcfg = config.load("longify", run_id="x", overrides={"source": str(tmp_path)})
-    with pytest.raises(ConversionError, match="is not a model folder"):
-        longify.source_dir(lcfg)
+    with pytest.raises(
+        ModelSourceError, match="longify.source = .* has a config.json but no weights"
+    ):
+        longify.model_source(lcfg)
+    with pytest.raises(ModelSourceError, match="distill.teacher is empty .* run the stage"):
+        distill.teacher_source(config.load("distill", run_id="no-such-run"))
 
 
 def test_teacher_with_another_vocabulary_is_refused():

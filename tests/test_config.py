@@ -69,12 +69,17 @@ def test_notebook_namespace_changed_values_override_profile():
 
 
 def test_split_overrides_routes_bare_and_dotted_keys():
-    routed = overrides.split_overrides({"corpus.min_chars": 3, "seed": 7})
-    assert routed["corpus"] == {"min_chars": 3, "seed": 7}
+    routed = overrides.split_overrides({"corpus.min_chars": 3, "seed": 7}, config.FIELDS)
+    assert routed["corpus"] == {"min_chars": 3, "seed": 7} and routed["evaluate"] == {"seed": 7}
     with pytest.raises(ConfigError, match="no stage has a parameter 'sed'.*'seed'"):
-        overrides.split_overrides({"sed": 1})
+        overrides.split_overrides({"sed": 1}, config.FIELDS)
     with pytest.raises(ConfigError, match="unknown stage 'corpse'"):
-        overrides.split_overrides({"corpse.min_chars": 3})
+        overrides.split_overrides({"corpse.min_chars": 3}, config.FIELDS)
+    one = {"wwm": config.FIELDS["wwm"]}  # `python -m lab.wwm`: one stage's parameters only
+    with pytest.raises(ConfigError, match="runs stage wwm only"):
+        overrides.split_overrides({"pretrain.lr": 1e-3}, one)
+    with pytest.raises(ConfigError, match="stage wwm has no parameter 'lr'"):
+        overrides.split_overrides({"lr": 1e-3}, one)
 
 
 def test_parse_value():

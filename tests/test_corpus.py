@@ -69,6 +69,7 @@ def test_datasets_folder_with_wrong_columns(tmp_path):
         read_user_source(str(tmp_path / "ds"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "text", ["Only English words here.\n" * 50, "，。！？…——\n" * 50, "12345 678\n" * 50]
 )
@@ -83,6 +84,7 @@ def test_corpus_without_chinese_is_refused_before_the_run_folder_is_touched(
     assert not runs.stage_dir("bad", "corpus").with_name("corpus.partial").exists()
 
 
+@pytest.mark.slow
 def test_unknown_source_name(lab_home):
     cfg = config.load(
         "corpus", run_id="bad2", profile="smoke", overrides={"sources": ["wikipedia"]}
@@ -94,6 +96,7 @@ def test_unknown_source_name(lab_home):
 # --- the smoke corpus, built once for the session ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_manifest_proves_heldout_overlap_is_zero(smoke_corpus):
     m = smoke_corpus["metrics"]
     assert m["heldout_overlap"] == {"sentiment": 0, "thucnews": 0, "msra_ner": 0, "stsb": 0}
@@ -101,6 +104,7 @@ def test_manifest_proves_heldout_overlap_is_zero(smoke_corpus):
     assert set(m["chars_per_source"]) == {"peoples_daily", "msra_ner", "thucnews", "reviews"}
 
 
+@pytest.mark.slow
 def test_task_eval_texts_absent_from_corpus(smoke_corpus):
     d = smoke_corpus["dir"]
     text = "\n".join(
@@ -113,12 +117,14 @@ def test_task_eval_texts_absent_from_corpus(smoke_corpus):
                 assert len(t) < 8 or t not in text
 
 
+@pytest.mark.slow
 def test_sentiment_has_no_conflicts_or_split_leaks(smoke_corpus):
     dd = load_from_disk(str(smoke_corpus["dir"] / "tasks" / "sentiment"))
     texts = {s: set(dd[s]["text"]) for s in ("train", "valid", "test")}
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["valid"]
 
 
+@pytest.mark.slow
 def test_splits_are_deterministic(lab_home, smoke_corpus):
     cfg = config.load("corpus", run_id="t-smoke-again", profile="smoke")
     again = corpus.run(cfg)
@@ -129,6 +135,7 @@ def test_splits_are_deterministic(lab_home, smoke_corpus):
     assert again["files"] == smoke_corpus["files"]
 
 
+@pytest.mark.slow
 def test_rerun_is_cached_and_changed_parameter_reruns(lab_home, smoke_corpus):
     cfg = config.load("corpus", run_id="t-smoke", profile="smoke")
     assert corpus.STAGE.stage(cfg).cached
@@ -136,6 +143,7 @@ def test_rerun_is_cached_and_changed_parameter_reruns(lab_home, smoke_corpus):
     assert not corpus.STAGE.stage(changed).cached
 
 
+@pytest.mark.slow
 def test_vocabularies(smoke_corpus):
     from lab.core import vocab
 
@@ -154,6 +162,7 @@ def test_vocabularies(smoke_corpus):
     assert 0 <= v["full"]["unk_rate"] <= v["compact"]["unk_rate"] < 0.2
 
 
+@pytest.mark.slow
 def test_gold_segmentation_and_long_documents(smoke_corpus):
     d = smoke_corpus["dir"]
     gold = load_from_disk(str(d / "gold_segmentation"))
@@ -166,6 +175,7 @@ def test_gold_segmentation_and_long_documents(smoke_corpus):
     assert set(ner["ner_tags"]) <= set(NER_LABELS)
 
 
+@pytest.mark.slow
 def test_stats_written(smoke_corpus):
     stats = json.loads((smoke_corpus["dir"] / "stats.json").read_text(encoding="utf-8"))
     assert (

@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by the dev extra")
 def test_ruff_check_and_format():
     subprocess.run(["ruff", "check", "."], cwd=ROOT, check=True)

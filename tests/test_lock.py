@@ -35,6 +35,7 @@ def holder(tmp_path, monkeypatch):
     proc.wait()
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_run_id_is_refused(holder, tmp_path):
     proc = lab("run", "--profile", "smoke", "--run-id", "busy", "--to", "corpus", home=tmp_path,
                check=False)  # fmt: skip
@@ -49,6 +50,7 @@ def test_a_second_run_on_a_busy_run_id_is_refused(holder, tmp_path):
     assert not (tmp_path / "reports" / "busy" / "01_corpus.ipynb").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over(holder):
     assert lock.read("busy")["pid"] == holder.pid
     os.kill(holder.pid, signal.SIGKILL)
@@ -66,6 +68,7 @@ def test_a_killed_holders_lock_is_taken_over(holder):
         again.wait()
 
 
+@pytest.mark.slow
 def test_the_holders_children_work_under_its_lock(tmp_path, monkeypatch):
     """The notebook kernels of a batch run (and the ranks of a stage) take no lock of their own."""
     monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lab.core import models, shapes
-from lab.core.shapes import ModelError
+from lab.core import models, presets
+from lab.core.presets import ModelError
 
 PUBLISHED = {  # MiniRBT's table, millions of parameters: total, non-embedding
     "Base": (102.3, 85.7), "RBT6": (59.76, 43.14), "RBT3": (38.5, 21.9),
@@ -12,24 +12,24 @@ PUBLISHED = {  # MiniRBT's table, millions of parameters: total, non-embedding
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_parameter_counts_match_minirbts_table(name):
-    row = next(r for r in models.table(21128) if r["model"] == name)
+    row = next(r for r in models.preset_rows() if r["model"] == name)
     total, non_emb = PUBLISHED[name]
     assert row["params"] / 1e6 == pytest.approx(total, abs=0.06)
     assert row["non-embedding"] / 1e6 == pytest.approx(non_emb, abs=0.06)
 
 
 def test_presets_and_aliases():
-    assert shapes.arch("Mini") == shapes.arch("L4_H256") == shapes.Arch(4, 256, 4, 1024)
-    assert len([k for k in shapes.PRESETS if k.startswith("L")]) == 24
-    assert shapes.arch("L2_H64") == shapes.Arch(2, 64, 1, 256)
-    assert shapes.arch("L3_H96_A3_I200") == shapes.Arch(3, 96, 3, 200)
+    assert presets.arch("Mini") == presets.arch("L4_H256") == presets.Arch(4, 256, 4, 1024)
+    assert len([k for k in presets.PRESETS if k.startswith("L")]) == 24
+    assert presets.arch("L2_H64") == presets.Arch(2, 64, 1, 256)
+    assert presets.arch("L3_H96_A3_I200") == presets.Arch(3, 96, 3, 200)
 
 
 def test_bad_presets():
     with pytest.raises(ModelError, match="unknown model preset 'Huge'"):
-        shapes.arch("Huge")
+        presets.arch("Huge")
     with pytest.raises(ModelError, match="not divisible by 3 heads"):
-        shapes.arch("L2_H128_A3")
+        presets.arch("L2_H128_A3")
 
 
 def test_build_and_forward_shape():

@@ -24,6 +24,7 @@ def manifest(home, stage):
     return json.loads((home / "data" / "runs" / "nb" / stage / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_run_writes_reports_and_index(smoke_run):
     home, _ = smoke_run
@@ -46,6 +47,7 @@ def test_smoke_run_writes_reports_and_index(smoke_run):
     assert "held-out overlap: <b>0</b>" in index
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_terminal_says_what_matters(smoke_run):
     """A line per stage start and end with its headline and report; the chatter goes to the logs."""
@@ -69,6 +71,7 @@ NOISE = ("LOAD REPORT", "You passed `num_labels", "Initializing global attention
          "automatically padded", "Building prefix dict")  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_reports_hold_no_library_noise(smoke_run):
     """No stderr output, no progress-bar redraws and no library chatter in any executed notebook."""
@@ -85,6 +88,70 @@ def test_reports_hold_no_library_noise(smoke_run):
                 assert not [n for n in NOISE if n in text], f"{path.name} cell {i}: {text[:300]}"
 
 
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_reader_pages_show_tables_figures_and_prose_never_python_reprs(smoke_run):
+    """What stays on a reader's page (everything but what cells printed) is formatted: no bare
+    repr of a value, no `{'...` dict in any output; a curve with too few points says so."""
+    import html
+    import re
+
+    out = smoke_run[0] / "reports" / "nb"
+    for path in sorted(out.glob("0*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        for i, cell in enumerate(nb["cells"]):
+            for o in cell.get("outputs", []):
+                if o["output_type"] == "stream":
+                    continue  # the reader's page leaves these out (the log keeps them)
+                data = o.get("data", {})
+                assert set(data) - {"text/plain"}, f"{path.name} cell {i}: a bare repr {data}"
+                shown = html.unescape(
+                    re.sub(
+                        r"<script.*?</script>", "", "".join(data.get("text/html", "")), flags=re.S
+                    )
+                )
+                assert "{'" not in shown, f"{path.name} cell {i}: {shown[:300]}"
+        reader = html.unescape((out / path.with_suffix(".html").name).read_text(encoding="utf-8"))
+        assert "{'" not in re.sub(r"<script.*?</script>", "", reader, flags=re.S), path.name
+    longify = (out / "05_longify.html").read_text(encoding="utf-8")
+    assert "too few for a curve" in longify  # smoke: 4 steps of continued pretraining, 1 logged
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_a_sibling_run_made_after_evaluate_is_cached_shows_in_the_index(smoke_run):
+    """Comparisons across runs are made when the index is written, from the runs' manifests: a run
+    that differs in one ablation parameter, made after this run's evaluate stage was cached, shows
+    up in its index, and the evaluate manifest (its declared inputs only) does not change."""
+    import shutil
+
+    home = smoke_run[0]
+    before = manifest(home, "evaluate")
+    sibling = home / "data" / "runs" / "nb-wwm"
+    shutil.copytree(home / "data" / "runs" / "nb", sibling)
+    try:
+        path = sibling / "pretrain" / "manifest.json"
+        m = json.loads(path.read_text(encoding="utf-8"))
+        assert m["params"]["masking"] == "token"
+        path.write_text(
+            json.dumps(m | {"params": m["params"] | {"masking": "wwm"}}), encoding="utf-8"
+        )
+        lab("run", "--profile", "smoke", "--run-id", "nb", home=home)
+        status = json.loads((home / "reports" / "nb" / "status.json").read_text())
+        assert {e["status"] for e in status["stages"].values()} == {"cached"}
+        found = json.loads((home / "reports" / "nb" / "findings.json").read_text())
+        claim = found["whole-word masking beats token-level masking"]
+        assert claim["runs_compared"] == "nb vs nb-wwm" and claim["a"] == "wwm (nb-wwm)"
+        index = (home / "reports" / "nb" / "index.html").read_text(encoding="utf-8")
+        assert "whole-word masking beats token-level masking" in index
+        assert manifest(home, "evaluate") == before
+        assert "whole-word masking" not in json.dumps(before["metrics"]["findings"])
+    finally:
+        shutil.rmtree(sibling)
+        lab("report", "nb", home=home)
+
+
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_report_folder_is_small_and_links_its_pages(smoke_run):
     out = smoke_run[0] / "reports" / "nb"
@@ -104,6 +171,7 @@ def test_report_folder_is_small_and_links_its_pages(smoke_run):
     assert size < 25_000_000, f"{size / 1e6:.0f} MB"
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_training_writes_tensorboard_events(smoke_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -119,6 +187,7 @@ def test_training_writes_tensorboard_events(smoke_run):
     assert {"train/loss", "train/lr", "train/tok_per_s", "eval/acc"} <= set(acc.Tags()["scalars"])
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_a_notebook_with_its_defaults_continues_the_batch_run(tmp_path, monkeypatch):
     """After `lab run --profile smoke`, notebook 01 opened with only its profile set to smoke finds
@@ -141,6 +210,7 @@ def test_a_notebook_with_its_defaults_continues_the_batch_run(tmp_path, monkeypa
     assert f"corpus: cached ({tmp_path / 'data' / 'runs' / 'smoke' / 'corpus'})" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_corpus_manifest(smoke_run):
     m = manifest(smoke_run[0], "corpus")
@@ -153,6 +223,7 @@ def test_smoke_corpus_manifest(smoke_run):
     assert m["profile"] == "smoke" and m["params"]["max_docs_per_source"] == 400
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_wwm_manifest(smoke_run):
     m = manifest(smoke_run[0], "wwm")["metrics"]
@@ -162,6 +233,7 @@ def test_smoke_wwm_manifest(smoke_run):
     assert m["segmenter_check_differ"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_pretrain_model_loads_with_plain_transformers(smoke_run):
     from transformers import AutoModelForMaskedLM, pipeline
@@ -181,6 +253,7 @@ def test_smoke_pretrain_model_loads_with_plain_transformers(smoke_run):
     assert len(out) == 5 and all("token_str" in r for r in out)
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_distill_manifest(smoke_run):
     m = manifest(smoke_run[0], "distill")["metrics"]
@@ -200,6 +273,7 @@ def test_smoke_distill_manifest(smoke_run):
     assert m["plan"]["assistant_init"] and m["plan"]["student_map"]
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_longify_manifest(smoke_run):
     from transformers import AutoModelForMaskedLM
@@ -214,6 +288,7 @@ def test_smoke_longify_manifest(smoke_run):
     assert model.config.model_type == "longformer"
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_smoke_evaluate_manifest(smoke_run):
     m = manifest(smoke_run[0], "evaluate")["metrics"]
@@ -253,6 +328,7 @@ def manifest_of(home, run_id, stage):
     return json.loads((home / "data" / "runs" / run_id / stage / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_rerun_is_cached(smoke_run):
     home, _ = smoke_run
@@ -261,6 +337,7 @@ def test_rerun_is_cached(smoke_run):
     lab("report", "nb", home=home)
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_failing_notebook_is_reported_and_exits_nonzero(tmp_path):
     proc = lab(
@@ -276,6 +353,7 @@ def test_failing_notebook_is_reported_and_exits_nonzero(tmp_path):
     assert runs.read_manifest(tmp_path / "data" / "runs" / "bad" / "corpus") is None
 
 
+@pytest.mark.slow
 def test_dry_run_validates_and_runs_nothing(tmp_path):
     for profile in ("smoke", "cpu", "gpu"):
         proc = lab("run", "--profile", profile, "--dry-run", home=tmp_path)
@@ -293,12 +371,17 @@ def test_dry_run_validates_and_runs_nothing(tmp_path):
         (["--params", "missing.yaml"], "no such file"),
     ],
 )
-def test_bad_command_line_fails_before_running(tmp_path, args, message):
-    proc = lab("run", "--profile", "smoke", "--dry-run", *args, home=tmp_path, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
+def test_bad_command_line_fails_before_running(tmp_path, monkeypatch, capsys, args, message):
+    """In process: `cli.main` is what `python -m lab` runs (its subprocess twin is the dry run)."""
+    from lab import cli
+
+    monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
+    assert cli.main(["run", "--profile", "smoke", "--dry-run", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_params_file(tmp_path):
     """--params is applied: the dry run's plan shows the file's value, not the profile's."""
     (tmp_path / "p.yaml").write_text("corpus:\n  max_docs_per_source: 123\n", encoding="utf-8")
@@ -309,6 +392,7 @@ def test_params_file(tmp_path):
     assert "documents per source: 123" in given and "documents per source: 400" not in given
 
 
+@pytest.mark.slow
 def test_sources_lists_registry(tmp_path):
     proc = lab("sources", home=tmp_path)
     assert "peoples_daily" in proc.stdout and "licence" in proc.stdout

@@ -62,6 +62,7 @@ def test_archive_with_wrong_hash_is_refused(tmp_path):
         sources.fetch(archive, str(cache))
 
 
+@pytest.mark.slow
 def test_unreachable_registry_with_cold_cache(tmp_path, monkeypatch):
     def offline(cmd, **kw):
         return subprocess.CompletedProcess(

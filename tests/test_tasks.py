@@ -3,7 +3,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from lab.core import models, sources, tasks, vocab
+from lab.core import finetune, models, sources, tasks, vocab
 from lab.core.metrics import fill_mask, speed, spread
 from lab.evaluate import relative_scores
 
@@ -52,23 +52,23 @@ def test_encode_every_kind(tok):
         tasks.TASKS["msra_ner"], [{"tokens": ["北", "京"], "ner_tags": ["B-LOC", "I-LOC"]}], tok, 16
     )
     assert ner[0]["labels"] == [-100, 3, 4, -100] and len(ner[0]["input_ids"]) == 4
-    batch = tasks.collate(cls, tok.pad_token_id)
+    batch = finetune.collate(cls, tok.pad_token_id)
     assert batch["labels"].tolist() == [1, 0]
 
 
 def test_batches_group_similar_lengths_and_cover_every_example_each_epoch():
     rng = np.random.default_rng(0)
     examples = [{"input_ids": [1] * int(n), "labels": 0} for n in rng.integers(3, 60, 500)]
-    batches = tasks.TaskBatches(examples, batch_size=16, seed=1, pad_id=0, pool=10)
+    batches = finetune.TaskBatches(examples, batch_size=16, seed=1, pad_id=0, pool=10)
     seen = np.concatenate([batches._batches(0)[j] for j in range(batches.per_epoch)])
     assert sorted(seen.tolist()) == list(range(500))
     padded = sum(batches(j)["input_ids"].numel() for j in range(batches.per_epoch))
-    plain = tasks.TaskBatches(
+    plain = finetune.TaskBatches(
         examples, batch_size=16, seed=1, pad_id=0, pool=1
     )  # no sorting to speak of
     assert padded < 0.7 * sum(plain(j)["input_ids"].numel() for j in range(plain.per_epoch))
     assert torch.equal(
-        batches(3)["input_ids"], tasks.TaskBatches(examples, 16, 1, 0, pool=10)(3)["input_ids"]
+        batches(3)["input_ids"], finetune.TaskBatches(examples, 16, 1, 0, pool=10)(3)["input_ids"]
     )
 
 
@@ -84,19 +84,47 @@ def test_samples_follow_the_hash_not_the_order_of_the_split():
     assert picked == tasks.sample(tasks.TASKS["sentiment"], rows, 100)
 
 
-def test_ngram_baseline_learns_something():
-    rows = [
-        {"text": t, "label": y}
-        for t, y in zip(["很好很好", "非常好", "太差了", "很差"] * 10, [1, 1, 0, 0] * 10)
-    ]
-    assert all(o == [1.0] for o in tasks.ngram_baseline(rows, rows))
+def test_ngram_baseline_generalises_to_texts_it_never_saw():
+    rng = np.random.default_rng(0)
+    filler = list("我们这个东西今天用了一下觉得还有点")
+
+    def texts(word: str, n: int) -> list[str]:
+        return [
+            "".join(rng.choice(filler, 6)) + word + "".join(rng.choice(filler, 4)) for _ in range(n)
+        ]
+
+    train = [{"text": t, "label": 1} for t in texts("很好", 40)]
+    train += [{"text": t, "label": 0} for t in texts("太差", 40)]
+    test = [{"text": t, "label": 1} for t in texts("很好", 20)]
+    test += [{"text": t, "label": 0} for t in texts("太差", 20)]
+    assert not {r["text"] for r in train} & {r["text"] for r in test}
+    right = tasks.ngram_baseline(train, test)
+    assert np.mean(right) > 0.9  # the filler carries no signal: it learned the two words
+
+
+class NextToken(torch.nn.Module):
+    """A stand-in masked LM whose prediction at each position is the token after the one before it
+    (id + 1): a masked position shows whether its left neighbour was filled in first."""
+
+    config = type("Config", (), {"model_type": "bert"})()
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, **_):
+        before = torch.roll(input_ids, 1, dims=1)
+        logits = torch.nn.functional.one_hot((before + 1) % self.vocab_size, self.vocab_size)
+        return type("Out", (), {"logits": 10.0 * logits.float()})()
 
 
 def test_fill_mask_decodes_several_masks_left_to_right(tok):
-    model = models.build("L2_H64", len(tok), seed=0)
-    out = fill_mask(model, tok, "[MASK][MASK]是中国的首都。", k=3)
-    assert len(out["slots"]) == 2 and len(out["answer"]) >= 2
-    assert all(len(s) == 3 for s in out["slots"])
+    out = fill_mask(NextToken(len(tok)), tok, "[MASK][MASK]是中国的首都。", k=3)
+    first, second = (tok.convert_tokens_to_ids(s[0][0]) for s in out["slots"])
+    assert first == tok.cls_token_id + 1  # read from [CLS]
+    assert second == first + 1  # read from the first blank as filled, not from [MASK]
+    assert second != tok.mask_token_id + 1 and all(len(s) == 3 for s in out["slots"])
 
 
 def test_speed_and_relative_scores(tok):
@@ -119,7 +147,8 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     this one, compared on the same test examples; a run that differs in two parameters is not."""
     from lab import runs
     from lab.core.files import write_json
-    from lab.findings import OUTCOMES, ablations
+    from lab.crossrun import ablations
+    from lab.findings import OUTCOMES
 
     monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
     base = {"pretrain": {"masking": "token", "vocab": "compact", "steps": 10}, "corpus": {},
@@ -138,11 +167,11 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
         write_json(runs.stage_dir(run_id, "evaluate") / OUTCOMES, {"teacher": {"thucnews": right}})
         return {"teacher": {"thucnews": right}}
 
-    mine = make_run("base", 0.50)
+    make_run("base", 0.50)
     make_run("wwm", 0.80, pretrain={"masking": "wwm"}, evaluate={"scratch": False})
     make_run("full", 0.52, pretrain={"vocab": "full"})
     make_run("two-changes", 0.90, pretrain={"masking": "wwm", "steps": 20})
-    found = ablations("base", mine, base["evaluate"])
+    found = ablations("base")
     assert set(found) == {
         "whole-word masking beats token-level masking",
         "the compact vocabulary keeps the full vocabulary's score",
@@ -156,7 +185,9 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     assert wwm["difference"] == pytest.approx(0.30, abs=0.06) and wwm["ci95"][0] > 0
     vocab = found["the compact vocabulary keeps the full vocabulary's score"]
     assert vocab["margin"] == -0.01 and vocab["verdict"] in ("inconclusive", "does not hold")
-    assert ablations("wwm", mine, {"lrs": [1e-3]}) == {}  # scored differently: no ablation
+    assert ablations("two-changes") == {}  # no run differs from it in one parameter only
+    make_run("lr", 0.6, pretrain={"masking": "wwm"}, evaluate={"lrs": [1e-3]})
+    assert "lr" not in str(ablations("base"))  # scored with another protocol: not an ablation
 
 
 def test_run_findings_name_their_sides_and_pool_distillation_seeds(tmp_path, monkeypatch):
@@ -175,7 +206,7 @@ def test_run_findings_name_their_sides_and_pool_distillation_seeds(tmp_path, mon
         "two-stage-s1234": {"thucnews": right(0.75)},
         "two-stage-s1235": {"thucnews": right(0.75)},
     }
-    found = findings("r", outcomes, {}, {})
+    found = findings(outcomes, {})
     scratch = found["pretraining beats training from scratch"]
     assert scratch["verdict"] == "holds" and scratch["runs"] == {"a": 3, "b": 3}
     kept = found["the distilled students keep 85% of the teacher's score"]

@@ -243,6 +243,7 @@ def test_attention_bias_reaches_attention():
     assert not torch.isclose(biased, plain)
 
 
+@pytest.mark.slow
 def test_locality_warmup_gets_off_the_plateau(tmp_path):
     """The toy version of the unigram plateau: after 400 steps a model trained with the warm-up
     (bias gone for the last 200) finds its neighbour through its own weights; one without has not."""

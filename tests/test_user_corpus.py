@@ -32,7 +32,7 @@ def test_parts_read_every_line_once_with_their_line_numbers(tmp_path, monkeypatc
     lines = news_lines(300)
     path = tmp_path / "c.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    parts = documents.plan(str(path), parts=8)
+    parts = documents.parts_of(str(path), parts=8)
     assert len(parts) > 4
     got = [text for p in parts for _, text, _ in documents.read(p)]
     assert got == lines
@@ -45,7 +45,7 @@ def test_paragraph_mode_and_jsonl_errors_in_a_later_part(tmp_path, monkeypatch):
     paras = [p for p in news_lines(150) if len(p) > 41][:120]  # two lines each
     path = tmp_path / "p.txt"
     path.write_text("\n\n".join(f"{p[:40]}\n{p[40:]}" for p in paras) + "\n", encoding="utf-8")
-    parts = documents.plan(str(path), parts=6)
+    parts = documents.parts_of(str(path), parts=6)
     assert len(parts) > 2 and all(p.paragraphs for p in parts)
     assert [t for p in parts for _, t, _ in documents.read(p)] == [
         f"{p[:40]} {p[40:]}" for p in paras
@@ -54,7 +54,7 @@ def test_paragraph_mode_and_jsonl_errors_in_a_later_part(tmp_path, monkeypatch):
     rows[150] = '{"body": "no text here"}'
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    parts = documents.plan(str(path), parts=6)
+    parts = documents.parts_of(str(path), parts=6)
     assert len(parts) > 2
     with pytest.raises(CorpusError, match='line 151 has no "text" field'):
         [t for p in parts for _, t, _ in documents.read(p)]
@@ -66,10 +66,11 @@ def test_utf16_and_saved_datasets_sources(tmp_path):
     path.write_text("\n".join(lines), encoding="utf-16")
     assert documents.read_user_source(str(path), "utf-16") == lines
     Dataset.from_dict({"text": lines}).save_to_disk(str(tmp_path / "ds"))
-    parts = documents.plan(str(tmp_path / "ds"), parts=4)
+    parts = documents.parts_of(str(tmp_path / "ds"), parts=4)
     assert len(parts) == 4 and [t for p in parts for _, t, _ in documents.read(p)] == lines
 
 
+@pytest.mark.slow
 def test_capped_sources_read_their_first_documents_only(lab_home, tmp_path):
     path = tmp_path / "big.txt"
     path.write_text("\n".join(news_lines(400)) + "\n", encoding="utf-8")
@@ -83,6 +84,7 @@ def test_capped_sources_read_their_first_documents_only(lab_home, tmp_path):
 # --- small corpora -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tiny_corpus_is_refused_with_its_counts_and_nothing_written_is_lost(
     lab_home, smoke_corpus, tmp_path
 ):
@@ -102,6 +104,7 @@ def test_a_tiny_corpus_is_refused_with_its_counts_and_nothing_written_is_lost(
     )  # the last good corpus stays
 
 
+@pytest.mark.slow
 def test_a_small_corpus_gets_valid_and_test_documents(lab_home, tmp_path):
     path = tmp_path / "small.txt"
     path.write_text("\n".join(news_lines(MIN_DOCUMENTS + 5)) + "\n", encoding="utf-8")
@@ -116,6 +119,7 @@ def test_a_small_corpus_gets_valid_and_test_documents(lab_home, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_evaluation_texts_inside_user_documents_are_removed(lab_home, tmp_path):
     from lab.core.taskdata import eval_texts, prepare_tasks
 
@@ -186,6 +190,7 @@ def _corpus_file(tmp_path, size: int):
     return path
 
 
+@pytest.mark.slow
 def test_gpu_dry_run_on_the_offline_corpus_warns_of_thousands_of_epochs(tmp_path):
     proc = lab("run", "--profile", "gpu", "--dry-run", home=tmp_path)
     assert (
@@ -196,6 +201,7 @@ def test_gpu_dry_run_on_the_offline_corpus_warns_of_thousands_of_epochs(tmp_path
     assert "H100" in proc.stdout and "per process (fits" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_dry_run_for_a_14_gb_corpus(tmp_path):
     path = _corpus_file(tmp_path, 14 * 10**9)
     proc = lab(
@@ -207,6 +213,7 @@ def test_gpu_dry_run_for_a_14_gb_corpus(tmp_path):
     assert "stage 1 WARNING" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_cached_distillation_that_cannot_fit_the_disk_is_refused(tmp_path):
     path = _corpus_file(tmp_path, 14 * 10**9)
     proc = lab("run", "--profile", "gpu", "--dry-run", "-p", f"corpus.sources=[{path}]",
@@ -218,6 +225,7 @@ def test_a_cached_distillation_that_cannot_fit_the_disk_is_refused(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_batch_no_accelerator_holds_is_refused(tmp_path):
     proc = lab("run", "--profile", "gpu", "--dry-run", "--to", "pretrain", "-p", "pretrain.batch_size=8192",
                home=tmp_path, check=False)  # fmt: skip

@@ -52,7 +52,9 @@ class Part:
     names: tuple = ()  # kind "list": each document's id
 
 
-def plan(spec: str, encoding: str = "utf-8", *, parts: int = 8, cap: bool = False) -> list[Part]:
+def parts_of(
+    spec: str, encoding: str = "utf-8", *, parts: int = 8, cap: bool = False
+) -> list[Part]:
     """A user source checked and cut into about `parts` parts (one part when `cap` is set: a source
     capped at its first documents is read in order)."""
     path = Path(spec).expanduser()
@@ -106,7 +108,7 @@ def read(part: Part) -> Iterator[tuple[str, str, str]]:
 
 def read_user_source(spec: str, encoding: str = "utf-8") -> list[str]:
     """Every document of a user source (small sources and tests; the corpus stage streams)."""
-    return [text for part in plan(spec, encoding) for _, text, _ in read(part)]
+    return [text for part in parts_of(spec, encoding) for _, text, _ in read(part)]
 
 
 def check_chinese(name: str, texts: list[str]) -> None:

@@ -36,6 +36,12 @@ def hash_tree(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
+def digest_path(path: Path) -> str:
+    """sha256 of a user's file, or of a folder's files (by relative path and content)."""
+    path = Path(path).expanduser()
+    return sha256_file(path) if path.is_file() else sha256_json(hash_tree(path))
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)

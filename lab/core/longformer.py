@@ -15,7 +15,7 @@ import torch
 
 from lab.core.attention import global_mask
 from lab.core.mlm import PackedBatches
-from lab.core.shapes import ConversionError, check_window
+from lab.core.presets import ConversionError, check_window
 
 
 def convert(model_or_dir, *, max_positions: int = 4096, attention_window: int = 512):

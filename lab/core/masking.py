@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class Masking:
+    """What a masking parameter group describes: which tokens are chosen and what they become."""
+
+    whole_word: bool = True  # choose whole words (jieba's), or single tokens
+    probability: float = 0.15  # share of a sequence's tokens chosen
+    mask_replace: float = 0.8  # share of chosen words replaced by [MASK]
+    random_replace: float = 0.1  # share replaced by random tokens (the rest stay as they are)
+    max_predictions: int = 0  # cap on chosen tokens per sequence (0: none)
+
+    def collator(self, tokenizer, seed: int | None = None) -> WholeWordMaskCollator:
+        return WholeWordMaskCollator(
+            tokenizer, mlm_probability=self.probability, max_predictions=self.max_predictions or None,
+            mask_replace_prob=self.mask_replace, random_replace_prob=self.random_replace, seed=seed,
+            whole_word=self.whole_word,
+        )  # fmt: skip
 
 
 class WholeWordMaskCollator:

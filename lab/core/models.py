@@ -1,4 +1,4 @@
-"""Models of the reference architectures (`lab.core.shapes`), built as plain `BertForMaskedLM` (no I/O
+"""Models of the reference architectures (`lab.core.presets`), built as plain `BertForMaskedLM` (no I/O
 here), and their parameter counts.
 
 The 24 UER miniatures are `L{layers}_H{hidden}` for L in 2..12 (even) and H in 128/256/512/768, with
@@ -14,8 +14,8 @@ import math
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from lab.core.plan import Shape
-from lab.core.shapes import arch
+from lab.core.budget import FULL_VOCAB, Size
+from lab.core.presets import arch
 
 
 def config(
@@ -71,7 +71,7 @@ def count(model_or_config, vocab_size: int | None = None) -> dict[str, int]:
     }
 
 
-def table(vocab_size: int = 21128, names: list[str] | None = None) -> list[dict]:
+def preset_rows(vocab_size: int = FULL_VOCAB, names: list[str] | None = None) -> list[dict]:
     """The parameter table of the presets for a vocab (MiniRBT's columns)."""
     names = names or [
         "Base",
@@ -119,8 +119,8 @@ def sinusoidal_positions(model) -> None:
         weight.copy_(table * model.config.initializer_range * math.sqrt(2))
 
 
-def shape(conf) -> Shape:
-    """What a training plan needs to know of a model, from its config."""
+def size(conf) -> Size:
+    """What a training budget needs to know of a model, from its config."""
     c = count(conf)
-    return Shape(conf.num_hidden_layers, conf.hidden_size, conf.num_attention_heads, c["total"],
-                 c["non_embedding"], conf.vocab_size)  # fmt: skip
+    return Size(conf.num_hidden_layers, conf.hidden_size, conf.num_attention_heads, c["total"],
+                c["non_embedding"], conf.vocab_size, conf.intermediate_size)  # fmt: skip

@@ -20,6 +20,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
+
+from lab.core.errors import LabError
 
 ASCII_RUN = re.compile(r"^[A-Za-z0-9+#&._%\-]+$")
 JIEBA_SKIP = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")  # jieba.finalseg's re_skip
@@ -27,6 +30,10 @@ MIXED_ASCII = re.compile(r"[A-Za-z0-9][.+#&_%\-]|[.+#&_%\-][A-Za-z0-9]|[0-9][A-Z
 # characters rjieba treats as Han and jieba does not (CJK extension A, compatibility ideographs, ...)
 HAN_EDGE = re.compile("[\u3400-\u4dbf\u9fd6-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 SEGMENTERS = ("jieba", "jieba-python")
+
+
+class SegmenterError(LabError, ValueError):
+    """A segmenter that cannot be built: an unknown engine, a user dictionary that is not there."""
 
 
 def quiet_jieba():
@@ -50,7 +57,9 @@ class Segmenter:
 
     def __post_init__(self):
         if self.name not in SEGMENTERS:
-            raise ValueError(f"segmenter {self.name!r}: choose one of {SEGMENTERS}")
+            raise SegmenterError(f"segmenter {self.name!r}: choose one of {SEGMENTERS}")
+        if self.user_dict and not Path(self.user_dict).is_file():
+            raise SegmenterError(f"jieba user dictionary {self.user_dict!r}: no such file")
         if self.name == "jieba-python" or self.user_dict or self.words or not _has_rjieba():
             self.fast = False
 

@@ -243,7 +243,7 @@ def codes_of(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
 
 
-def runs(texts: list[str]) -> Counter:
+def alnum_runs(texts: list[str]) -> Counter:
     """How often each run of "run" characters (letters, digits, ...: what WordPiece cuts into
     pieces) occurs in `texts`; every other character is a token of its own or nothing."""
     joined = " ".join(texts)

@@ -1,9 +1,11 @@
-"""The arithmetic of a training plan, without running it: tokens, epochs, FLOPs, time on a named
-accelerator at a stated utilisation, accelerator memory, and disk. The dry run prints it.
+"""The arithmetic of a training budget, without running it: tokens, epochs, FLOPs, time on a named
+accelerator at a stated utilisation, accelerator memory, and disk. The dry run (`lab.dryrun`) prints it.
 
-FLOPs per trained token: 6 x the non-embedding parameters (forward + backward), attention scores
-and values 12 x layers x hidden x sequence length, and the vocabulary projection at the masked
-positions only. Memory: fp32 weights, gradients and AdamW's two moments (16 bytes a parameter), and
+FLOPs per trained token (the model FLOPs that MFU counts): 6 x the weights of every layer's matrices
+(forward + backward: Q, K, V, the output projection, the two feed-forward matrices; biases, LayerNorm
+and the pooler an MLM never uses do not multiply), attention scores and values 12 x layers x hidden x
+sequence length, and the MLM head (its H x H transform and the vocabulary projection) at the masked
+positions only. `tests/test_budget.py` checks it against torch's FLOP counter on a real step. Memory: fp32 weights, gradients and AdamW's two moments (16 bytes a parameter), and
 activations after Korthikanti et al. (2022): per layer, per token, hidden x (34 + 5 x heads x
 sequence / hidden) bytes in 16-bit precision, without recomputation.
 """
@@ -19,14 +21,15 @@ MFU = 0.4  # model FLOPs utilisation the times assume: what a well-tuned BERT ru
 TOKENS_PER_CHAR = (
     0.976  # measured on the offline corpus: BERT's Chinese vocabularies cut ~1 token a char
 )
-MAX_EPOCHS = 40  # more passes over the same text than this, and the plan says so
+MAX_EPOCHS = 40  # more passes over the same text than this, and the dry run says so
+FULL_VOCAB = 21128  # the bert-base-chinese vocabulary
 BYTES_PER_PARAM = 16  # fp32 weights + gradients + two AdamW moments
 CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + the two moments
 KEPT_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
-class Shape:
+class Size:
     """What the arithmetic needs to know of a model."""
 
     layers: int
@@ -35,6 +38,18 @@ class Shape:
     params: int  # all, embeddings included
     non_embedding: int
     vocab: int
+    ffn: int = 0  # feed-forward width (0: 4 x hidden)
+
+    @property
+    def matrix_weights(self) -> int:
+        """The weights of one layer's matrices, times the layers: what multiplies every token."""
+        return self.layers * (4 * self.hidden**2 + 2 * self.hidden * (self.ffn or 4 * self.hidden))
+
+
+def vocab_size(vocab: str, compact: int) -> int:
+    """Tokens in a run's vocabulary before it exists: `full` is bert-base-chinese's, `compact` the
+    size the corpus stage is asked to build."""
+    return FULL_VOCAB if vocab == "full" else compact
 
 
 def tokens(steps: int, batch: int, seq_len: int, grad_accum: int, processes: int) -> int:
@@ -42,14 +57,18 @@ def tokens(steps: int, batch: int, seq_len: int, grad_accum: int, processes: int
     return steps * batch * seq_len * grad_accum * processes
 
 
-def train_flops(shape: Shape, n_tokens: int, seq_len: int, mask_share: float) -> float:
-    per_token = 6 * shape.non_embedding + 12 * shape.layers * shape.hidden * seq_len
-    per_token += 6 * shape.hidden * shape.vocab * mask_share  # the projection at masked positions
-    return per_token * n_tokens
+def flops_per_token(size: Size, seq_len: int, mask_share: float) -> float:
+    """Model FLOPs of one trained token (forward + backward): see the module's docstring."""
+    per_token = 6 * size.matrix_weights + 12 * size.layers * size.hidden * seq_len
+    return per_token + 6 * size.hidden * (size.hidden + size.vocab) * mask_share  # the head
 
 
-def forward_flops(shape: Shape, n_tokens: int, seq_len: int) -> float:
-    return (2 * shape.non_embedding + 4 * shape.layers * shape.hidden * seq_len) * n_tokens
+def train_flops(size: Size, n_tokens: int, seq_len: int, mask_share: float) -> float:
+    return flops_per_token(size, seq_len, mask_share) * n_tokens
+
+
+def forward_flops(size: Size, n_tokens: int, seq_len: int) -> float:
+    return (2 * size.matrix_weights + 4 * size.layers * size.hidden * seq_len) * n_tokens
 
 
 def hours(flops: float, processes: int, accelerator: str, mfu: float = MFU) -> float:
@@ -57,20 +76,20 @@ def hours(flops: float, processes: int, accelerator: str, mfu: float = MFU) -> f
     return flops / (processes * peak * mfu) / 3600
 
 
-def memory(shape: Shape, batch: int, seq_len: int, mask_share: float, *, extra_params: int = 0,
+def memory(size: Size, batch: int, seq_len: int, mask_share: float, *, extra_params: int = 0,
            window: int | None = None) -> float:  # fmt: skip
     """Peak accelerator memory of one process (bytes): the trained model's state, a frozen
     `extra_params` (an online teacher, 2 bytes a parameter in bf16), activations (attention maps
     over `window` keys for a sliding window), masked logits."""
-    state = BYTES_PER_PARAM * shape.params + 2 * extra_params
+    state = BYTES_PER_PARAM * size.params + 2 * extra_params
     keys = min(seq_len, window or seq_len)
-    per_layer = seq_len * batch * shape.hidden * (34 + 5 * shape.heads * keys / shape.hidden)
-    logits = 4 * batch * seq_len * mask_share * shape.vocab
-    return state + shape.layers * per_layer + logits
+    per_layer = seq_len * batch * size.hidden * (34 + 5 * size.heads * keys / size.hidden)
+    logits = 4 * batch * seq_len * mask_share * size.vocab
+    return state + size.layers * per_layer + logits
 
 
-def checkpoint_disk(shape: Shape) -> float:
-    return KEPT_CHECKPOINTS * CHECKPOINT_BYTES_PER_PARAM * shape.params + 4 * shape.params
+def checkpoint_disk(size: Size) -> float:
+    return KEPT_CHECKPOINTS * CHECKPOINT_BYTES_PER_PARAM * size.params + 4 * size.params
 
 
 def cache_disk(sequences: int, seq_len: int, mask_share: float, topk: int) -> float:

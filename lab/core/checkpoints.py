@@ -1,0 +1,117 @@
+"""Model sources: the run's own model, a model folder, or a hub name, resolved to a local folder.
+
+Every parameter that names a model (`pretrain.init_from`, `distill.teacher`, `longify.source`,
+`evaluate.models`) goes through `resolve`: a folder is used as it is; a hub name is looked up in the
+Hugging Face cache first (`HF_HOME`; nothing leaves the machine when it is there) and downloaded
+only when it is not and a hub is reachable. Downstream code only ever sees a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.core.errors import LabError
+from lab.core.files import digest_path
+
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `bert-base-chinese`, `hfl/rbt3`
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+           "pytorch_model.bin.index.json")  # fmt: skip
+
+
+class ModelSourceError(LabError, ValueError):
+    """A parameter names a model that cannot be found or read; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the parameter said; empty: the run's own model
+    folder: Path  # a local folder with config.json and weights
+    origin: str  # "run" | "folder" | "hub"
+    revision: str = ""  # a hub snapshot's commit
+
+    @property
+    def label(self) -> str:
+        """A short name: the hub name, or the folder's name."""
+        return self.spec if self.origin == "hub" else self.folder.name
+
+    def digest(self) -> str:
+        """What a stage's cache key records: a folder's content, a hub name at its revision."""
+        return (
+            f"hub:{self.spec}@{self.revision}" if self.origin == "hub" else digest_path(self.folder)
+        )
+
+    def provenance(self) -> str:
+        """Where the model came from, for a model card."""
+        if self.origin == "hub":
+            return f"hub model `{self.spec}` (revision {self.revision or 'unknown'})"
+        if self.origin == "run":
+            return f"this run's model (`{self.folder}`)"
+        return f"model folder `{self.folder}` (content sha256 {self.digest()[:12]})"
+
+
+def resolve(spec: str, own: Path | None = None, *, param: str) -> ModelSource:
+    """The model `spec` names: empty for the run's own model (`own`), a folder, or a hub name.
+    `param` names the parameter in every error."""
+    if not spec:
+        if own is None or not (Path(own) / "config.json").is_file():
+            raise ModelSourceError(
+                f"{param} is empty (this run's model) but there is none at {own}: run the stage "
+                f"that makes it first, or name a model folder or hub name in {param}"
+            )
+        return ModelSource("", Path(own), "run")
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        return ModelSource(spec, _checked(path, param), "folder")
+    if not HUB_NAME.match(spec):
+        raise ModelSourceError(f"{param} = {spec!r}: neither a model folder nor a hub name")
+    folder, revision = _hub_snapshot(spec, param)
+    return ModelSource(spec, _checked(folder, param), "hub", revision)
+
+
+def _checked(folder: Path, param: str) -> Path:
+    if not folder.is_dir():
+        raise ModelSourceError(f"{param} = {str(folder)!r}: no such folder")
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(
+            f"{param} = {str(folder)!r} is not a model folder (no config.json): give the folder "
+            "that save_pretrained wrote"
+        )
+    if not any((folder / w).is_file() for w in WEIGHTS):
+        raise ModelSourceError(
+            f"{param} = {str(folder)!r} has a config.json but no weights ({', '.join(WEIGHTS[:2])})"
+        )
+    return folder.resolve()
+
+
+def _hub_snapshot(name: str, param: str) -> tuple[Path, str]:
+    """A hub model's snapshot folder and commit: from the local hub cache, or downloaded."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise ModelSourceError(
+                f"{param} = {name!r}: not in the hub cache ({_hub_cache()}) and HF_HUB_OFFLINE is set; "
+                "download it where a hub is reachable, or give a model folder"
+            ) from None
+        try:
+            folder = Path(snapshot_download(name, allow_patterns=patterns, etag_timeout=10))
+        except (HfHubHTTPError, OSError, ValueError) as err:
+            raise ModelSourceError(
+                f"{param} = {name!r}: not in the hub cache ({_hub_cache()}) and the hub cannot be "
+                f"reached ({type(err).__name__}); give a model folder, or fetch it where a hub is "
+                "reachable"
+            ) from None
+    return folder, folder.name
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)

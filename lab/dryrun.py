@@ -1,0 +1,266 @@
+"""`--dry-run`: every stage's plan without running anything. Per stage, what it will read and make,
+and for the training stages tokens (every factor), epochs over the corpus, FLOPs, time, memory and
+disk (`lab.core.budget`); a plan that cannot run is refused with its reasons (exit 2).
+
+The notebooks show the same lines for their own stage (`describe(cfg)`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from lab import config, distill, runs
+from lab.core import budget, documents, kd, models, presets, sources
+from lab.core.errors import LabError
+
+Lines = dict[str, object]  # a stage's plan: label -> text (and "refused" -> reasons)
+
+
+def context_of(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> dict:
+    """What the stages' plans share: every stage's parameters, the corpus's training tokens (estimated
+    from its sources, or read from a finished corpus stage), the free disk."""
+    every = {
+        s: cfgs.get(s) or config.load(s, run_id=run_id, profile=profile) for s in config.STAGES
+    }
+    chars = None
+    done = runs.read_manifest(runs.stage_dir(run_id, "corpus"))
+    if "corpus" not in cfgs and done:
+        chars = done["metrics"]["chars"]["train"]
+    elif (estimate := estimate_chars(every["corpus"])) is not None:
+        chars = round(estimate * (1 - every["corpus"].valid_frac - every["corpus"].test_frac))
+    folder = runs.data_dir()
+    while not folder.exists():
+        folder = folder.parent
+    return {
+        "configs": every,
+        "corpus_tokens": round(chars * budget.TOKENS_PER_CHAR) if chars else None,
+        "compact_vocab": every["corpus"].compact_vocab_size,
+        "free_disk": shutil.disk_usage(folder).free,
+    }
+
+
+def describe(cfg: config.StageConfig, context: dict | None = None) -> Lines:
+    """One stage's plan lines."""
+    context = context or context_of(cfg.run_id, cfg.profile, {cfg.stage: cfg})
+    return DESCRIBE[cfg.stage](cfg, context)
+
+
+def print_plan(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> int:
+    """Every stage's plan; 2 (and the reasons) if a stage cannot run as planned."""
+    context = context_of(run_id, profile, cfgs)
+    refused = []
+    for stage, cfg in cfgs.items():
+        print(f"{config.CONTRACTS[stage].notebook}  [{stage}]")
+        for key, value in describe(cfg, context).items():
+            if key == "refused":
+                refused += value
+            else:
+                print(f"    {key}: {value}")
+    if refused:
+        print("dry run: the plan cannot run as it stands:", file=sys.stderr)
+        for reason in refused:
+            print(f"  refused: {reason}", file=sys.stderr)
+        return 2
+    print("dry run: parameters valid; nothing was executed.")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# per stage
+
+
+def estimate_chars(cfg) -> int | None:
+    """The corpus's characters, estimated without reading it: registry sources by what they add,
+    text files by their size and a decoded sample, saved datasets by their text column; None where a
+    source's size cannot be known before it is read (a hub dataset)."""
+    total = 0
+    for name in cfg.sources:
+        if name in sources.REGISTRY:
+            n = sources.REGISTRY[name].corpus_chars
+            total += min(n, cfg.max_docs_per_source * n // 20_000) if cfg.max_docs_per_source else n
+            continue
+        n = documents.estimate_chars(name, cfg.text_encoding)
+        if n is None:
+            return None
+        total += min(n, cfg.source_max_chars) if cfg.source_max_chars else n
+    return total
+
+
+def corpus(cfg, context: dict) -> Lines:
+    chars = estimate_chars(cfg)
+    return {
+        "sources": ", ".join(cfg.sources),
+        "size": f"about {chars:,} characters" if chars else "unknown before the sources are read",
+        "documents per source": cfg.max_docs_per_source or "all",
+        "splits valid / test": f"{cfg.valid_frac:.0%} / {cfg.test_frac:.0%} by hash of the text",
+        "task examples train / eval": f"{cfg.task_max_train or 'all'} / {cfg.task_max_eval or 'all'}",
+        "vocabularies": f"bert-base-chinese {budget.FULL_VOCAB:,} + compact {cfg.compact_vocab_size:,}",
+        "expected compute": f"about {12 + (chars or 0) / 3.5e6:,.0f} s with 2 processes (measured on 2 cores: "
+        "100 M characters in 40 s, 12 s of it set-up)",
+    }
+
+
+def wwm(cfg, context: dict) -> Lines:
+    kept = 1 - cfg.mask_replace_prob - cfg.random_replace_prob
+    return {
+        "segmenter": f"{cfg.segmenter}{' + user dictionary' if cfg.user_dict else ''}",
+        "vocabularies": ", ".join(cfg.vocabs),
+        "packed lengths": ", ".join(map(str, cfg.seq_lengths)),
+        "masking": f"{cfg.mlm_probability:.0%} of tokens, {cfg.mask_replace_prob:.0%}/"
+        f"{cfg.random_replace_prob:.0%}/{kept:.0%} per word",
+        "expected compute": "about 1.6 M characters/s with 2 processes, two vocabularies (measured on 2 "
+        "cores: 100 M characters in 62 s)",
+    }
+
+
+def pretrain(cfg, context: dict) -> Lines:
+    """The model, tokens and epochs, compute and time, memory and disk, per stage."""
+    vocab_size = budget.vocab_size(cfg.vocab, context["compact_vocab"])
+    size = models.size(models.config(cfg.model, vocab_size, max_positions=cfg.max_positions))
+    a = presets.arch(cfg.model)
+    out: Lines = {
+        "model": f"{cfg.model} = {a.layers} layers x {a.hidden} hidden, {a.heads} heads; "
+        f"{size.params:,} parameters ({size.non_embedding:,} non-embedding) with the {cfg.vocab} vocab",
+    }
+    for name, L, steps, batch, _ in cfg.phases():
+        name = name.replace("stage", "stage ")
+        n = budget.tokens(steps, batch, L, cfg.grad_accum, cfg.processes)
+        epochs, too_many = budget.epochs_line(n, context.get("corpus_tokens"))
+        flops = budget.train_flops(size, n, L, cfg.mlm_probability)
+        need = budget.memory(size, batch, L, cfg.mlm_probability)
+        out[name] = (
+            f"{steps:,} steps x {batch} sequences x {L} tokens x {cfg.grad_accum} accumulation x "
+            f"{cfg.processes} process(es) = {n:,} tokens; {epochs}"
+        )
+        out[f"{name} compute"] = budget.time_line(flops, cfg.processes)
+        out[f"{name} memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
+        if too_many:
+            out[f"{name} WARNING"] = (
+                f"it reads its corpus more than {budget.MAX_EPOCHS} times: give a corpus of the size the "
+                "profile expects (-p corpus.sources='[...]') or fewer steps"
+            )
+        if budget.fits(need).startswith("none"):
+            _refuse(out, f"pretrain {name}: {budget.gb(need)} per process fits no named accelerator; "
+                         "lower the batch")  # fmt: skip
+    out["disk"] = f"checkpoints {budget.gb(budget.checkpoint_disk(size))} per stage"
+    return out
+
+
+def teacher_size(cfg, context: dict) -> tuple[budget.Size, int]:
+    """The teacher's size and positions: this plan's pretraining, the run's teacher on disk, or the
+    model given as `distill.teacher`."""
+    pre = context["configs"].get("pretrain")
+    if pre is not None and not cfg.teacher:
+        vocab_size = budget.vocab_size(cfg.vocab, context["compact_vocab"])
+        conf = models.config(pre.model, vocab_size, max_positions=pre.max_positions)
+        return models.size(conf), pre.max_positions
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(str(distill.teacher_source(cfg).folder))
+    return models.size(conf), conf.max_position_embeddings
+
+
+def distill_(cfg, context: dict) -> Lines:
+    """The models, tokens and epochs, compute and time, memory, the teacher cache's disk."""
+    weights = [
+        f"{k} {getattr(cfg, k + '_weight')}" for k in kd.LOSSES if getattr(cfg, k + "_weight")
+    ]
+    out: Lines = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}"}
+    try:
+        teacher, positions = teacher_size(cfg, context)
+    except LabError as err:  # no teacher yet, and none in this plan
+        out["budget"] = f"not computed: {err}"
+        return out
+    share = cfg.mlm_probability
+    student = models.size(models.config(cfg.student, teacher.vocab, max_positions=positions))
+    layers = len(cfg.assistant_layers) or max(1, teacher.layers // 2)
+    kept = layers / teacher.layers
+    assistant = budget.Size(layers, teacher.hidden, teacher.heads,
+                            teacher.params - round((1 - kept) * teacher.non_embedding),
+                            round(kept * teacher.non_embedding), teacher.vocab, teacher.ffn)  # fmt: skip
+    students = (2 if cfg.assistant_steps else 1) * cfg.seeds
+    n = budget.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, cfg.grad_accum, cfg.processes)
+    n_assistant = budget.tokens(cfg.assistant_steps, cfg.batch_size, cfg.seq_len, cfg.grad_accum,
+                                cfg.processes)  # fmt: skip
+    epochs, too_many = budget.epochs_line(n, context.get("corpus_tokens"))
+    out["students"] = (f"{students} x {cfg.student} ({student.params:,} parameters), {cfg.steps:,} steps x "
+                       f"{cfg.batch_size} x {cfg.seq_len} tokens x {cfg.processes} process(es) = {n:,} tokens "
+                       f"each; {epochs}")  # fmt: skip
+    out["teacher assistant"] = (f"{layers} of the teacher's layers, {n_assistant:,} tokens"
+                                if cfg.assistant_steps else "none (one-stage only)")  # fmt: skip
+    # the models trained, and who teaches how many tokens
+    flops = students * budget.train_flops(student, n, cfg.seq_len, share)
+    flops += budget.train_flops(assistant, n_assistant, cfg.seq_len, share)
+    taught = [(teacher, cfg.seeds * n + n_assistant)]
+    taught += [(assistant, cfg.seeds * n)] if cfg.assistant_steps else []
+    sequences = cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.processes
+    if cfg.mode == "online":  # a teacher forward every step
+        flops += sum(budget.forward_flops(t, k, cfg.seq_len) for t, k in taught)
+    else:  # each teacher runs once over the cached sequences
+        flops += sum(
+            budget.forward_flops(t, sequences * cfg.seq_len, cfg.seq_len) for t, _ in taught
+        )
+        cache = len(taught) * budget.cache_disk(sequences, cfg.seq_len, share, cfg.topk)
+        free = context.get("free_disk")
+        out["teacher cache"] = (
+            f"{budget.gb(cache)} on disk ({budget.gb(free) if free else 'unknown'} free)"
+        )
+        if free is not None and cache > free:
+            _refuse(out, distill.cache_refusal(cache, free))
+    need = budget.memory(student, cfg.batch_size, cfg.seq_len, share,
+                         extra_params=teacher.params if cfg.mode == "online" else 0)  # fmt: skip
+    out["compute"] = budget.time_line(flops, cfg.processes)
+    out["memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
+    if too_many:
+        out["WARNING"] = (f"each student reads its corpus more than {budget.MAX_EPOCHS} times: a larger "
+                          "corpus, or fewer steps")  # fmt: skip
+    if budget.fits(need).startswith("none"):
+        _refuse(out, f"distill: {budget.gb(need)} per process fits no named accelerator; lower "
+                     "distill.batch_size")  # fmt: skip
+    return out
+
+
+def longify(cfg, context: dict) -> Lines:
+    """Conversion, continued pretraining's tokens, compute and memory, the evaluation."""
+    out: Lines = {
+        "conversion": f"{cfg.source or 'this run pretrained model'} -> Longformer, {cfg.max_positions:,} "
+        f"positions, window {cfg.attention_window}, global {', '.join(cfg.global_tokens)}",
+        "evaluation": f"{cfg.eval_docs} held-out documents, probe gap > {cfg.probe_gap} tokens",
+    }
+    n = budget.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, cfg.grad_accum, cfg.processes)
+    out["continued pretraining"] = (f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} tokens x "
+                                    f"{cfg.processes} process(es) = {n:,} tokens")  # fmt: skip
+    pre = context["configs"].get("pretrain")
+    if pre is not None and not cfg.source:
+        vocab_size = budget.vocab_size(pre.vocab, context["compact_vocab"])
+        size = models.size(models.config(pre.model, vocab_size, max_positions=pre.max_positions))
+        # a sliding window: each token attends to window + 1 keys, not the whole sequence
+        flops = budget.train_flops(size, n, cfg.attention_window, cfg.mlm_probability)
+        need = budget.memory(size, cfg.batch_size, cfg.seq_len, cfg.mlm_probability,
+                             window=cfg.attention_window)  # fmt: skip
+        out["compute"] = budget.time_line(flops, cfg.processes)
+        out["memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
+    return out
+
+
+def evaluate(cfg, context: dict) -> Lines:
+    rates = ", ".join(f"{x:g}" for x in cfg.lrs)
+    return {
+        "models": ", ".join(cfg.models)
+        + (" (every seed)" if cfg.all_seeds else " (first seed of each student)")
+        + ("" if "all" in cfg.task_models else f"; on the tasks: {', '.join(cfg.task_models)}"),
+        "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / "
+        f"{cfg.task_eval_examples:,} valid and test examples",
+        "protocol": f"learning rate from {rates} chosen on valid with the first seed; {cfg.seeds} seed(s) "
+        f"at it scored on test; {cfg.epochs:g} epochs, batch {cfg.batch_size}, {cfg.task_seq_len} tokens",
+        "baselines": ("scratch + " if cfg.scratch else "") + "char n-gram logistic regression",
+    }
+
+
+def _refuse(out: Lines, reason: str) -> None:
+    out.setdefault("refused", []).append(reason)
+
+
+DESCRIBE = {"corpus": corpus, "wwm": wwm, "pretrain": pretrain, "distill": distill_,
+            "longify": longify, "evaluate": evaluate}  # fmt: skip
