@@ -94,7 +94,7 @@ def digest(*names: str, root: Path = ROOT) -> str:
 
 def code_of(source: str) -> str:
     """What a module computes: its syntax tree without docstrings (comments and layout are not in
-    a syntax tree), dumped as text."""
+    a syntax tree), written back as source (the same text on every Python that parses it)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -106,4 +106,4 @@ def code_of(source: str) -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+    return ast.unparse(tree)

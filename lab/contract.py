@@ -39,6 +39,11 @@ class Contract:
     def module(self) -> str:
         return f"lab.{self.name}"
 
+    def load(self, namespace: dict | None = None, **kwargs) -> params.StageConfig:
+        """The stage's validated parameters (`lab.params.load`); in its notebook,
+        `cfg = pretrain.STAGE.load(globals())`."""
+        return params.load(self.params, namespace, **kwargs)
+
     def code(self) -> str:
         """Digest of the driver's source and of every `lab` module it imports."""
         return codebase.digest(self.module)

@@ -28,7 +28,7 @@ ABLATIONS = (
 )
 # parameters that do not change the teacher or how it is scored
 NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_sequences", "speed_repeats",
-                   "probes_file", "seed", "task_models", "compare"}  # fmt: skip
+                   "probes_file", "seed", "task_models"}  # fmt: skip
 
 
 def run_ids() -> list[str]:

@@ -27,7 +27,8 @@ from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
 from lab.core.metrics import mlm_metrics
 from lab.core.progress import echo
-from lab.params import ConfigError, Loop, Masking, StageConfig, check_share, param
+from lab.groups import Loop, Masking, cache_refusal, check_share
+from lab.params import ConfigError, StageConfig, param
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,10 @@ class DistillConfig(Masking, Loop, StageConfig):
         super().check()
 
 
-def teacher_source(cfg: DistillConfig) -> checkpoints.ModelSource:
+def teacher_source(cfg: DistillConfig, *, weights: bool = True) -> checkpoints.ModelSource:
     """The teacher: this run's pretrained model, or a model folder or hub name (`distill.teacher`)."""
     own = runs.stage_dir(cfg.run_id, "pretrain") / "model"
-    return checkpoints.resolve(cfg.teacher, own, param="distill.teacher")
+    return checkpoints.resolve(cfg.teacher, own, param="distill.teacher", weights=weights)
 
 
 def load_teacher(cfg: DistillConfig, source: checkpoints.ModelSource):
@@ -210,7 +211,7 @@ class Distillation:
                 batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
                 steps=int(cfg.locality_steps * steps), grad_accum=cfg.grad_accum,
             )  # fmt: skip
-        tc = cfg.loop(steps=steps, lr=lr, seed=seed, eval_every=cfg.eval_every)
+        tc = train.TrainConfig(**cfg.loop(steps=steps, lr=lr, seed=seed, eval_every=cfg.eval_every))
 
         def held_out(m) -> dict:
             return mlm_metrics(m.student, *self.eval, self.tokenizer, seed=cfg.seed)
@@ -333,7 +334,7 @@ def training_logs(manifest: dict) -> dict[str, list[dict]]:
 def teacher_inputs(cfg: DistillConfig) -> dict[str, str]:
     """A teacher named by the parameter is an input: a folder by its content, a hub name by its
     revision (this run's own teacher is an upstream stage)."""
-    return {"teacher": teacher_source(cfg).digest()} if cfg.teacher else {}
+    return {"teacher": teacher_source(cfg, weights=False).digest()} if cfg.teacher else {}
 
 
 def headline(manifest: dict) -> dict:
@@ -349,13 +350,6 @@ def headline(manifest: dict) -> dict:
         k = manifest["params"]["topk"]
         out[f"top-{k} truncation mass"] = f"{m['caches']['teacher']['truncation_mass'][str(k)]:.3f}"
     return out
-
-
-def cache_refusal(need: float, free: float) -> str:
-    return (
-        f"distill: the teacher cache needs {budget.gb(need)} but the disk has {budget.gb(free)} free; run the "
-        "teacher online (-p distill.mode=online), keep fewer entries (-p distill.topk=...) or take fewer steps"
-    )
 
 
 STAGE = contract.Contract(

@@ -10,48 +10,58 @@ from __future__ import annotations
 import shutil
 import sys
 
-from lab import config, distill, runs
-from lab.core import budget, documents, kd, models, presets, sources
+from lab import runs
+from lab.core import budget, checkpoints, documents, kd, models, presets, sources
 from lab.core.errors import LabError
+from lab.groups import cache_refusal
+from lab.params import STAGES, StageConfig, profile_values
 
 Lines = dict[str, object]  # a stage's plan: label -> text (and "refused" -> reasons)
 
 
-def context_of(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> dict:
-    """What the stages' plans share: every stage's parameters, the corpus's training tokens (estimated
-    from its sources, or read from a finished corpus stage), the free disk."""
-    every = {
-        s: cfgs.get(s) or config.load(s, run_id=run_id, profile=profile) for s in config.STAGES
-    }
+def context_of(cfgs: dict[str, StageConfig]) -> dict:
+    """What the stages' plans share. `cfgs` are the stages planned now; a stage not planned is read
+    from the run's finished stage when there is one (a notebook describes its stage after the ones
+    before it ran), else from the profile. Also the corpus's training tokens (estimated from its
+    sources, or read from the finished corpus stage) and the free disk."""
+    first = next(iter(cfgs.values()))
+    run_id, profile = first.run_id, first.profile
+    values, done = {}, {}
+    for s in STAGES:
+        done[s] = runs.read_manifest(runs.stage_dir(run_id, s))
+        if s in cfgs:
+            values[s] = cfgs[s].params()
+        else:
+            values[s] = done[s]["params"] if done[s] else profile_values(profile)[s]
     chars = None
-    done = runs.read_manifest(runs.stage_dir(run_id, "corpus"))
-    if "corpus" not in cfgs and done:
-        chars = done["metrics"]["chars"]["train"]
-    elif (estimate := estimate_chars(every["corpus"])) is not None:
-        chars = round(estimate * (1 - every["corpus"].valid_frac - every["corpus"].test_frac))
+    if "corpus" not in cfgs and done["corpus"]:
+        chars = done["corpus"]["metrics"]["chars"]["train"]
+    elif (estimate := estimate_chars(values["corpus"])) is not None:
+        chars = round(
+            estimate * (1 - values["corpus"]["valid_frac"] - values["corpus"]["test_frac"])
+        )
     folder = runs.data_dir()
     while not folder.exists():
         folder = folder.parent
     return {
-        "configs": every,
+        "run_id": run_id, "params": values, "planned": set(cfgs),
         "corpus_tokens": round(chars * budget.TOKENS_PER_CHAR) if chars else None,
-        "compact_vocab": every["corpus"].compact_vocab_size,
+        "compact_vocab": values["corpus"]["compact_vocab_size"],
         "free_disk": shutil.disk_usage(folder).free,
-    }
+    }  # fmt: skip
 
 
-def describe(cfg: config.StageConfig, context: dict | None = None) -> Lines:
+def describe(cfg: StageConfig, context: dict | None = None) -> Lines:
     """One stage's plan lines."""
-    context = context or context_of(cfg.run_id, cfg.profile, {cfg.stage: cfg})
-    return DESCRIBE[cfg.stage](cfg, context)
+    return DESCRIBE[cfg.stage](cfg, context or context_of({cfg.stage: cfg}))
 
 
-def print_plan(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -> int:
-    """Every stage's plan; 2 (and the reasons) if a stage cannot run as planned."""
-    context = context_of(run_id, profile, cfgs)
+def print_plan(cfgs: dict[str, StageConfig], notebooks: dict[str, str]) -> int:
+    """Every planned stage's plan; 2 (and the reasons) if a stage cannot run as planned."""
+    context = context_of(cfgs)
     refused = []
     for stage, cfg in cfgs.items():
-        print(f"{config.CONTRACTS[stage].notebook}  [{stage}]")
+        print(f"{notebooks[stage]}  [{stage}]")
         for key, value in describe(cfg, context).items():
             if key == "refused":
                 refused += value
@@ -70,25 +80,26 @@ def print_plan(run_id: str, profile: str, cfgs: dict[str, config.StageConfig]) -
 # per stage
 
 
-def estimate_chars(cfg) -> int | None:
-    """The corpus's characters, estimated without reading it: registry sources by what they add,
-    text files by their size and a decoded sample, saved datasets by their text column; None where a
-    source's size cannot be known before it is read (a hub dataset)."""
-    total = 0
-    for name in cfg.sources:
+def estimate_chars(corpus: dict) -> int | None:
+    """The corpus's characters (`corpus`: the corpus stage's parameters), estimated without reading
+    it: registry sources by what they add, text files by their size and a decoded sample, saved
+    datasets by their text column; None where a source's size cannot be known before it is read (a
+    hub dataset)."""
+    total, cap = 0, corpus["max_docs_per_source"]
+    for name in corpus["sources"]:
         if name in sources.REGISTRY:
             n = sources.REGISTRY[name].corpus_chars
-            total += min(n, cfg.max_docs_per_source * n // 20_000) if cfg.max_docs_per_source else n
+            total += min(n, cap * n // 20_000) if cap else n
             continue
-        n = documents.estimate_chars(name, cfg.text_encoding)
+        n = documents.estimate_chars(name, corpus["text_encoding"])
         if n is None:
             return None
-        total += min(n, cfg.source_max_chars) if cfg.source_max_chars else n
+        total += min(n, corpus["source_max_chars"]) if corpus["source_max_chars"] else n
     return total
 
 
 def corpus(cfg, context: dict) -> Lines:
-    chars = estimate_chars(cfg)
+    chars = estimate_chars(cfg.params())
     return {
         "sources": ", ".join(cfg.sources),
         "size": f"about {chars:,} characters" if chars else "unknown before the sources are read",
@@ -147,18 +158,21 @@ def pretrain(cfg, context: dict) -> Lines:
     return out
 
 
-def teacher_size(cfg, context: dict) -> tuple[budget.Size, int]:
-    """The teacher's size and positions: this plan's pretraining, the run's teacher on disk, or the
-    model given as `distill.teacher`."""
-    pre = context["configs"].get("pretrain")
-    if pre is not None and not cfg.teacher:
-        vocab_size = budget.vocab_size(cfg.vocab, context["compact_vocab"])
-        conf = models.config(pre.model, vocab_size, max_positions=pre.max_positions)
-        return models.size(conf), pre.max_positions
+def model_size(spec: str, param: str, context: dict) -> tuple[budget.Size, int]:
+    """The size and positions of the model a stage starts from: the one named by `spec` (a folder
+    or hub name; its config is read, its weights are not fetched), else this run's pretrained model:
+    as this plan trains it, or as it lies on disk, or as the profile would train it."""
     from transformers import AutoConfig
 
-    conf = AutoConfig.from_pretrained(str(distill.teacher_source(cfg).folder))
-    return models.size(conf), conf.max_position_embeddings
+    own = runs.stage_dir(context["run_id"], "pretrain") / "model"
+    if spec or ("pretrain" not in context["planned"] and (own / "config.json").is_file()):
+        folder = checkpoints.resolve(spec, own, param=param, weights=False).folder
+        conf = AutoConfig.from_pretrained(str(folder))
+        return models.size(conf), conf.max_position_embeddings
+    pre = context["params"]["pretrain"]
+    vocab_size = budget.vocab_size(pre["vocab"], context["compact_vocab"])
+    conf = models.config(pre["model"], vocab_size, max_positions=pre["max_positions"])
+    return models.size(conf), pre["max_positions"]
 
 
 def distill_(cfg, context: dict) -> Lines:
@@ -168,7 +182,7 @@ def distill_(cfg, context: dict) -> Lines:
     ]
     out: Lines = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}"}
     try:
-        teacher, positions = teacher_size(cfg, context)
+        teacher, positions = model_size(cfg.teacher, "distill.teacher", context)
     except LabError as err:  # no teacher yet, and none in this plan
         out["budget"] = f"not computed: {err}"
         return out
@@ -185,8 +199,8 @@ def distill_(cfg, context: dict) -> Lines:
                                 cfg.processes)  # fmt: skip
     epochs, too_many = budget.epochs_line(n, context.get("corpus_tokens"))
     out["students"] = (f"{students} x {cfg.student} ({student.params:,} parameters), {cfg.steps:,} steps x "
-                       f"{cfg.batch_size} x {cfg.seq_len} tokens x {cfg.processes} process(es) = {n:,} tokens "
-                       f"each; {epochs}")  # fmt: skip
+                       f"{cfg.batch_size} x {cfg.seq_len} tokens x {cfg.grad_accum} accumulation x "
+                       f"{cfg.processes} process(es) = {n:,} tokens each; {epochs}")  # fmt: skip
     out["teacher assistant"] = (f"{layers} of the teacher's layers, {n_assistant:,} tokens"
                                 if cfg.assistant_steps else "none (one-stage only)")  # fmt: skip
     # the models trained, and who teaches how many tokens
@@ -207,7 +221,7 @@ def distill_(cfg, context: dict) -> Lines:
             f"{budget.gb(cache)} on disk ({budget.gb(free) if free else 'unknown'} free)"
         )
         if free is not None and cache > free:
-            _refuse(out, distill.cache_refusal(cache, free))
+            _refuse(out, cache_refusal(cache, free))
     need = budget.memory(student, cfg.batch_size, cfg.seq_len, share,
                          extra_params=teacher.params if cfg.mode == "online" else 0)  # fmt: skip
     out["compute"] = budget.time_line(flops, cfg.processes)
@@ -231,16 +245,18 @@ def longify(cfg, context: dict) -> Lines:
     n = budget.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, cfg.grad_accum, cfg.processes)
     out["continued pretraining"] = (f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} tokens x "
                                     f"{cfg.processes} process(es) = {n:,} tokens")  # fmt: skip
-    pre = context["configs"].get("pretrain")
-    if pre is not None and not cfg.source:
-        vocab_size = budget.vocab_size(pre.vocab, context["compact_vocab"])
-        size = models.size(models.config(pre.model, vocab_size, max_positions=pre.max_positions))
-        # a sliding window: each token attends to window + 1 keys, not the whole sequence
-        flops = budget.train_flops(size, n, cfg.attention_window, cfg.mlm_probability)
-        need = budget.memory(size, cfg.batch_size, cfg.seq_len, cfg.mlm_probability,
-                             window=cfg.attention_window)  # fmt: skip
-        out["compute"] = budget.time_line(flops, cfg.processes)
-        out["memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
+    try:
+        size, _ = model_size(cfg.source, "longify.source", context)
+    except LabError as err:
+        out["budget"] = f"not computed: {err}"
+        return out
+    # a sliding window: each token attends to window + 1 keys, not the whole sequence
+    flops = budget.train_flops(size, n, cfg.attention_window, cfg.mlm_probability)
+    need = budget.memory(
+        size, cfg.batch_size, cfg.seq_len, cfg.mlm_probability, window=cfg.attention_window
+    )
+    out["compute"] = budget.time_line(flops, cfg.processes)
+    out["memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
     return out
 
 

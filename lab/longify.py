@@ -25,7 +25,8 @@ from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import bits_per_char, document_nats
 from lab.core.presets import check_window
 from lab.core.progress import echo
-from lab.params import ConfigError, Loop, Masking, StageConfig, param, segmenter_of
+from lab.groups import Loop, Masking, segmenter_of
+from lab.params import ConfigError, StageConfig, param
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,10 @@ class LongifyConfig(Masking, Loop, StageConfig):
         super().check()
 
 
-def model_source(cfg: LongifyConfig) -> checkpoints.ModelSource:
+def model_source(cfg: LongifyConfig, *, weights: bool = True) -> checkpoints.ModelSource:
     """The BERT to convert: this run's pretrained model, or `longify.source`."""
     own = runs.stage_dir(cfg.run_id, "pretrain") / "model"
-    return checkpoints.resolve(cfg.source, own, param="longify.source")
+    return checkpoints.resolve(cfg.source, own, param="longify.source", weights=weights)
 
 
 @contract.locked
@@ -118,7 +119,7 @@ def run(cfg: LongifyConfig) -> dict:
                                tokenizer.sep_token_id, tokenizer.pad_token_id)  # fmt: skip
     collator = cfg.mask_rule().collator(tokenizer)
     batches = LongBatches(x, w, collator, cfg.batch_size, cfg.seed, global_ids=global_ids)
-    tc = cfg.loop(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=5)
+    tc = train.TrainConfig(**cfg.loop(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=5))
     echo(f"continued pretraining: {len(x):,} chunks of {cfg.seq_len} tokens from {len(docs['train']):,} documents; "
          f"{cfg.steps:,} steps x {cfg.batch_size} = {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens")  # fmt: skip
     fit = partial(train.train, mlm.MaskedLM(long), batches, tc, work / "continued", desc="longify")
@@ -263,7 +264,7 @@ class Scoring:
 
 def source_inputs(cfg: LongifyConfig) -> dict[str, str]:
     """A model named by `longify.source` is an input (the run's own is an upstream stage)."""
-    return {"source": model_source(cfg).digest()} if cfg.source else {}
+    return {"source": model_source(cfg, weights=False).digest()} if cfg.source else {}
 
 
 def headline(manifest: dict) -> dict:

@@ -90,7 +90,7 @@ def run(
                     f"{runs.stage_dir(run_id, up)}. Run it: python -m lab run --run-id {run_id} --to {up}"
                 )
     if dry_run:
-        return dryrun.print_plan(run_id, profile, cfgs)
+        return dryrun.print_plan(cfgs, {s: CONTRACTS[s].notebook for s in cfgs})
     out = reports.report_dir(run_id)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from lab import cards, contract, runs
 from lab.core import checkpoints, mlm, models, presets, train, vocab
 from lab.core.metrics import attention_by_offset, fill_mask, mlm_metrics
 from lab.core.progress import echo
-from lab.params import ConfigError, Loop, Masking, StageConfig, check_share, param
+from lab.groups import Loop, Masking, check_share
+from lab.params import ConfigError, StageConfig, param
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,9 @@ def run(cfg: PretrainConfig) -> dict:
         warm = int(cfg.locality_steps * steps) if i == 0 and cfg.locality_bias else 0
         batches = batches_for(cfg, tokenizer, ids, wids, batch_size=bs, seed=cfg.seed + i,
                               heads=model.config.num_attention_heads, warm_up_steps=warm)  # fmt: skip
-        tc = cfg.loop(steps=steps, lr=lr, seed=cfg.seed + i, eval_every=cfg.eval_every)
+        tc = train.TrainConfig(
+            **cfg.loop(steps=steps, lr=lr, seed=cfg.seed + i, eval_every=cfg.eval_every)
+        )
         if acc.is_main_process:
             per_step = bs * L * cfg.grad_accum * world
             echo(
@@ -234,7 +237,8 @@ def starting_point(cfg: PretrainConfig) -> dict[str, str]:
     """A model to continue from is an input: a folder by its content, a hub name by its revision."""
     if not cfg.init_from:
         return {}
-    return {"init_from": checkpoints.resolve(cfg.init_from, param="pretrain.init_from").digest()}
+    source = checkpoints.resolve(cfg.init_from, param="pretrain.init_from", weights=False)
+    return {"init_from": source.digest()}
 
 
 def headline(manifest: dict) -> dict:

@@ -105,7 +105,11 @@ def write_index(run_id: str, status: dict, contracts: dict) -> None:
                 headline = {"headline unavailable": f"{type(err).__name__}: {err}"}
             findings |= manifest["metrics"].get("findings", {})
         rows.append((contract, entry, headline, manifest))
-    findings |= crossrun.ablations(run_id)  # other runs may have been made since this one
+    try:  # other runs may have been made since this one; a broken one must not break the index
+        findings |= crossrun.ablations(run_id)
+    except Exception as err:
+        findings["comparisons with other runs"] = {"claim": "comparisons with other runs", "verdict": "not computed",
+                                                   "difference": None, "reason": f"{type(err).__name__}: {err}"}  # fmt: skip
     write_json(out / "findings.json", findings)
     write_atomic(out / "index.html", index_html(run_id, status, rows, findings))
 

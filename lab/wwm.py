@@ -21,7 +21,8 @@ from lab.core.files import digest_path, save_arrow_dataset, write_json
 from lab.core.masking import builtin_comparison, mask_statistics
 from lab.core.progress import echo
 from lab.core.wordpiece import encode, encode_corpus, flat_batches, pack_dataset
-from lab.params import ConfigError, MaskShares, Segmentation, StageConfig, param
+from lab.groups import MaskShares, Segmentation
+from lab.params import ConfigError, StageConfig, param
 
 
 @dataclass(frozen=True)

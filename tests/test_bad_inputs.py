@@ -108,6 +108,10 @@ def test_model_folder_without_config_or_weights(tmp_path):
         longify.model_source(lcfg)
     with pytest.raises(ModelSourceError, match="distill.teacher is empty .* run the stage"):
         distill.teacher_source(config.load("distill", run_id="no-such-run"))
+    from lab.core import checkpoints
+
+    with pytest.raises(ModelSourceError, match="x.teacher = 'a..b': not a valid hub name"):
+        checkpoints.resolve("a..b", param="x.teacher")
 
 
 def test_teacher_with_another_vocabulary_is_refused():

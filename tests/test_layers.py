@@ -57,6 +57,20 @@ def test_drivers_never_import_each_other_or_the_layer_above():
         assert reached == {d}, f"{d} reaches {sorted(reached - {d})}"
 
 
+@pytest.mark.parametrize("stage", config.STAGES)
+def test_a_notebook_reaches_its_own_driver_only(stage):
+    """A notebook's report is rendered again when the code it imports changes: a change to another
+    stage's driver must not make it run again."""
+    import json
+
+    nb = json.loads(
+        (codebase.ROOT.parent / "notebooks" / config.CONTRACTS[stage].notebook).read_text()
+    )
+    source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    reached = codebase.closure(*codebase.imports_in(source)) & DRIVERS
+    assert reached == {f"lab.{stage}"}, reached
+
+
 def test_figures_and_widgets_import_no_stage():
     for m in FIGURES:
         reached = codebase.closure(m) & (DRIVERS | TOP | {"lab.runs", "lab.config", "lab.contract"})

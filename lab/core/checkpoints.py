@@ -1,7 +1,7 @@
 """Model sources: the run's own model, a model folder, or a hub name, resolved to a local folder.
 
-Every parameter that names a model (`pretrain.init_from`, `distill.teacher`, `longify.source`,
-`evaluate.models`) goes through `resolve`: a folder is used as it is; a hub name is looked up in the
+Every parameter that names a model (`pretrain.init_from`, `distill.teacher`, `longify.source`)
+goes through `resolve`: a folder is used as it is; a hub name is looked up in the
 Hugging Face cache first (`HF_HOME`; nothing leaves the machine when it is there) and downloaded
 only when it is not and a hub is reachable. Downstream code only ever sees a folder.
 """
@@ -28,7 +28,7 @@ class ModelSourceError(LabError, ValueError):
 @dataclass(frozen=True)
 class ModelSource:
     spec: str  # what the parameter said; empty: the run's own model
-    folder: Path  # a local folder with config.json and weights
+    folder: Path  # a local folder with config.json (and weights, unless resolved without them)
     origin: str  # "run" | "folder" | "hub"
     revision: str = ""  # a hub snapshot's commit
 
@@ -44,17 +44,18 @@ class ModelSource:
         )
 
     def provenance(self) -> str:
-        """Where the model came from, for a model card."""
+        """Where the model came from, for a model card (no machine-specific path)."""
         if self.origin == "hub":
             return f"hub model `{self.spec}` (revision {self.revision or 'unknown'})"
         if self.origin == "run":
-            return f"this run's model (`{self.folder}`)"
-        return f"model folder `{self.folder}` (content sha256 {self.digest()[:12]})"
+            return "this run's pretrained model"
+        return f"model folder `{self.folder.name}` (content sha256 {self.digest()[:12]})"
 
 
-def resolve(spec: str, own: Path | None = None, *, param: str) -> ModelSource:
+def resolve(spec: str, own: Path | None = None, *, param: str, weights: bool = True) -> ModelSource:
     """The model `spec` names: empty for the run's own model (`own`), a folder, or a hub name.
-    `param` names the parameter in every error."""
+    `param` names the parameter in every error; `weights=False` (a dry run, a cache key) fetches a
+    hub model's config and tokenizer only."""
     if not spec:
         if own is None or not (Path(own) / "config.json").is_file():
             raise ModelSourceError(
@@ -67,11 +68,11 @@ def resolve(spec: str, own: Path | None = None, *, param: str) -> ModelSource:
         return ModelSource(spec, _checked(path, param), "folder")
     if not HUB_NAME.match(spec):
         raise ModelSourceError(f"{param} = {spec!r}: neither a model folder nor a hub name")
-    folder, revision = _hub_snapshot(spec, param)
-    return ModelSource(spec, _checked(folder, param), "hub", revision)
+    folder, revision = _hub_snapshot(spec, param, weights)
+    return ModelSource(spec, _checked(folder, param, weights), "hub", revision)
 
 
-def _checked(folder: Path, param: str) -> Path:
+def _checked(folder: Path, param: str, weights: bool = True) -> Path:
     if not folder.is_dir():
         raise ModelSourceError(f"{param} = {str(folder)!r}: no such folder")
     if not (folder / "config.json").is_file():
@@ -79,39 +80,62 @@ def _checked(folder: Path, param: str) -> Path:
             f"{param} = {str(folder)!r} is not a model folder (no config.json): give the folder "
             "that save_pretrained wrote"
         )
-    if not any((folder / w).is_file() for w in WEIGHTS):
+    if weights and not any((folder / w).is_file() for w in WEIGHTS):
         raise ModelSourceError(
             f"{param} = {str(folder)!r} has a config.json but no weights ({', '.join(WEIGHTS[:2])})"
         )
     return folder.resolve()
 
 
-def _hub_snapshot(name: str, param: str) -> tuple[Path, str]:
-    """A hub model's snapshot folder and commit: from the local hub cache, or downloaded."""
+def _hub_snapshot(name: str, param: str, weights: bool) -> tuple[Path, str]:
+    """A hub model's snapshot folder and commit: from the local hub cache, or downloaded. Weights
+    come as safetensors, or as a PyTorch .bin where the model has no safetensors."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
+    patterns = ["*.json", "*.txt", "*.model"] + (["*.safetensors"] if weights else [])
+
+    def fetch(local: bool, allow: list[str]) -> Path:
+        return Path(snapshot_download(name, local_files_only=local, allow_patterns=allow,
+                                      cache_dir=_hub_cache(), etag_timeout=10))  # fmt: skip
+
     try:
-        folder = Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        folder = fetch(True, patterns)
+    except ValueError as err:  # HFValidationError: not a valid repository id
+        raise ModelSourceError(f"{param} = {name!r}: not a valid hub name ({err})") from None
+    except (LocalEntryNotFoundError, OSError):
+        if _offline():
             raise ModelSourceError(
-                f"{param} = {name!r}: not in the hub cache ({_hub_cache()}) and HF_HUB_OFFLINE is set; "
-                "download it where a hub is reachable, or give a model folder"
+                f"{param} = {name!r}: not in the hub cache ({_hub_cache()}) and the hub is switched off "
+                "(HF_HUB_OFFLINE); fetch it where a hub is reachable, or give a model folder"
             ) from None
         try:
-            folder = Path(snapshot_download(name, allow_patterns=patterns, etag_timeout=10))
-        except (HfHubHTTPError, OSError, ValueError) as err:
+            folder = fetch(False, patterns)
+        except RepositoryNotFoundError:
+            raise ModelSourceError(f"{param} = {name!r}: no such model on the hub") from None
+        except Exception as err:  # network: refused, timed out, proxy, ...
             raise ModelSourceError(
                 f"{param} = {name!r}: not in the hub cache ({_hub_cache()}) and the hub cannot be "
                 f"reached ({type(err).__name__}); give a model folder, or fetch it where a hub is "
                 "reachable"
             ) from None
+    if weights and not any((folder / w).is_file() for w in WEIGHTS):
+        folder = fetch(_offline(), [*patterns, "*.bin"])
     return folder, folder.name
 
 
-def _hub_cache() -> str:
+def _offline() -> bool:
     from huggingface_hub import constants
 
-    return str(constants.HF_HUB_CACHE)
+    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def _hub_cache() -> str:
+    """The hub cache as the environment names it now (HF_HUB_CACHE, or HF_HOME/hub)."""
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return cache
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache", "huggingface"
+    )
+    return os.path.join(home, "hub")

@@ -58,6 +58,8 @@ class Segmenter:
     def __post_init__(self):
         if self.name not in SEGMENTERS:
             raise SegmenterError(f"segmenter {self.name!r}: choose one of {SEGMENTERS}")
+        if self.user_dict:
+            self.user_dict = str(Path(self.user_dict).expanduser())
         if self.user_dict and not Path(self.user_dict).is_file():
             raise SegmenterError(f"jieba user dictionary {self.user_dict!r}: no such file")
         if self.name == "jieba-python" or self.user_dict or self.words or not _has_rjieba():

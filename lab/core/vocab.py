@@ -72,7 +72,7 @@ def _count(backend, texts: list[str], counts: Counter) -> None:
 
 def counts_from(chars: Counter, runs: Counter, tokenizer) -> Counter:
     """`token_counts` of a text from its character counts and its runs of letters and digits
-    (`lab.core.text.runs`): a CJK character or a punctuation mark is one token of its own, a run
+    (`lab.core.text.alnum_runs`): a CJK character or a punctuation mark is one token of its own, a run
     goes through WordPiece. Each distinct character and run is tokenized once."""
     from lab.core.text import SPLIT, char_class
 
