@@ -5,7 +5,7 @@ python -m lab run [--profile smoke|cpu|gpu] [--run-id ID] [--from STAGE] [--to S
                   [-p KEY=VALUE ...] [--params FILE.yaml] [--dry-run]
 python -m lab report RUN_ID
 python -m lab sources [--fetch]
-python -m lab bench {wwm,pretrain,locality,distill,longify,all} [--quick]
+python -m lab bench {corpus,wwm,pretrain,finetune,locality,distill,longify,gpu,all} [--quick]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from lab import contract, overrides, params
 from lab.core.errors import LabError
 
-BENCHES = ("corpus", "wwm", "pretrain", "locality", "distill", "longify")
+BENCHES = ("corpus", "wwm", "pretrain", "finetune", "locality", "distill", "longify", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,11 +108,12 @@ def cmd_sources(args) -> int:
 
 def cmd_bench(args) -> int:
     from lab import runs
-    from lab.bench import corpus, distill, longify, pretrain, wwm
+    from lab.bench import corpus, distill, finetune, gpu, longify, pretrain, wwm
 
-    run = {"corpus": corpus.run, "wwm": wwm.run, "pretrain": pretrain.pretrain, "locality": pretrain.locality,
-           "distill": distill.run, "longify": longify.run}  # fmt: skip
-    for name in BENCHES if args.name == "all" else [args.name]:
+    run = {"corpus": corpus.run, "wwm": wwm.run, "pretrain": pretrain.pretrain, "finetune": finetune.run,
+           "locality": pretrain.locality, "distill": distill.run, "longify": longify.run,
+           "gpu": gpu.run}  # fmt: skip
+    for name in [b for b in BENCHES if b != "gpu"] if args.name == "all" else [args.name]:
         result = run[name](quick=args.quick)
         result["measured"] = time.strftime("%Y-%m-%d %H:%M")
         runs.save_bench(result)

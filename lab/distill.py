@@ -21,7 +21,19 @@ from functools import partial
 from pathlib import Path
 
 from lab import cards, contract, runs
-from lab.core import budget, checkpoints, kd, kdeval, mlm, names, presets, train, vocab
+from lab.core import (
+    budget,
+    hardware,
+    kd,
+    kdeval,
+    mlm,
+    models,
+    modelsource,
+    names,
+    presets,
+    train,
+    vocab,
+)
 from lab.core.files import sha256_json
 from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
@@ -99,13 +111,13 @@ class DistillConfig(Masking, Loop, StageConfig):
         super().check()
 
 
-def teacher_source(cfg: DistillConfig, *, weights: bool = True) -> checkpoints.ModelSource:
+def teacher_source(cfg: DistillConfig, *, weights: bool = True) -> modelsource.ModelSource:
     """The teacher: this run's pretrained model, or a model folder or hub name (`distill.teacher`)."""
     own = runs.stage_dir(cfg.run_id, "pretrain") / "model"
-    return checkpoints.resolve(cfg.teacher, own, param="distill.teacher", weights=weights)
+    return modelsource.resolve(cfg.teacher, own, param="distill.teacher", weights=weights)
 
 
-def load_teacher(cfg: DistillConfig, source: checkpoints.ModelSource):
+def load_teacher(cfg: DistillConfig, source: modelsource.ModelSource):
     teacher = mlm.load(source.folder, attn="eager" if cfg.attention_weight else None)
     if teacher.config.model_type != "bert":
         raise DistillError(
@@ -211,7 +223,18 @@ class Distillation:
                 batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
                 steps=int(cfg.locality_steps * steps), grad_accum=cfg.grad_accum,
             )  # fmt: skip
-        tc = train.TrainConfig(**cfg.loop(steps=steps, lr=lr, seed=seed, eval_every=cfg.eval_every))
+        device = train.accelerator().device
+        student.set_attn_implementation(
+            "eager" if cfg.attention_weight else hardware.training_attention(device)
+        )
+        fpt = budget.flops_per_token(models.size(student.config), cfg.seq_len, cfg.mlm_probability)
+        if not cache:  # the teacher's forward, every step
+            fpt += budget.forward_flops(models.size(teacher.config), 1, cfg.seq_len)
+        tc = train.TrainConfig(
+            **cfg.loop(
+                steps=steps, lr=lr, seed=seed, eval_every=cfg.eval_every, flops_per_token=fpt
+            )
+        )
 
         def held_out(m) -> dict:
             return mlm_metrics(m.student, *self.eval, self.tokenizer, seed=cfg.seed)

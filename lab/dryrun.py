@@ -10,8 +10,10 @@ from __future__ import annotations
 import shutil
 import sys
 
+import torch
+
 from lab import runs
-from lab.core import budget, checkpoints, documents, kd, models, presets, sources
+from lab.core import budget, documents, hardware, kd, models, modelsource, presets, sources
 from lab.core.errors import LabError
 from lab.groups import cache_refusal
 from lab.params import STAGES, StageConfig, profile_values
@@ -43,8 +45,10 @@ def context_of(cfgs: dict[str, StageConfig]) -> dict:
     folder = runs.data_dir()
     while not folder.exists():
         folder = folder.parent
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "run_id": run_id, "params": values, "planned": set(cfgs),
+        "here": (device, hardware.matmul_peak(device, "bfloat16")),
         "corpus_tokens": round(chars * budget.TOKENS_PER_CHAR) if chars else None,
         "compact_vocab": values["corpus"]["compact_vocab_size"],
         "free_disk": shutil.disk_usage(folder).free,
@@ -144,7 +148,7 @@ def pretrain(cfg, context: dict) -> Lines:
             f"{steps:,} steps x {batch} sequences x {L} tokens x {cfg.grad_accum} accumulation x "
             f"{cfg.processes} process(es) = {n:,} tokens; {epochs}"
         )
-        out[f"{name} compute"] = budget.time_line(flops, cfg.processes)
+        out[f"{name} compute"] = budget.time_line(flops, cfg.processes, context.get("here"))
         out[f"{name} memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
         if too_many:
             out[f"{name} WARNING"] = (
@@ -166,7 +170,7 @@ def model_size(spec: str, param: str, context: dict) -> tuple[budget.Size, int]:
 
     own = runs.stage_dir(context["run_id"], "pretrain") / "model"
     if spec or ("pretrain" not in context["planned"] and (own / "config.json").is_file()):
-        folder = checkpoints.resolve(spec, own, param=param, weights=False).folder
+        folder = modelsource.resolve(spec, own, param=param, weights=False).folder
         conf = AutoConfig.from_pretrained(str(folder))
         return models.size(conf), conf.max_position_embeddings
     pre = context["params"]["pretrain"]
@@ -224,7 +228,7 @@ def distill_(cfg, context: dict) -> Lines:
             _refuse(out, cache_refusal(cache, free))
     need = budget.memory(student, cfg.batch_size, cfg.seq_len, share,
                          extra_params=teacher.params if cfg.mode == "online" else 0)  # fmt: skip
-    out["compute"] = budget.time_line(flops, cfg.processes)
+    out["compute"] = budget.time_line(flops, cfg.processes, context.get("here"))
     out["memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
     if too_many:
         out["WARNING"] = (f"each student reads its corpus more than {budget.MAX_EPOCHS} times: a larger "
@@ -255,7 +259,7 @@ def longify(cfg, context: dict) -> Lines:
     need = budget.memory(
         size, cfg.batch_size, cfg.seq_len, cfg.mlm_probability, window=cfg.attention_window
     )
-    out["compute"] = budget.time_line(flops, cfg.processes)
+    out["compute"] = budget.time_line(flops, cfg.processes, context.get("here"))
     out["memory"] = f"{budget.gb(need)} per process (fits {budget.fits(need)})"
     return out
 

@@ -49,6 +49,10 @@ class EvaluateConfig(StageConfig):
     task_train_examples: int = param("training examples per task", min=1)
     task_eval_examples: int = param("valid / test examples per task", min=1)
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    workers: int = param(
+        "fine-tunings run side by side, each on its share of the cores (1: one after another)",
+        min=1,
+    )
     lm_sequences: int = param(
         "held-out sequences for accuracy / perplexity / BPC, evenly spaced", min=1
     )
@@ -178,7 +182,9 @@ def run(cfg: EvaluateConfig) -> dict:
         eval_examples=cfg.task_eval_examples, bf16=cfg.bf16, seed=cfg.seed,
     )  # fmt: skip
     data = {t: load_from_disk(str(corpus_m["dir"] / "tasks" / t)) for t in cfg.tasks}
-    scores, outcomes = tasks.run_all(sources, data, protocol, work, tokenizers, progress=echo)
+    scores, outcomes = tasks.run_all(
+        sources, data, protocol, work, tokenizers, workers=cfg.workers, progress=echo
+    )
     write_json(work / OUTCOMES, outcomes)
     metrics = {
         "models": rows,

@@ -81,6 +81,9 @@ class Loop:
         min=1,
     )
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    compile: bool = param(
+        "torch.compile the model's encoders (uncompiled where no compiler is found)"
+    )
     ckpt_every: int = param("steps between checkpoints (resume points)", min=1)
 
     def check(self):
@@ -94,7 +97,7 @@ class Loop:
         return dict(
             steps=steps, lr=lr, warmup_steps=max(1, int(self.warmup * steps)), schedule=self.schedule,
             weight_decay=self.weight_decay, clip=self.clip, grad_accum=self.grad_accum, bf16=self.bf16,
-            ckpt_every=self.ckpt_every, seed=seed, **more,
+            ckpt_every=self.ckpt_every, seed=seed, compile=self.compile, **more,
         )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from datasets import load_from_disk
 
 from lab import cards, contract, runs
-from lab.core import checkpoints, longdocs, mlm, stats, train, vocab
+from lab.core import budget, longdocs, mlm, models, modelsource, stats, train, vocab
 from lab.core.attention import block_attention
 from lab.core.longformer import ConversionError, LongBatches, convert, equivalence
 from lab.core.masking import WholeWordMaskCollator
@@ -75,10 +75,10 @@ class LongifyConfig(Masking, Loop, StageConfig):
         super().check()
 
 
-def model_source(cfg: LongifyConfig, *, weights: bool = True) -> checkpoints.ModelSource:
+def model_source(cfg: LongifyConfig, *, weights: bool = True) -> modelsource.ModelSource:
     """The BERT to convert: this run's pretrained model, or `longify.source`."""
     own = runs.stage_dir(cfg.run_id, "pretrain") / "model"
-    return checkpoints.resolve(cfg.source, own, param="longify.source", weights=weights)
+    return modelsource.resolve(cfg.source, own, param="longify.source", weights=weights)
 
 
 @contract.locked
@@ -119,7 +119,12 @@ def run(cfg: LongifyConfig) -> dict:
                                tokenizer.sep_token_id, tokenizer.pad_token_id)  # fmt: skip
     collator = cfg.mask_rule().collator(tokenizer)
     batches = LongBatches(x, w, collator, cfg.batch_size, cfg.seed, global_ids=global_ids)
-    tc = train.TrainConfig(**cfg.loop(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=5))
+    fpt = budget.flops_per_token(
+        models.size(bert.config), cfg.attention_window, cfg.mlm_probability
+    )
+    tc = train.TrainConfig(
+        **cfg.loop(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=5, flops_per_token=fpt)
+    )
     echo(f"continued pretraining: {len(x):,} chunks of {cfg.seq_len} tokens from {len(docs['train']):,} documents; "
          f"{cfg.steps:,} steps x {cfg.batch_size} = {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens")  # fmt: skip
     fit = partial(train.train, mlm.MaskedLM(long), batches, tc, work / "continued", desc="longify")

@@ -23,7 +23,7 @@ import yaml
 from lab.core.errors import LabError
 
 STAGES = ("corpus", "wwm", "pretrain", "distill", "longify", "evaluate")
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-check")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from lab import cards, contract, runs
-from lab.core import checkpoints, mlm, models, presets, train, vocab
+from lab.core import budget, hardware, mlm, models, modelsource, presets, train, vocab
 from lab.core.metrics import attention_by_offset, fill_mask, mlm_metrics
 from lab.core.progress import echo
 from lab.groups import Loop, Masking, check_share
@@ -98,7 +98,7 @@ class PretrainConfig(Masking, Loop, StageConfig):
 def build_model(cfg: PretrainConfig, tokenizer):
     """The model to pretrain: fresh from the preset, or continued from `init_from`."""
     if cfg.init_from:  # a folder, or a hub name where a hub is reachable
-        source = checkpoints.resolve(cfg.init_from, param="pretrain.init_from")
+        source = modelsource.resolve(cfg.init_from, param="pretrain.init_from")
         model = mlm.load(source.folder)
         if model.config.vocab_size != len(tokenizer):
             raise runs.StageError(
@@ -156,6 +156,7 @@ def run(cfg: PretrainConfig) -> dict:
     counts = models.count(model)
     acc = train.accelerator()
     world = acc.num_processes
+    model.set_attn_implementation(hardware.training_attention(acc.device))  # not saved with it
     if acc.is_main_process:
         echo(
             f"model {cfg.model}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding), "
@@ -172,8 +173,15 @@ def run(cfg: PretrainConfig) -> dict:
         warm = int(cfg.locality_steps * steps) if i == 0 and cfg.locality_bias else 0
         batches = batches_for(cfg, tokenizer, ids, wids, batch_size=bs, seed=cfg.seed + i,
                               heads=model.config.num_attention_heads, warm_up_steps=warm)  # fmt: skip
+        fpt = budget.flops_per_token(models.size(model.config), L, cfg.mlm_probability)
         tc = train.TrainConfig(
-            **cfg.loop(steps=steps, lr=lr, seed=cfg.seed + i, eval_every=cfg.eval_every)
+            **cfg.loop(
+                steps=steps,
+                lr=lr,
+                seed=cfg.seed + i,
+                eval_every=cfg.eval_every,
+                flops_per_token=fpt,
+            )
         )
         if acc.is_main_process:
             per_step = bs * L * cfg.grad_accum * world
@@ -237,7 +245,7 @@ def starting_point(cfg: PretrainConfig) -> dict[str, str]:
     """A model to continue from is an input: a folder by its content, a hub name by its revision."""
     if not cfg.init_from:
         return {}
-    source = checkpoints.resolve(cfg.init_from, param="pretrain.init_from", weights=False)
+    source = modelsource.resolve(cfg.init_from, param="pretrain.init_from", weights=False)
     return {"init_from": source.digest()}
 
 

@@ -95,7 +95,7 @@ def test_traditional_chinese_is_kept_or_converted(lab_home, tmp_path):
 
 def test_model_folder_without_config_or_weights(tmp_path):
     from lab import distill, longify
-    from lab.core.checkpoints import ModelSourceError
+    from lab.core.modelsource import ModelSourceError
 
     cfg = config.load("distill", run_id="x", overrides={"teacher": str(tmp_path)})
     with pytest.raises(ModelSourceError, match="distill.teacher = .* is not a model folder"):
@@ -108,10 +108,10 @@ def test_model_folder_without_config_or_weights(tmp_path):
         longify.model_source(lcfg)
     with pytest.raises(ModelSourceError, match="distill.teacher is empty .* run the stage"):
         distill.teacher_source(config.load("distill", run_id="no-such-run"))
-    from lab.core import checkpoints
+    from lab.core import modelsource
 
     with pytest.raises(ModelSourceError, match="x.teacher = 'a..b': not a valid hub name"):
-        checkpoints.resolve("a..b", param="x.teacher")
+        modelsource.resolve("a..b", param="x.teacher")
 
 
 def test_teacher_with_another_vocabulary_is_refused():

@@ -113,14 +113,18 @@ class Exploding(torch.nn.Module):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = train.TrainConfig(steps=10, lr=1e-3, warmup_steps=1, ckpt_every=2, bf16=False)
-    with pytest.raises(train.TrainingError, match=r"loss became nan at step 5 .*step-00000004"):
+    with pytest.raises(
+        train.TrainingError, match=r"loss became nan between steps 5 and 6.*step-00000004"
+    ):
         train.train(Exploding(), Synthetic(), cfg, tmp_path)
     assert train.latest_checkpoint(tmp_path / "checkpoints").name == "step-00000004"
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous(tmp_path, monkeypatch):
     cfg = train.TrainConfig(steps=4, lr=1e-3, warmup_steps=1, ckpt_every=2, bf16=False)
-    real = train.save_model
+    from lab.core import resume
+
+    real = resume.save_model
     calls = {"n": 0}
 
     def flaky(model, path):
@@ -130,7 +134,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous(tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         real(model, path)
 
-    monkeypatch.setattr(train, "save_model", flaky)
+    monkeypatch.setattr(resume, "save_model", flaky)
     with pytest.raises(OSError):
         train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path)
     latest = train.latest_checkpoint(tmp_path / "checkpoints")
@@ -263,3 +267,24 @@ def test_locality_warmup_gets_off_the_plateau(tmp_path):
     warm, plain = accuracy(1.0, tmp_path / "warm"), accuracy(0.0, tmp_path / "plain")
     assert warm > 0.8, (warm, plain)
     assert plain < warm - 0.3, (warm, plain)
+
+
+def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy():
+    """The chunked float32 loss of the MLM head against `F.cross_entropy` on a float32 copy."""
+    import torch.nn.functional as F
+
+    from lab.core.mlm import MaskedCE
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(150, 1000)).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(0, 1000, (150,))
+    target[:20] = logits.detach().float()[:20].argmax(-1)  # some rows right
+    loss, acc = MaskedCE.apply(logits, target)
+    loss.backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    theirs = F.cross_entropy(logits.float(), target)
+    theirs.backward()
+    assert float(loss.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6)
+    assert torch.allclose(ours.float(), logits.grad.float(), atol=1e-6)
+    assert float(acc) == pytest.approx(float((logits.float().argmax(-1) == target).float().mean()))

@@ -10,90 +10,156 @@ from pathlib import Path
 
 import torch
 
-from lab.bench import data
+from lab.bench import data, rounds
 from lab.core import models, train, vocab
 from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import fill_mask, mlm_metrics
 from lab.core.mlm import LocalityWarmup, MaskedLM, PackedBatches
 
 
-def pretrain(*, quick: bool = False) -> dict:
-    """Real (non-pad) tokens per second: our loop (packed sequences, loss only at masked positions,
-    bf16 autocast) against BertForMaskedLM + DataCollatorForLanguageModeling + Trainer (fp32,
-    padded batches), the same Mini model from the same initialisation, the same texts, token-level
-    masking for both; then both models' held-out loss after the same number of real tokens."""
-    from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+class _Clock:
+    """A batch source's wrapper that notes when each step asks for its batch: the time between two
+    steps, whatever loop calls it."""
 
-    texts = data.texts(19484)
-    held, texts = texts[:400], texts[400:]
-    tokenizer = data.full_tokenizer()
-    steps = 12 if quick else 120
-    batch = 32
-    preset = "Mini"
-    print(
-        f"pretrain bench: {preset}, batch {batch}, {steps} steps of the Trainer, then our loop to the same real tokens",
-        flush=True,
-    )
+    def __init__(self, batches):
+        self.batches, self.times, self.tokens = batches, [], []
 
-    # the stock way: one paragraph per example, dynamic padding, token-level masking, fp32
-    enc = tokenizer(texts, truncation=True, max_length=128)
-    ds = Dataset.from_dict({"input_ids": enc["input_ids"]})
-    stock_model = models.build(preset, len(tokenizer), seed=0)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
-    real_tokens = {"n": 0}
+    def __call__(self, index: int, rank: int = 0, world: int = 1) -> dict:
+        self.times.append(time.perf_counter())
+        batch = self.batches(index, rank, world)
+        self.tokens.append(int(batch["attention_mask"].sum()))
+        return batch
 
-    class Counting(DataCollatorForLanguageModeling):
-        def __call__(self, features):
-            out = super().__call__(features)
-            real_tokens["n"] += int(out["attention_mask"].sum())
-            return out
+    def rate(self, skip: int) -> float:
+        """Real tokens per second over the steps after the first `skip` (compilation, warm-up)."""
+        return sum(self.tokens[skip:-1]) / (self.times[-1] - self.times[skip])
 
-    collator = Counting(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
+
+def _trainer_arm(model, dataset, collator, *, bf16: bool, batch: int, steps: int, skip: int):
+    """One round of transformers' Trainer: `steps` steps on the same model, tokens/s after `skip`."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    counted: list[int] = []
+
+    def collate(features):
+        out = collator(features)
+        counted.append(
+            int(out["attention_mask"].sum())
+            if "attention_mask" in out
+            else out["input_ids"].numel()
+        )
+        return out
+
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=5e-4,
-            warmup_steps=max(1, steps // 10), weight_decay=0.01, logging_steps=max(1, steps // 4),
-            save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0,
-            disable_tqdm=True,
+            warmup_steps=1, weight_decay=0.01, logging_steps=steps, save_strategy="no", report_to=[],
+            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0, disable_tqdm=True,
+            bf16=bf16,
         )  # fmt: skip
-        trainer = Trainer(model=stock_model, args=args, train_dataset=ds, data_collator=collator)
-        t0 = time.perf_counter()
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
+                          callbacks=[Stamp()])  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # its log lines are not this bench's output
         trainer.train()
-        t_stock = time.perf_counter() - t0
-    stock_tokens = real_tokens["n"]
+    return sum(counted[skip + 1 : len(stamps)]) / (stamps[-1] - stamps[skip])
 
-    # ours: the stage's packing and loop
-    x, w = data.packed(texts, tokenizer, 128)
-    ours_model = models.build(preset, len(tokenizer), seed=0)
-    ours_steps = max(1, round(stock_tokens / (batch * 128)))
-    cfg = train.TrainConfig(
-        steps=ours_steps,
-        lr=5e-4,
-        warmup_steps=max(1, ours_steps // 10),
-        bf16=True,
-        log_every=max(1, ours_steps // 4),
-    )
-    batches = PackedBatches(x, w, WholeWordMaskCollator(tokenizer, whole_word=False), batch, 0)
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train.train(MaskedLM(ours_model), batches, cfg, Path(tmp), desc="ours")
-    ours_tokens, t_ours = res["tokens"], res["seconds"]
 
-    hx, hw = data.packed(held, tokenizer, 128)
-    loss_stock = mlm_metrics(stock_model.float(), hx, hw, tokenizer, seed=1)["loss"]
-    loss_ours = mlm_metrics(ours_model, hx, hw, tokenizer, seed=1)["loss"]
-    ours, base = ours_tokens / t_ours, stock_tokens / t_stock
-    print(
-        f"  stock Trainer {stock_tokens:,} real tokens in {t_stock:6.1f} s = {base:,.0f} tokens/s; held-out loss {loss_stock:.3f}"
-    )
-    print(
-        f"  lab loop      {ours_tokens:,} real tokens in {t_ours:6.1f} s = {ours:,.0f} tokens/s; held-out loss {loss_ours:.3f}"
-    )
+def _grouped(ids: list[list[int]], length: int) -> list[list[int]]:
+    """run_mlm.py's group_texts: every text's tokens concatenated and cut into full blocks."""
+    flat = [t for x in ids for t in x]
+    return [flat[i : i + length] for i in range(0, len(flat) - length + 1, length)]
+
+
+def pretrain(*, quick: bool = False) -> dict:
+    """Real (non-pad) tokens per second of the lab's pretraining loop (packed sequences, loss at
+    masked positions only, bf16, this machine's training attention, compiled) against two
+    transformers `Trainer` runs of the same Mini model from the same initialisation on the same
+    texts: the stock one (fp32, one padded paragraph per example) and the one a careful user writes
+    (bf16=True, run_mlm's grouped full blocks, SDPA attention). The arms run in interleaved rounds;
+    the ratio against the careful arm is the result. Each arm's MFU is against this machine's
+    probed bf16 matmul peak; then each model's held-out loss."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling
+
+    from lab.core import budget, hardware
+
+    load_start = rounds.loadavg()
+    texts = data.texts(19484)
+    held, texts = texts[:400], texts[400:]
+    tokenizer = data.full_tokenizer()
+    batch, length = 32, 128
+    n_rounds, steps, skip = (2, 8, 3) if quick else (5, 30, 5)
+    preset = "Mini"
+    peak = {p: hardware.matmul_peak("cpu", p) for p in ("bfloat16", "float32")}
+    size = models.size(models.config(preset, len(tokenizer)))
+    fpt = budget.flops_per_token(size, length, 0.15)
+    print(f"pretrain bench: {preset}, batch {batch} x {length}, {n_rounds} rounds of {steps} steps per arm; "
+          f"probed matmul peak bf16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s, fp32 {peak['float32'] / 1e9:,.0f}; "
+          f"{fpt / 1e6:.1f} MFLOP per token (budget.flops_per_token)", flush=True)  # fmt: skip
+
+    enc = tokenizer(texts, truncation=True, max_length=length)["input_ids"]
+    stock_ds = Dataset.from_dict({"input_ids": enc})
+    careful_ds = Dataset.from_dict({"input_ids": _grouped([x[1:-1] for x in enc], length)})
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
+    stock = models.build(preset, len(tokenizer), seed=0)
+    careful = models.build(preset, len(tokenizer), seed=0)  # SDPA: transformers' default
+
+    x, w = data.packed(texts, tokenizer, length)
+    ours_model = models.build(preset, len(tokenizer), seed=0, dropout=0.1)
+    ours_model.set_attn_implementation(hardware.training_attention("cpu"))
+    module = MaskedLM(ours_model)
+    train.compile_encoders(module)
+    done = {"steps": 0}
+
+    def ours() -> float:
+        clock = _Clock(
+            PackedBatches(
+                x, w, WholeWordMaskCollator(tokenizer, whole_word=False), batch, done["steps"]
+            )
+        )
+        cfg = train.TrainConfig(steps=steps, lr=5e-4, warmup_steps=1, bf16=True, checkpoints=False,
+                                tensorboard=False, log_every=steps, leave=False)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            train.train(module, clock, cfg, Path(tmp), desc="lab")
+        done["steps"] += steps
+        return clock.rate(skip)
+
+    arms = {
+        "lab": ours,
+        "trainer_careful": lambda: _trainer_arm(
+            careful, careful_ds, collator, bf16=True, batch=batch, steps=steps, skip=skip
+        ),  # fmt: skip
+        "trainer_stock": lambda: _trainer_arm(
+            stock, stock_ds, collator, bf16=False, batch=batch, steps=steps, skip=skip
+        ),  # fmt: skip
+    }
+    rates = rounds.interleaved(arms, n_rounds)
+    hx, hw = data.packed(held, tokenizer, length)
+    loss = {name: mlm_metrics(m.float(), hx, hw, tokenizer, seed=1)["loss"]
+            for name, m in (("lab", ours_model), ("trainer_careful", careful), ("trainer_stock", stock))}  # fmt: skip
+    med = {name: rounds.median(r) for name, r in rates.items()}
+    mfu = {name: round(hardware.mfu(fpt, r, peak["bfloat16"]), 3) for name, r in med.items()}
+    for name in arms:
+        print(f"  {name:16s} {med[name]:9,.0f} real tokens/s  MFU {mfu[name]:.0%} of the bf16 peak  "
+              f"held-out loss {loss[name]:.3f} after {n_rounds * steps} steps")  # fmt: skip
+    vs_careful = rounds.paired_ratio(rates["lab"], rates["trainer_careful"])
+    vs_stock = rounds.paired_ratio(rates["lab"], rates["trainer_stock"])
     return {
-        "bench": "pretrain", "ours": round(ours), "baseline": round(base), "unit": "real tokens/s",
-        "ratio": round(ours / base, 2), "target": 3.0,
-        "loss_ours": round(loss_ours, 4), "loss_baseline": round(loss_stock, 4),
-        "tokens_ours": ours_tokens, "tokens_baseline": stock_tokens, "model": preset, "quick": quick,
+        "bench": "pretrain", "ours": round(med["lab"]), "baseline": round(med["trainer_careful"]),
+        "unit": "real tokens/s", **vs_careful, "target": 1.5,
+        "baseline_arm": "Trainer, bf16=True, run_mlm grouped full blocks, SDPA",
+        "stock": round(med["trainer_stock"]), "ratio_vs_stock": vs_stock["ratio"],
+        "ratio_vs_stock_iqr": vs_stock["ratio_iqr"], "mfu": mfu,
+        "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()}, "flops_per_token": fpt,
+        "loss": {k: round(v, 4) for k, v in loss.items()}, "rounds": n_rounds, "steps_per_round": steps,
+        "rates_by_round": {k: [round(v) for v in r] for k, r in rates.items()},
+        "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": preset, "quick": quick,
     }  # fmt: skip
 
 

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 # 80 GB; H100 SXM 989 TFLOP/s, 80 GB; H200 SXM 989 TFLOP/s, 141 GB.
 ACCELERATORS = {"A100": (312e12, 80e9), "H100": (989e12, 80e9), "H200": (989e12, 141e9)}
 MFU = 0.4  # model FLOPs utilisation the times assume: what a well-tuned BERT run reaches
+# what the lab's loop reached on a CPU against its probed bf16 matmul peak, pretraining L4_H256 at 128
+# tokens on 2 AVX-512 cores (`python -m lab bench pretrain`, and the cpu profile's pretrain stage)
+CPU_MFU = 0.45
 TOKENS_PER_CHAR = (
     0.976  # measured on the offline corpus: BERT's Chinese vocabularies cut ~1 token a char
 )
@@ -115,10 +118,18 @@ def duration(h: float) -> str:
     )
 
 
-def time_line(flops: float, processes: int) -> str:
-    """The FLOPs and the time on each named accelerator at the stated utilisation."""
+def time_line(flops: float, processes: int, here: tuple[str, float] | None = None) -> str:
+    """The FLOPs and the time on each named accelerator at the stated utilisation; with `here`
+    (this machine's device and probed bf16 peak), the time on this machine too (one process, at
+    CPU_MFU on a CPU, MFU on a GPU)."""
     times = ", ".join(f"{name} {duration(hours(flops, processes, name))}" for name in ACCELERATORS)
-    return f"{flops_text(flops)}; {times} ({processes} process(es) at {MFU:.0%} of the bf16 peak)"
+    line = f"{flops_text(flops)}; {times} ({processes} process(es) at {MFU:.0%} of the bf16 peak)"
+    if here:
+        device, peak = here
+        mfu = CPU_MFU if device == "cpu" else MFU
+        line += (f"; this machine ({device}, probed bf16 peak {peak / 1e9:,.0f} GFLOP/s, at {mfu:.0%} of it): "
+                 f"{duration(flops / (peak * mfu) / 3600)}")  # fmt: skip
+    return line
 
 
 def fits(need: float) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from seqeval.metrics.sequence_labeling import get_entities
 
-from lab.core.finetune import finetune, predict, task_model
+from lab.core.finetune import Fit, Fitter
 from lab.core.progress import tqdm
 from lab.core.stats import Outcomes, scores
 from lab.core.taskdata import NER_LABELS
@@ -147,100 +147,80 @@ def ngram_baseline(rows: list[dict], test: list[dict]) -> list[list[float]]:
 # the protocol over every model and task
 
 
-def run_all(models: dict, data: dict, p: Protocol, work: Path, tokenizers: dict, progress=print):
-    """Every model x task: each rate of the grid with the first seed, chosen on valid; the other
-    seeds at that rate; every seed scored on test. Returns (results[model][task], outcomes[model][task]
-    = each seed's per-example test outcomes). `data` maps a task to its DatasetDict."""
-    results: dict[str, dict] = {}
-    kept: dict[str, dict] = {}
-    jobs = tqdm(total=len(data) * len(models), desc="fine-tuning", unit="job")
+def run_all(models: dict, data: dict, p: Protocol, work: Path, tokenizers: dict, *, workers: int = 1,
+            progress=print):  # fmt: skip
+    """Every model x task by the protocol: each rate of the grid with the first seed, chosen on valid;
+    the other seeds at that rate; every seed scored on test. Fine-tunings run `workers` at a time.
+    Returns (results[model][task], outcomes[model][task] = each seed's per-example test outcomes).
+    `data` maps a task to its DatasetDict."""
+    rows, shared = {}, {"sources": models, "tasks": TASKS, "examples": {}, "pad": {}, "eval_len": {},
+                        "batch_size": p.batch_size, "epochs": p.epochs, "bf16": p.bf16, "work": str(work / "finetune")}  # fmt: skip
     for task_name, dd in data.items():
         task = TASKS[task_name]
-        rows = {
+        rows[task_name] = {
             s: sample(task, dd[s], p.train_examples if s == "train" else p.eval_examples)
             for s in dd
         }
-        eval_len = (
+        eval_len = shared["eval_len"][task_name] = (
             512 if task.kind == "tag" else p.seq_len
-        )  # whole sentences, up to BERT's positions
-        encoded: dict[int, dict] = {}  # one encoding per vocabulary
-        for name, source in models.items():
-            tok = tokenizers[name]
+        )  # whole sentences
+        by_vocab: dict[int, dict] = {}  # one encoding per vocabulary
+        for name, tok in tokenizers.items():
             vocab_id = hash(frozenset(tok.get_vocab().items()))
-            if vocab_id not in encoded:
-                encoded[vocab_id] = {s: encode(task, rows[s], tok, p.seq_len if s == "train" else eval_len)
-                                     for s in ("train", "valid", "test")}  # fmt: skip
-            job = Job(
-                task,
-                source,
-                encoded[vocab_id],
-                p,
-                work / "finetune" / name / task_name,
-                tok.pad_token_id,
-                eval_len,
-            )
-            runs, r = job.run()
-            jobs.update(1)
-            results.setdefault(name, {})[task_name] = r
-            kept.setdefault(name, {})[task_name] = runs
-            spread = f" ± {r['std']:.3f}" if len(runs) > 1 else ""
+            if vocab_id not in by_vocab:
+                by_vocab[vocab_id] = {s: encode(task, rows[task_name][s], tok, p.seq_len if s == "train" else eval_len)
+                                      for s in ("train", "valid", "test")}  # fmt: skip
+            shared["examples"][(task_name, name)] = by_vocab[vocab_id]
+            shared["pad"][name] = tok.pad_token_id
+    selection = len(p.lrs) > 1
+    grid = [Fit(t, m, lr, p.seed, ("valid", "test") if selection else ("test",)) for t in data for m in models
+            for lr in p.lrs]  # fmt: skip
+    bar = tqdm(
+        total=len(data) * len(models) * (len(p.lrs) + p.seeds - 1), desc="fine-tuning", unit="fit"
+    )
+    with Fitter(shared, workers=workers) as fitter:
+        done = fitter.run(grid, lambda f, r: bar.update(1))
+        scored = {fit: {s: outcomes(TASKS[fit.task], shared["examples"][(fit.task, fit.model)][s], preds)
+                        for s, preds in r["preds"].items()} for fit, r in done.items()}  # fmt: skip
+        chosen, tried = {}, {}
+        for t in data:
+            for m in models:
+                on_valid = {lr: scores(Outcomes.of(TASKS[t].metric, [scored[Fit(t, m, lr, p.seed, grid[0].predict)]["valid"]]))[0]
+                            if selection else 0.0 for lr in p.lrs}  # fmt: skip
+                tried[(t, m)] = {f"{lr:g}": float(v) for lr, v in on_valid.items()}
+                chosen[(t, m)] = max(p.lrs, key=lambda lr: on_valid[lr])
+        more = [
+            Fit(t, m, chosen[(t, m)], p.seed + k)
+            for t in data
+            for m in models
+            for k in range(1, p.seeds)
+        ]
+        done |= fitter.run(more, lambda f, r: bar.update(1))
+    bar.close()
+    results: dict[str, dict] = {}
+    kept: dict[str, dict] = {}
+    for t in data:
+        task = TASKS[t]
+        for m in models:
+            first = Fit(t, m, chosen[(t, m)], p.seed, grid[0].predict)
+            fits = [first] + [Fit(t, m, chosen[(t, m)], p.seed + k) for k in range(1, p.seeds)]
+            seeds = [scored[first]["test"]] + [
+                outcomes(task, shared["examples"][(t, m)]["test"], done[f]["preds"]["test"])
+                for f in fits[1:]
+            ]
+            r = summary(task, seeds) | {"lr": chosen[(t, m)], "grid": tried[(t, m)],
+                                        "seconds": round(sum(done[f]["seconds"] for f in fits), 1)}  # fmt: skip
+            results.setdefault(m, {})[t] = r
+            kept.setdefault(m, {})[t] = seeds
+            spread = f" ± {r['std']:.3f}" if len(seeds) > 1 else ""
             progress(
-                f"  {task_name} · {name}: lr {r['lr']:g}, test {task.metric} {r['mean']:.3f}{spread} ({r['seconds']:.0f} s)"
+                f"  {t} · {m}: lr {r['lr']:g}, test {task.metric} {r['mean']:.3f}{spread} ({r['seconds']:.0f} s)"
             )
         if task.kind == "classify":
-            runs = [ngram_baseline(rows["train"], rows["test"])]
-            results.setdefault("char n-gram LR", {})[task_name] = summary(task, runs)
-            kept.setdefault("char n-gram LR", {})[task_name] = runs
-    jobs.close()
+            seeds = [ngram_baseline(rows[t]["train"], rows[t]["test"])]
+            results.setdefault("char n-gram LR", {})[t] = summary(task, seeds)
+            kept.setdefault("char n-gram LR", {})[t] = seeds
     return results, kept
-
-
-@dataclass
-class Job:
-    """One model on one task, by the protocol."""
-
-    task: Task
-    source: object  # a model folder, or a config (from scratch)
-    data: dict  # encoded train / valid / test examples
-    p: Protocol
-    folder: Path
-    pad_id: int
-    eval_len: int
-
-    def fit(self, seed: int, lr: float):
-        model = task_model(self.source, self.task, seed=seed, max_length=self.eval_len)
-        r = finetune(model, self.data["train"], self.folder / f"s{seed}-lr{lr:g}", batch_size=self.p.batch_size,
-                     epochs=self.p.epochs, lr=lr, seed=seed, pad_id=self.pad_id, bf16=self.p.bf16,
-                     desc=f"{self.task.name} {self.folder.parent.name}")  # fmt: skip
-        return model, r["seconds"]
-
-    def outcomes(self, model, split: str) -> list:
-        preds = predict(model, self.data[split], self.pad_id, bf16=self.p.bf16)
-        return outcomes(self.task, self.data[split], preds)
-
-    def run(self) -> tuple[list, dict]:
-        grid, best, seconds = {}, None, 0.0
-        for lr in self.p.lrs:  # the first seed at every rate, chosen on valid
-            model, s = self.fit(self.p.seed, lr)
-            seconds += s
-            on_valid = (
-                scores(Outcomes.of(self.task.metric, [self.outcomes(model, "valid")]))[0]
-                if len(self.p.lrs) > 1
-                else 0.0
-            )
-            grid[f"{lr:g}"] = float(on_valid)
-            if best is None or on_valid > best[0]:
-                best = (on_valid, lr, self.outcomes(model, "test"))
-        lr, runs = best[1], [best[2]]
-        for k in range(1, self.p.seeds):  # the other seeds at the chosen rate
-            model, s = self.fit(self.p.seed + k, lr)
-            seconds += s
-            runs.append(self.outcomes(model, "test"))
-        return runs, summary(self.task, runs) | {
-            "lr": lr,
-            "grid": grid,
-            "seconds": round(seconds, 1),
-        }
 
 
 def summary(task: Task, runs: list) -> dict:

@@ -9,9 +9,10 @@ Pretrain, distill, longify and the downstream tasks each supply
 The loop adds: bf16 autocast where the hardware supports it, gradient accumulation, warmup + decay,
 clipping, periodic evaluation, checkpoints with full state (weights as safetensors, optimizer,
 scheduler, RNG, step) written atomically, automatic resume from the latest checkpoint, a guard that
-stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s and ETA, and
-metrics appended to a jsonl file and to TensorBoard event files. Under `accelerate launch` or `torchrun` it runs data-parallel
-unchanged (DDP; gloo on CPU).
+stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s, MFU and ETA,
+and metrics appended to a jsonl file and to TensorBoard event files. Optionally it compiles the
+model's encoders (`torch.compile`). Scalars stay on the device between log steps: no per-step host
+sync. Under `accelerate launch` or `torchrun` it runs data-parallel unchanged (DDP; gloo on CPU).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+from lab.core import hardware
 from lab.core.errors import LabError
 from lab.core.files import write_json
-from lab.core.progress import tqdm
+from lab.core.progress import echo, tqdm
+from lab.core.resume import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class TrainingError(LabError, RuntimeError):
@@ -59,6 +62,10 @@ class TrainConfig:
     checkpoints: bool = True  # False for short runs (fine-tuning): cheaper to redo than to resume
     tensorboard: bool = True  # event files in out_dir/tensorboard (accelerate's tracker)
     leave: bool = True  # keep the progress bar (batch runs: print its summary line) when done
+    flops_per_token: float = 0.0  # model FLOPs of a trained token (budget.flops_per_token): MFU
+    compile: bool = (
+        False  # torch.compile the model's encoders (falls back to eager without a compiler)
+    )
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -89,12 +96,18 @@ def accelerator():
     return acc
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bfloat16 autocast where the device supports it (CPU, Ampere+ GPUs), else a no-op."""
-    ok = bf16 and (
+def bf16_active(device: torch.device, bf16: bool) -> bool:
+    """Whether bfloat16 autocast runs: asked for, and the device supports it (CPU, Ampere+ GPUs)."""
+    return bf16 and (
         device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
     )
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=ok)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast where the device supports it, else a no-op."""
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=bf16_active(device, bf16)
+    )
 
 
 def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -108,7 +121,28 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6, fused=True)
+
+
+def compile_encoders(module: torch.nn.Module) -> str:
+    """Compile each transformers encoder inside `module` in place (its weights and state dict keys
+    are unchanged); what was done, for the log."""
+    why = hardware.compiler()
+    if why:
+        return f"uncompiled: {why}"
+    from transformers import PreTrainedModel
+
+    done = []
+    for m in module.modules():
+        if (
+            isinstance(m, PreTrainedModel)
+            and m is m.base_model
+            and not getattr(m, "_lab_compiled", False)
+        ):
+            m.compile(dynamic=None)
+            m._lab_compiled = True
+            done.append(type(m).__name__)
+    return f"compiled {', '.join(done)}" if done else "nothing to compile"
 
 
 def train(
@@ -134,7 +168,7 @@ def train(
     optimizer = optimizer_for(module, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     module, optimizer = acc.prepare(module, optimizer)
-    count_tokens = count_tokens or (lambda b: int(b["attention_mask"].sum()))
+    count_tokens = count_tokens or (lambda b: b["attention_mask"].sum())
     log_path = out_dir / "metrics.jsonl"
 
     start, tokens = 0, 0
@@ -152,16 +186,22 @@ def train(
         log_path.unlink(missing_ok=True)
 
     board = _board(out_dir, start) if cfg.tensorboard and acc.is_main_process else None
+    precision = "bfloat16" if bf16_active(acc.device, cfg.bf16) else "float32"
+    peak = hardware.matmul_peak(acc.device.type, precision) if cfg.flops_per_token else 0.0
+    if cfg.compile:
+        what = compile_encoders(acc.unwrap_model(module))
+        if acc.is_main_process:
+            echo(f"{desc}: {what}")
     last_eval: dict = {}
     t0 = time.time()
     tokens_at_start = tokens
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process,
                unit="step", leave=cfg.leave)  # fmt: skip
     module.train()
-    step = start
+    step, pending, unchecked = start, 0, {}
+    counted = torch.zeros((), dtype=torch.long, device=acc.device)  # tokens since the last log
     try:
         while step < cfg.steps:
-            logs_sum: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
                 batch = batches(step * cfg.grad_accum + micro, acc.process_index, acc.num_processes)
                 batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -169,55 +209,60 @@ def train(
                 with contextlib.nullcontext() if sync else acc.no_sync(module):
                     with autocast(acc.device, cfg.bf16):
                         out = module(**batch)
-                    loss = out["loss"]
-                    if not torch.isfinite(loss.detach()):
-                        raise TrainingError(
-                            f"{desc}: the loss became {loss.item()} at step {step:,} (micro-batch "
-                            f"{micro}). Nothing after the last good checkpoint "
-                            f"({latest_checkpoint(ckpt_root) or 'none yet'}) was kept. Lower the "
-                            "learning rate, raise warmup or enable clipping, then run again."
-                        )
-                    acc.backward(loss / cfg.grad_accum)
-                tokens += count_tokens(batch) * acc.num_processes
-                for k, v in out.items():
-                    v = v.detach() if torch.is_tensor(v) else v
-                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.grad_accum
+                    acc.backward(out["loss"] / cfg.grad_accum)
+                counted += count_tokens(batch)
+                for k, v in out.items():  # kept on the device until the next log step
+                    v = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
+                    unchecked[k] = unchecked.get(k, 0.0) + v.float() / cfg.grad_accum
             if cfg.clip:
                 acc.clip_grad_norm_(module.parameters(), cfg.clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-
-            rate = (tokens - tokens_at_start) / max(1e-9, time.time() - t0)
+            pending += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{logs_sum['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
-            if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
-                row = {"lr": scheduler.get_last_lr()[0], "tok_per_s": rate, **logs_sum}
-                _log(log_path, {"step": step, "tokens": tokens, **row})
-                if board:
-                    board.log(_scalars(row, "train"), step=step)
-            if evaluate and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            evaluating = evaluate and (
+                (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+            )
+            saving = cfg.checkpoints and (
+                (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
+            )
+            if logging or evaluating or saving or stop_after is not None:
+                # one host sync: the mean of every scalar since the last one, the tokens, the guard
+                means = {k: float(v) / pending for k, v in unchecked.items()}
+                if not math.isfinite(means["loss"]):
+                    raise TrainingError(
+                        f"{desc}: the loss became {means['loss']} between steps {step - pending + 1:,} and "
+                        f"{step:,}. Nothing after the last good checkpoint "
+                        f"({latest_checkpoint(ckpt_root) or 'none yet'}) was kept. Lower the learning "
+                        "rate, raise warmup or enable clipping, then run again."
+                    )
+                tokens += int(counted) * acc.num_processes
+                counted.zero_()
+                rate = (tokens - tokens_at_start) / max(1e-9, time.time() - t0)
+                row = {"lr": scheduler.get_last_lr()[0], "tok_per_s": rate, **means}
+                if peak:  # per device: this process's share of the tokens against its peak
+                    row["mfu"] = hardware.mfu(cfg.flops_per_token, rate / acc.num_processes, peak)
+                bar.set_postfix(loss=f"{means['loss']:.3f}", tok_s=f"{rate:,.0f}",
+                                **({"mfu": f"{row['mfu']:.0%}"} if peak else {}), refresh=False)  # fmt: skip
+                if acc.is_main_process and logging:
+                    _log(log_path, {"step": step, "tokens": tokens, **row})
+                    if board:
+                        board.log(_scalars(row, "train"), step=step)
+                pending, unchecked = 0, {}
+            if evaluating:
                 last_eval = _evaluate(module, acc, evaluate, cfg.bf16)
                 if acc.is_main_process:
                     _log(log_path, {"step": step, "tokens": tokens, "eval": last_eval})
                     bar.write(f"{desc} step {step:,}: {_fmt(last_eval)}")
                     if board:
                         board.log(_scalars(last_eval, "eval"), step=step)
-            if cfg.checkpoints and (
-                (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
-            ):
+            if saving:
                 acc.wait_for_everyone()
-                save_checkpoint(
-                    ckpt_root,
-                    step,
-                    tokens,
-                    acc.unwrap_model(module),
-                    optimizer,
-                    scheduler,
-                    acc,
-                    cfg.keep_checkpoints,
-                )
+                save_checkpoint(ckpt_root, step, tokens, acc.unwrap_model(module), optimizer, scheduler,
+                                acc, cfg.keep_checkpoints)  # fmt: skip
             if stop_after is not None and step - start >= stop_after:
                 break
     finally:
@@ -226,16 +271,24 @@ def train(
             board.finish()
     seconds = time.time() - t0
     acc.wait_for_everyone()
-    return {
+    rate = (tokens - tokens_at_start) / max(1e-9, seconds)
+    summary = {
         "steps": step,
         "tokens": tokens,
         "seconds": seconds,
-        "tokens_per_s": (tokens - tokens_at_start) / max(1e-9, seconds),
+        "tokens_per_s": rate,
         "eval": last_eval,
         "resumed_from": start,
         "world_size": acc.num_processes,
         "bf16": bool(cfg.bf16),
+        "compiled": bool(cfg.compile and not hardware.compiler()),
     }
+    if acc.device.type == "cuda":
+        summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(acc.device) / 1e9
+    if peak:  # model FLOPs utilisation against this device's probed matmul peak
+        summary |= {"flops_per_token": cfg.flops_per_token, "peak_flops": peak,
+                    "mfu": hardware.mfu(cfg.flops_per_token, rate / acc.num_processes, peak)}  # fmt: skip
+    return summary
 
 
 def _board(out_dir: Path, start: int):
@@ -289,57 +342,6 @@ def read_log(path: Path) -> list[dict]:
         for line in Path(path).read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint (a folder renamed into place only once fully written)."""
-    if not root.exists():
-        return None
-    done = sorted(p for p in root.glob("step-*") if (p / "state.json").exists())
-    return done[-1] if done else None
-
-
-def save_checkpoint(
-    root: Path, step: int, tokens: int, model, optimizer, scheduler, acc, keep: int
-) -> Path:
-    """Write into a temp folder, then rename: a crash mid-write leaves the previous one intact."""
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    acc.wait_for_everyone()
-    torch.save(torch.get_rng_state(), tmp / f"rng-{acc.process_index}.pt")
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        (tmp / "state.json").write_text(
-            json.dumps({"step": step, "tokens": tokens}), encoding="utf-8"
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in sorted(p for p in root.glob("step-*") if p != final)[: -keep or None]:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
-    """Restore weights, optimizer, scheduler and this process's RNG; returns {"step", "tokens"}."""
-    load_model(model, str(path / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = path / f"rng-{rank}.pt"
-    if rng.exists():
-        torch.set_rng_state(torch.load(rng, weights_only=True))
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
 def train_once(model, folder: Path, fit: Callable[[], dict]) -> dict:

@@ -1,0 +1,150 @@
+"""bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
+dynamic padding) and against the lab's own fine-tuning as it was (PyTorch's fused attention, one job
+after another), the same model, examples and work, arms in interleaved rounds; each arm's test
+accuracy beside it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.bench import data, rounds
+from lab.core import models, sources, tasks
+from lab.core.finetune import Fit, Fitter
+
+TASK = tasks.TASKS["sentiment"]
+
+
+def _rows(n_train: int, n_test: int) -> dict[str, list[dict]]:
+    """Review texts with their labels, train and test apart (every other text of each label)."""
+    reviews = sources.load("reviews")
+    pos, neg = sorted(set(reviews["pos"])), sorted(set(reviews["neg"]))
+    both = set(pos) & set(neg)
+    rows = [{"text": t, "label": 1} for t in pos if t not in both]
+    rows += [{"text": t, "label": 0} for t in neg if t not in both]
+    rng = np.random.default_rng(0)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    return {
+        "train": rows[:n_train],
+        "valid": rows[n_train : n_train + 8],
+        "test": rows[n_train : n_train + n_test],
+    }
+
+
+def _trainer_fits(folder: Path, rows: dict, tokenizer, fits: list[Fit], *, batch: int, epochs: float,
+                  seq_len: int) -> list[float]:  # fmt: skip
+    """The same fits through transformers' Trainer with bf16 and dynamic padding; test accuracies."""
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,  # fmt: skip
+        TrainingArguments,
+    )
+
+    enc = {s: Dataset.from_dict({**tokenizer([r["text"] for r in rows[s]], truncation=True, max_length=seq_len),
+                                 "labels": [r["label"] for r in rows[s]]}) for s in ("train", "test")}  # fmt: skip
+    accs = []
+    steps = int(np.ceil(len(rows["train"]) / batch * epochs))
+    for fit in fits:
+        torch.manual_seed(fit.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2)
+        with tempfile.TemporaryDirectory() as tmp:
+            args = TrainingArguments(
+                output_dir=tmp, per_device_train_batch_size=batch, per_device_eval_batch_size=128,
+                num_train_epochs=epochs, learning_rate=fit.lr, warmup_steps=max(1, int(0.1 * steps)),
+                weight_decay=0.01, bf16=True,
+                use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True,
+                logging_strategy="no", seed=fit.seed, dataloader_num_workers=0,
+            )  # fmt: skip
+            trainer = Trainer(model=model, args=args, train_dataset=enc["train"],
+                              data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+            trainer.remove_callback(PrinterCallback)
+            trainer.train()
+            pred = trainer.predict(enc["test"])
+        accs.append(float((pred.predictions.argmax(-1) == pred.label_ids).mean()))
+    return accs
+
+
+def run(*, quick: bool = False) -> dict:
+    """The evaluate stage's fine-tuning (length-grouped batches, this machine's training attention,
+    two one-thread jobs side by side on 2 cores) against the Trainer a careful user runs (bf16,
+    DataCollatorWithPadding, one job after another) and the lab's fine-tuning before (fused SDPA
+    attention, one two-thread job after another): per round each arm fine-tunes a Mini model on the
+    same review examples at the same rates and seeds; examples per second of training, with the model
+    built and the test split predicted inside the time."""
+    load_start = rounds.loadavg()
+    n_train, n_test, seq_len, batch, epochs = (
+        (300, 200, 64, 32, 1.0) if quick else (1000, 500, 64, 32, 1.0)
+    )
+    n_rounds = 1 if quick else 3
+    fits = [Fit("sentiment", "mini", lr, seed) for lr in (1e-4, 5e-4) for seed in (0, 1)]
+    tokenizer = data.full_tokenizer()
+    rows = _rows(n_train, n_test)
+    encoded = {s: tasks.encode(TASK, rows[s], tokenizer, seq_len) for s in rows}
+    work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
+    folder = work / "mini"
+    models.build("Mini", len(tokenizer), seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shared = {"sources": {"mini": folder}, "tasks": tasks.TASKS, "examples": {("sentiment", "mini"): encoded},
+              "pad": {"mini": tokenizer.pad_token_id}, "eval_len": {"sentiment": seq_len}, "batch_size": batch,
+              "epochs": epochs, "bf16": True, "work": str(work / "logs")}  # fmt: skip
+    work_examples = len(fits) * n_train * epochs
+    accuracy: dict[str, list[float]] = {}
+    print(
+        f"finetune bench: Mini on {n_train:,} review texts x {len(fits)} fits a round, {n_rounds} round(s)",
+        flush=True,
+    )
+
+    def lab_arm(name: str, fitter: Fitter):
+        def arm() -> float:
+            t0 = time.perf_counter()
+            done = fitter.run(fits)
+            seconds = time.perf_counter() - t0
+            accuracy[name] = [float(np.mean(tasks.outcomes(TASK, encoded["test"], r["preds"]["test"])))
+                              for r in done.values()]  # fmt: skip
+            return work_examples / seconds
+
+        return arm
+
+    def trainer_arm() -> float:
+        t0 = time.perf_counter()
+        accuracy["trainer"] = _trainer_fits(
+            folder, rows, tokenizer, fits, batch=batch, epochs=epochs, seq_len=seq_len
+        )
+        return work_examples / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    with (
+        Fitter(shared, workers=2) as lab,
+        Fitter(shared | {"attention": "sdpa"}, workers=1) as before,
+    ):
+        started = time.perf_counter() - t0  # the pool starts once, as the evaluate stage starts it
+        arms = {
+            "lab": lab_arm("lab", lab),
+            "trainer": trainer_arm,
+            "lab_before": lab_arm("lab_before", before),
+        }
+        rates = rounds.interleaved(arms, n_rounds)
+    med = {k: rounds.median(v) for k, v in rates.items()}
+    for name in arms:
+        print(f"  {name:11s} {med[name]:7,.0f} examples/s  test accuracy {np.mean(accuracy[name]):.3f} "
+              f"(fits: {', '.join(f'{a:.3f}' for a in accuracy[name])})")  # fmt: skip
+    vs_trainer = rounds.paired_ratio(rates["lab"], rates["trainer"])
+    vs_before = rounds.paired_ratio(rates["lab"], rates["lab_before"])
+    return {
+        "bench": "finetune", "ours": round(med["lab"], 1), "baseline": round(med["trainer"], 1),
+        "unit": "training examples/s (model built and test predicted inside the time)", **vs_trainer,
+        "target": 2.0, "baseline_arm": "Trainer, bf16=True, DataCollatorWithPadding, one job at a time",
+        "before": round(med["lab_before"], 1), "ratio_vs_before": vs_before["ratio"],
+        "ratio_vs_before_iqr": vs_before["ratio_iqr"], "ratio_vs_before_target": 1.5,
+        "test_accuracy": {k: round(float(np.mean(v)), 4) for k, v in accuracy.items()},
+        "pool_start_seconds": round(started, 1),
+        "rates_by_round": {k: [round(x, 1) for x in v] for k, v in rates.items()}, "rounds": n_rounds,
+        "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": "Mini", "quick": quick,
+    }  # fmt: skip
