@@ -26,7 +26,7 @@ from datasets import (
 )
 
 from lab import contract
-from lab.core import build, documents, offline, sources, vocab
+from lab.core import build, documents, longtask, offline, sources, vocab
 from lab.core.blocks import long_documents
 from lab.core.corpusstats import CorpusStats, char_profile
 from lab.core.files import digest_path, save_arrow_dataset, save_dataset, write_json
@@ -69,6 +69,18 @@ class CorpusConfig(StageConfig):
         "size of the compact CLUE-style vocab built from the corpus", min=200
     )
     num_proc: int = param("processes that clean the sources side by side", min=1)
+    longdoc_chars: int = param(
+        "characters of each long-document task document (a 三国演义 stretch with one THUCNews headline)",
+        min=256,
+    )
+    longdoc_examples: list[int] = param(
+        "long-document task documents: [train, valid and test each]", min=0
+    )
+    near_dup_threshold: float = param(
+        "a document that holds this share of a task's valid / test text's character 5-grams (letters "
+        "only) nearly contains it and is dropped (0: exact copies only)",
+        min=0.0,
+    )
     cache_dir: str = param("sources cache; empty: $ZH_MINILAB_CACHE or ~/.cache/zh-minilab")
 
     def check(self):
@@ -85,6 +97,12 @@ class CorpusConfig(StageConfig):
             )
         if not self.sources:
             raise ConfigError("corpus.sources is empty: name at least one source")
+        if len(self.longdoc_examples) != 2:
+            raise self.fail(
+                "longdoc_examples", "give [train, valid and test each], e.g. [400, 200]"
+            )
+        if self.near_dup_threshold > 1:
+            raise self.fail("near_dup_threshold", "a share of the text's 5-grams, between 0 and 1")
         super().check()
 
 
@@ -104,7 +122,9 @@ def run(cfg: CorpusConfig) -> dict:
     )  # fmt: skip
     excluded = eval_texts(tasks)
     owner = [name for name, texts in excluded.items() for _ in texts]
-    needles = Needles([t for texts in excluded.values() for t in texts])
+    needles = Needles(
+        [t for texts in excluded.values() for t in texts], threshold=cfg.near_dup_threshold
+    )
     blocks = offline.people_daily_blocks(
         cfg.cache_dir, max_docs=cfg.max_docs_per_source, block_chars=cfg.long_doc_chars,
         simplified=cfg.to_simplified, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac,
@@ -159,8 +179,13 @@ def run(cfg: CorpusConfig) -> dict:
         save_dataset(dd, work / "tasks" / name)
     save_dataset(offline.gold_segmentation(blocks), work / "gold_segmentation")
     user_long = [d for r in results for d in r["longdocs"]]
-    long = long_documents(blocks, sanguo, user_long, simplified=cfg.to_simplified)
+    long, in_long = long_documents(
+        blocks, sanguo, user_long, simplified=cfg.to_simplified, needles=needles
+    )
     save_dataset(long, work / "longdocs")
+    tasks["longdoc"] = longtask.build(long, tasks["thucnews"], chars=cfg.longdoc_chars,
+                                      n_train=cfg.longdoc_examples[0], n_eval=cfg.longdoc_examples[1], seed=cfg.seed)  # fmt: skip
+    save_dataset(tasks["longdoc"], work / "tasks" / "longdoc")
     corpus = load_from_disk(str(work / "corpus"))
     shutil.rmtree(shards, ignore_errors=True)
 
@@ -185,6 +210,14 @@ def run(cfg: CorpusConfig) -> dict:
     found = {name: 0 for name in excluded}
     for i in set().union(*(r["found"] for r in results)):
         found[owner[i]] += 1
+    long_found = {name: 0 for name in excluded}  # lines of long documents taken out
+    for i in in_long:
+        long_found[owner[i]] += 1
+    near = {name: 0 for name in excluded}  # nearly contained, and not exactly
+    for i in set().union(*(r["near_found"] for r in results)) - set().union(
+        *(r["found"] for r in results)
+    ):
+        near[owner[i]] += 1
     overlap = {name: 0 for name in excluded}
     for i in stats.overlap:
         overlap[owner[i]] += 1
@@ -198,6 +231,8 @@ def run(cfg: CorpusConfig) -> dict:
         "documents_read": dict(docs_read),
         "dropped": dict(dropped),
         "eval_texts_found_before_removal": found,
+        "eval_texts_nearly_found_before_removal": near,
+        "eval_texts_in_long_documents_removed": long_found,
         "eval_text_check": {
             "substring_min_chars": needles.n,
             "texts_searched_as_substrings": len(needles.keys),

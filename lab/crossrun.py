@@ -14,21 +14,20 @@ from lab import runs
 from lab.core import names
 from lab.core.files import read_json
 from lab.core.stats import compare
-from lab.findings import OUTCOMES, claim, group
+from lab.findings import OUTCOMES, arm, claim
 
-# the ablation claims: (the one parameter that differs, the value the claim favours, claim, margin)
+# the ablation claims: (the one parameter that differs, the value the claim favours, the recipe's
+# claim, the claim for the two teachers at hand, margin)
 ABLATIONS = (
-    ("pretrain.masking", "wwm", "whole-word masking beats token-level masking", 0.0),
-    (
-        "pretrain.vocab",
-        "compact",
-        "the compact vocabulary keeps the full vocabulary's score",
-        -0.01,
-    ),
-)
+    ("pretrain.masking", "wwm", "whole-word masking beats token-level masking",
+     "this whole-word-masked teacher beats this token-masked one", 0.0),
+    ("pretrain.vocab", "compact", "the compact vocabulary keeps the full vocabulary's score",
+     "this compact-vocabulary teacher keeps this full-vocabulary teacher's score", -0.01),
+)  # fmt: skip
 # parameters that do not change the teacher or how it is scored
 NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_sequences", "speed_repeats",
-                   "probes_file", "seed", "task_models"}  # fmt: skip
+                   "probes_file", "seed", "task_models", "workers", "curve_sizes", "curve_tasks",
+                   "student_seeds"}  # fmt: skip
 
 
 def run_ids() -> list[str]:
@@ -67,18 +66,22 @@ def ablations(run_id: str) -> dict:
         if theirs is None or (their_outcomes := _outcomes(other)) is None:
             continue
         keys = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
-        for key, favoured, text, margin in ABLATIONS:
+        for key, favoured, recipe, networks, margin in ABLATIONS:
             if keys != {key}:
                 continue
             sides = {mine[key]: (run_id, outcomes), theirs[key]: (other, their_outcomes)}
             rest = next(v for v in sides if v != favoured)
-            a = group(sides[favoured][1], [names.TEACHER])
-            b = group(sides[rest][1], [names.TEACHER])
-            if any(a[t].values.shape[1] != b[t].values.shape[1] for t in a.keys() & b.keys()):
-                continue  # scored on other examples: no paired comparison
-            found = claim(text, f"{favoured} ({sides[favoured][0]})", f"{rest} ({sides[rest][0]})",
-                          compare(a, b, margin=margin))  # fmt: skip
-            out[text] = found | {"runs_compared": f"{run_id} vs {other}"}
+            a = arm(
+                sides[favoured][1], [names.TEACHER], f"{favoured} ({sides[favoured][0]})", recipe=""
+            )
+            b = arm(sides[rest][1], [names.TEACHER], f"{rest} ({sides[rest][0]})", recipe="")
+            try:
+                result = compare(a, b, margin=margin)
+            except ValueError:  # scored on other examples: no paired comparison
+                continue
+            found = claim(recipe, networks, a, b, result, recipe_runs=False,
+                          fixed=[f"one pretraining run a side ({run_id}, {other})"])  # fmt: skip
+            out[found["claim"]] = found | {"runs_compared": f"{run_id} vs {other}"}
     return out
 
 

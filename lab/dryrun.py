@@ -266,15 +266,27 @@ def longify(cfg, context: dict) -> Lines:
 
 def evaluate(cfg, context: dict) -> Lines:
     rates = ", ".join(f"{x:g}" for x in cfg.lrs)
+    curves = ", ".join(map(str, cfg.curve_sizes))
     return {
         "models": ", ".join(cfg.models)
-        + (" (every seed)" if cfg.all_seeds else " (first seed of each student)")
+        + (
+            " (every distillation run)"
+            if cfg.all_seeds
+            else " (first distillation run of each student kind)"
+        )
         + ("" if "all" in cfg.task_models else f"; on the tasks: {', '.join(cfg.task_models)}"),
         "tasks": f"{', '.join(cfg.tasks)}; {cfg.task_train_examples:,} train / "
         f"{cfg.task_eval_examples:,} valid and test examples",
-        "protocol": f"learning rate from {rates} chosen on valid with the first seed; {cfg.seeds} seed(s) "
-        f"at it scored on test; {cfg.epochs:g} epochs, batch {cfg.batch_size}, {cfg.task_seq_len} tokens",
-        "baselines": ("scratch + " if cfg.scratch else "") + "char n-gram logistic regression",
+        "protocol": f"rate from {rates} chosen on valid per model group with a selection seed; then "
+        f"{cfg.seeds} fresh seed(s) per model ({cfg.student_seeds} per distilled model) scored on test; "
+        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}, {cfg.task_seq_len} tokens; {cfg.workers} at a time",
+        "baselines": ("scratch + " if cfg.scratch else "")
+        + "char n-gram logistic regression (C and n-grams "
+        f"chosen on valid, reading {cfg.task_seq_len - 2} characters)",
+        "data-efficiency curves": f"{curves} examples of {', '.join(cfg.curve_tasks)}"
+        if curves
+        else "none",
+        "speed": f"{cfg.speed_repeats} rounds, every model timed in each",
     }
 
 

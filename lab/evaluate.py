@@ -17,13 +17,16 @@ from datasets import load_from_disk
 from transformers import AutoConfig
 
 from lab import contract, runs
-from lab.core import mlm, models, names, tasks, vocab
+from lab.core import longtask, mlm, models, names, protocol, tasks, vocab
 from lab.core.files import write_json
-from lab.core.metrics import fill_mask, mlm_metrics, speed, spread
+from lab.core.metrics import fill_mask, mlm_metrics, speeds, spread
 from lab.core.progress import echo
-from lab.core.stats import FAILS, HOLDS, OPEN
-from lab.findings import OUTCOMES, findings
+from lab.core.stats import FAILS, HOLDS, OPEN, Arm, Outcomes, above_chance, compare
+from lab.findings import OUTCOMES, arm, claim, findings
+from lab.findings import relative as rel_scores
 from lab.params import ConfigError, StageConfig, param
+
+CURVES = "curves.json"  # in the evaluate stage's folder: the data-efficiency curves' outcomes
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,17 @@ class EvaluateConfig(StageConfig):
         "the others get LM metrics, probes, size and speed"
     )
     scratch: bool = param("also fine-tune the teacher's architecture from random init (baseline)")
-    seeds: int = param("fine-tuning seeds per model and task", min=1)
+    seeds: int = param(
+        "fresh fine-tuning seeds scored on test per model that stands alone (teacher, scratch)",
+        min=1,
+    )
+    student_seeds: int = param(
+        "fresh fine-tuning seeds per distilled model (its distillation run is the outer level)",
+        min=1,
+    )
     lrs: list[float] = param(
-        "fine-tuning learning rates; several: chosen on the valid split", min=0.0
+        "fine-tuning learning rates; several: chosen on the valid split with a selection seed",
+        min=0.0,
     )
     epochs: float = param("fine-tuning epochs", min=0.0)
     batch_size: int = param("fine-tuning batch size", min=1)
@@ -56,11 +67,25 @@ class EvaluateConfig(StageConfig):
     lm_sequences: int = param(
         "held-out sequences for accuracy / perplexity / BPC, evenly spaced", min=1
     )
-    speed_repeats: int = param("timed forward passes per speed measurement", min=1)
+    speed_repeats: int = param("rounds of the speed measurement (every model timed in each)", min=1)
+    curve_sizes: list[int] = param(
+        "training examples of the data-efficiency curves (below task_train_examples)", min=1
+    )
+    curve_tasks: list[str] = param("tasks of the data-efficiency curves (classification tasks)")
+    longdoc: bool = param(
+        "fine-tune the Longformer and its BERT on the long-document task (a needle past 512?)"
+    )
+    longdoc_batch: int = param("long-document task: documents per batch", min=1)
+    longdoc_epochs: float = param("long-document task: fine-tuning epochs", min=0.0)
     probes_file: str = param("fill-mask probe file, one sentence a line (empty: the packaged one)")
 
     def check(self):
-        bad = [t for t in self.tasks if t not in tasks.TASKS]
+        if "longdoc" in [*self.tasks, *self.curve_tasks]:
+            raise self.fail(
+                "tasks",
+                "the long-document task runs with evaluate.longdoc = true, not in the task list",
+            )
+        bad = [t for t in [*self.tasks, *self.curve_tasks] if t not in tasks.TASKS]
         if bad:
             raise ConfigError(
                 f"evaluate.tasks: unknown {bad}; choose from {', '.join(tasks.TASKS)}"
@@ -140,9 +165,8 @@ def run(cfg: EvaluateConfig) -> dict:
     t0 = time.time()
 
     tokenizers = {name: vocab.load(m["dir"]) for name, m in wanted.items()}
-    rows: dict[str, dict] = {}
+    rows, probe_out, loaded = {}, {}, {}
     probes = read_probes(cfg.probes_file)
-    probe_out: dict[str, dict] = {}
     length = str(min(wwm_m["params"]["seq_lengths"]))
     for name, m in wanted.items():
         model, tok = mlm.load(m["dir"]), tokenizers[name]
@@ -155,79 +179,169 @@ def run(cfg: EvaluateConfig) -> dict:
         lm = mlm_metrics(model, ids, wids, tok, seed=cfg.seed)
         rows[name] = {
             "role": m["role"], "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
-            "params": c["total"], "non_embedding": c["non_embedding"],
-            "acc": lm["acc"], "ppl": lm["ppl"], "bpc": lm["bpc"],
-            **speed(model, repeats=cfg.speed_repeats),
+            "params": c["total"], "non_embedding": c["non_embedding"], "acc": lm["acc"], "ppl": lm["ppl"],
+            "bpc": lm["bpc"],
         }  # fmt: skip
         probe_out[name] = {p: fill_mask(model, tok, p) for p in probes}
-        echo(
-            f"{name}: acc {lm['acc']:.3f}, ppl {lm['ppl']:.1f}, {rows[name]['latency_ms_b1']:.1f} ms at batch 1"
-        )
-    if teacher := rows.get("teacher"):
-        for r in rows.values():
-            r["speedup"] = teacher["latency_ms_b1"] / r["latency_ms_b1"]
-            r["throughput_speedup"] = r["throughput_seq_s_b32"] / teacher["throughput_seq_s_b32"]
+        loaded[name] = model
+        echo(f"{name}: acc {lm['acc']:.3f}, ppl {lm['ppl']:.1f}")
+    reference = names.TEACHER if names.TEACHER in loaded else None
+    for name, s in speeds(
+        loaded, reference=reference, repeats=cfg.speed_repeats, seed=cfg.seed
+    ).items():
+        rows[name] |= s
+    del loaded
 
     # downstream tasks: the task_models, plus the teacher's architecture trained from scratch
     sources = {
         name: m["dir"] for name, m in wanted.items() if names.selected(name, cfg.task_models)
     }
-    if cfg.scratch and "teacher" in wanted:
-        sources["scratch"] = AutoConfig.from_pretrained(str(wanted["teacher"]["dir"]))
-        tokenizers["scratch"] = tokenizers["teacher"]
-        rows["scratch"] = {"role": "scratch"}
-    protocol = tasks.Protocol(
-        lrs=tuple(cfg.lrs), epochs=cfg.epochs, seeds=cfg.seeds, batch_size=cfg.batch_size,
-        seq_len=cfg.task_seq_len, train_examples=cfg.task_train_examples,
+    if cfg.scratch and names.TEACHER in wanted:
+        sources[names.SCRATCH] = AutoConfig.from_pretrained(str(wanted[names.TEACHER]["dir"]))
+        tokenizers[names.SCRATCH] = tokenizers[names.TEACHER]
+        rows[names.SCRATCH] = {"role": "scratch"}
+    p = protocol.Protocol(
+        lrs=tuple(cfg.lrs), epochs=cfg.epochs, seeds=cfg.seeds, student_seeds=cfg.student_seeds,
+        batch_size=cfg.batch_size, seq_len=cfg.task_seq_len, train_examples=cfg.task_train_examples,
         eval_examples=cfg.task_eval_examples, bf16=cfg.bf16, seed=cfg.seed,
+        curve_sizes=tuple(cfg.curve_sizes), curve_tasks=tuple(cfg.curve_tasks),
     )  # fmt: skip
     data = {t: load_from_disk(str(corpus_m["dir"] / "tasks" / t)) for t in cfg.tasks}
-    scores, outcomes = tasks.run_all(
-        sources, data, protocol, work, tokenizers, workers=cfg.workers, progress=echo
-    )
+    done = protocol.run_all(sources, data, p, work, tokenizers, workers=cfg.workers, progress=echo)
+    scores, outcomes, chance = done["results"], done["outcomes"], done["chance"]
     write_json(work / OUTCOMES, outcomes)
+    write_json(work / CURVES, {str(n): v for n, v in done["curves"].items()})
+    relative = rel_scores(scores, chance)
+    longdoc = long_document_task(cfg, wanted, tokenizers, corpus_m, work) if cfg.longdoc else None
+    found = findings(outcomes, rows, chance) | long_context(cfg.run_id)
     metrics = {
         "models": rows,
         "tasks": scores,
-        "relative_to_teacher": relative_scores(scores),
+        "chance": chance,
+        "selection": done["selection"],
+        "relative_to_teacher": relative,
         "average": {
             name: float(np.mean([v["mean"] for v in t.values()]))
             for name, t in scores.items()
             if len(t) == len(cfg.tasks)
-        },
+        },  # fmt: skip
         "probes": probe_out,
+        "curves": curve_findings(
+            done["curves"], outcomes, done["curve_models"], cfg.task_train_examples
+        ),
         "seconds": time.time() - t0,
-        "findings": findings(outcomes, rows) | long_context(cfg.run_id),
+        "findings": found,
     }
+    if longdoc:
+        metrics["longdoc"] = longdoc
+        if "finding" in longdoc:
+            metrics["findings"][longdoc["finding"]["claim"]] = longdoc["finding"]
     write_json(work / "results.json", metrics)
-    return stage.finish({"results": "results.json", "outcomes": OUTCOMES}, metrics)
-
-
-def long_context(run_id: str) -> dict:
-    """The longify stage's finding: does the Longformer use context beyond 512 tokens?"""
-    m = runs.read_manifest(runs.stage_dir(run_id, "longify"))
-    gain = m and m["metrics"].get("context_gain", {}).get("gain_beyond_512")
-    return (
-        {gain["claim"]: gain | {"documents": m["metrics"]["context_gain"]["documents"]}}
-        if gain
-        else {}
+    return stage.finish(
+        {"results": "results.json", "outcomes": OUTCOMES, "curves": CURVES}, metrics
     )
 
 
-def relative_scores(scores: dict) -> dict:
-    """Each model's task scores as a share of the teacher's (MiniRBT's relative table)."""
-    if "teacher" not in scores:
-        return {}
-    out = {}
-    for name, t in scores.items():
-        out[name] = {
-            task: v["mean"] / scores["teacher"][task]["mean"]
-            for task, v in t.items()
-            if task in scores["teacher"] and scores["teacher"][task]["mean"]
-        }
-        if out[name]:
-            out[name]["average"] = float(np.mean(list(out[name].values())))
+def long_document_task(
+    cfg: EvaluateConfig, wanted: dict, tokenizers: dict, corpus_m: dict, work: Path
+) -> dict:
+    """The Longformer (whole documents) and its BERT (their first 512 tokens) fine-tuned on the
+    long-document task by the same protocol; accuracy by where the needle lies; the finding for the
+    documents whose needle lies past BERT's reach."""
+    if not {names.TEACHER, names.LONGFORMER} <= set(wanted):
+        return {"skipped": "the long-document task needs this run's teacher and Longformer"}
+    dd = load_from_disk(str(corpus_m["dir"] / "tasks" / "longdoc"))
+    length = corpus_m["params"]["longdoc_chars"] + 2
+    reach = AutoConfig.from_pretrained(str(wanted[names.TEACHER]["dir"])).max_position_embeddings
+    models_ = {m: wanted[m]["dir"] for m in (names.TEACHER, names.LONGFORMER)}
+    p = protocol.Protocol(
+        lrs=tuple(cfg.lrs), epochs=cfg.longdoc_epochs, seeds=cfg.seeds, student_seeds=cfg.student_seeds,
+        batch_size=cfg.longdoc_batch, seq_len=length, train_examples=len(dd["train"]),
+        eval_examples=len(dd["test"]), bf16=cfg.bf16, seed=cfg.seed,
+    )  # fmt: skip
+    done = protocol.run_all(models_, {"longdoc": dd}, p, work / "longdoc", tokenizers, workers=cfg.workers,
+                            limits={names.TEACHER: reach}, progress=echo)  # fmt: skip
+    rows = tasks.sample(tasks.TASKS["longdoc"], dd["test"], len(dd["test"]))  # the order scored
+    tok = tokenizers[names.LONGFORMER]
+    where = [
+        len(tok(r["text"][: r["needle_at"]], add_special_tokens=False)["input_ids"]) for r in rows
+    ]
+    width = 256
+    past = [i for i, w in enumerate(where) if w >= reach - 2]  # wholly after what BERT reads
+    by_bin: dict = {}
+    for m in models_:
+        seeds = done["outcomes"][m]["longdoc"]
+        for b in sorted(set(longtask.bins(where, width, length))):
+            idx = [i for i, x in enumerate(longtask.bins(where, width, length)) if x == b]
+            unit = Arm(m, [{"longdoc": Outcomes.of("accuracy", [[s[i] for i in idx]])} for s in seeds],
+                       level="fine-tuning run")  # fmt: skip
+            r = above_chance(unit, {})
+            by_bin.setdefault(m, []).append({"from": b * width, "to": (b + 1) * width, "examples": len(idx),
+                                             "accuracy": r["difference"], "ci95": r["ci95"]})  # fmt: skip
+    out = {"results": done["results"], "chance": done["chance"]["longdoc"], "by_position": by_bin,
+           "reach": reach, "length": length, "past_reach": len(past), "examples": len(rows)}  # fmt: skip
+    text = f"the Longformer beats BERT on the long-document task when the needle lies past {reach} tokens"
+    if not past:
+        out["finding"] = {"claim": text, "verdict": OPEN, "difference": None, "ci95": None,
+                          "reason": f"no test document has its needle past {reach} tokens"}  # fmt: skip
+        return out
+    a, b = (Arm(m, [{"longdoc": Outcomes.of("accuracy", [[s[i] for i in past]])}
+                    for s in done["outcomes"][m]["longdoc"]], level="fine-tuning run")
+            for m in (names.LONGFORMER, names.TEACHER))  # fmt: skip
+    out["finding"] = claim(text, text, a, b, compare(a, b), recipe_runs=False,
+                           fixed=["one conversion and continued pretraining", f"{len(past)} documents past {reach}"])  # fmt: skip
     return out
+
+
+def curve_findings(curves: dict, outcomes: dict, curve_models: list[str], full: int) -> dict:
+    """The data-efficiency curves: for each task, each curve model's score at each training-set size
+    (the full one from the main results) with its 95% interval over its runs and the test examples,
+    and the claim "the teacher beats the n-gram baseline" at each size."""
+    sizes = {**{int(n): by_model for n, by_model in curves.items()}, full: outcomes}
+    kinds = list(dict.fromkeys(names.kind(m) for m in curve_models))
+    points: dict = {}
+    claims: dict = {}
+    for n in sorted(sizes):
+        by_model = sizes[n]
+        for k in kinds:
+            members = [m for m in curve_models if names.kind(m) == k and m in by_model]
+            if not members:
+                continue
+            label = f"{k} students" if names.is_student(members[0]) else k
+            a = arm(by_model, members, label, recipe="distillation run")
+            for t in sorted(a.tasks):
+                one = Arm(
+                    label,
+                    [{t: u[t]} for u in a.units],
+                    level=a.level,
+                    deterministic=a.deterministic,
+                )
+                r = above_chance(one, {})
+                points.setdefault(t, {}).setdefault(label, []).append(
+                    {"examples": n, "score": r["difference"], "ci95": r["ci95"]}
+                )
+        if names.TEACHER in by_model and names.NGRAM in by_model:
+            tasks_ = sorted(by_model[names.NGRAM])
+            a = arm(by_model, [names.TEACHER], "teacher", recipe="pretraining run", tasks=tasks_)
+            b = arm(by_model, [names.NGRAM], names.NGRAM, recipe="", tasks=tasks_)
+            claims[str(n)] = claim("pretraining beats a character n-gram baseline",
+                                   f"this teacher beats the n-gram baseline with {n:,} training examples",
+                                   a, b, compare(a, b), recipe_runs=False,
+                                   fixed=[f"the pretraining run (1: {names.TEACHER})"])  # fmt: skip
+    return {"points": points, "teacher_vs_ngram": claims}
+
+
+def long_context(run_id: str) -> dict:
+    """The longify stage's findings: does the Longformer use context beyond 512 tokens, and does it
+    beat the same continued pretraining at 512?"""
+    m = runs.read_manifest(runs.stage_dir(run_id, "longify"))
+    if not m:
+        return {}
+    found = [
+        m["metrics"].get("context_gain", {}).get("gain_beyond_512"),
+        m["metrics"].get("controlled_bpc"),
+    ]
+    return {f["claim"]: f for f in found if f}
 
 
 def headline(manifest: dict) -> dict:
@@ -242,15 +356,15 @@ def headline(manifest: dict) -> dict:
     for name in ("teacher", "scratch"):
         if name in m["average"]:
             out[f"{name} task average"] = f"{m['average'][name]:.3f}"
-    rel = {
-        k: v["average"]
-        for k, v in m["relative_to_teacher"].items()
-        if "average" in v
-        and m["models"].get(k, {}).get("role") in ("student", "assistant", "longformer")
-    }
-    if rel:
-        best = max(rel, key=rel.get)
-        out["best relative to teacher"] = f"{best} {rel[best]:.0%}"
+    kept = next((f for f in m["findings"].values() if "teacher_above_chance" in f), None)
+    if kept and kept.get("score_a"):  # the retention finding's own quantity, above chance
+        chance = kept["chance"]
+        gain = {t: (kept["score_a"][t] - chance[t]) / (kept["score_b"][t] - chance[t]) for t in kept["score_a"]
+                if kept["score_b"][t] - chance[t] > 0}  # fmt: skip
+        if gain:
+            out[f"{kept['a']} keep, above chance"] = (
+                f"{np.mean(list(gain.values())):.0%} of the teacher's gain"
+            )
     return out
 
 

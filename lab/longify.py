@@ -18,7 +18,18 @@ import numpy as np
 from datasets import load_from_disk
 
 from lab import cards, contract, runs
-from lab.core import budget, longdocs, mlm, models, modelsource, stats, train, vocab
+from lab.core import (
+    budget,
+    hardware,
+    longdocs,
+    longeval,
+    mlm,
+    models,
+    modelsource,
+    stats,
+    train,
+    vocab,
+)
 from lab.core.attention import block_attention
 from lab.core.longformer import ConversionError, LongBatches, convert, equivalence
 from lab.core.masking import WholeWordMaskCollator
@@ -40,15 +51,22 @@ class LongifyConfig(Masking, Loop, StageConfig):
     steps: int = param("continued-pretraining steps", min=0)
     batch_size: int = param("sequences per step and process", min=1)
     lr: float = param("peak learning rate", min=0.0)
-    eval_docs: int = param("held-out long documents for bits per character and the probe", min=1)
+    eval_docs: int = param(
+        "held-out long documents for bits per character, the curve and the probe (0: all)", min=0
+    )
     min_doc_chars: int = param(
         "held-out documents shorter than this are skipped (characters)", min=1
     )
     context_lengths: list[int] = param(
-        "context before the scored span in the context-gain curve (tokens)", min=0
+        "context before the scored span in the context-gain curve (tokens; capped where continued "
+        "pretraining stopped, seq_len)",
+        min=0,
     )
-    context_span: int = param(
-        "final tokens of each document scored in the context-gain curve", min=8
+    context_span: int = param("tokens of each scored span in the context-gain curve", min=8)
+    context_spans_per_doc: int = param("scored spans per held-out document in the curve", min=1)
+    control: bool = param(
+        "also continue the BERT at 512 tokens on the same documents for the same tokens (the "
+        "controlled bits-per-character comparison)"
     )
     probe_gap: int = param(
         "a probed name's previous mention is more than this many tokens back", min=1
@@ -67,10 +85,11 @@ class LongifyConfig(Masking, Loop, StageConfig):
             raise ConfigError("longify.global_tokens is empty: give at least [CLS]")
         if (
             not self.context_lengths
-            or min(self.context_lengths) + self.context_span + 2 > self.max_positions
+            or min(self.context_lengths) + self.context_span + 2 > self.seq_len
         ):
             raise ConfigError(
-                "longify.context_lengths: give lengths that, with longify.context_span, fit in longify.max_positions"
+                "longify.context_lengths: give lengths that, with longify.context_span, fit in longify.seq_len "
+                "(the length continued pretraining trained)"
             )
         super().check()
 
@@ -130,6 +149,15 @@ def run(cfg: LongifyConfig) -> dict:
     fit = partial(train.train, mlm.MaskedLM(long), batches, tc, work / "continued", desc="longify")
     res = train.train_once(long, work / "continued", fit)
     bpc["longformer_after"] = scoring.bpc(long)
+    per_doc = {"bert_512_windows": scoring.per_doc(bert), "longformer_after": scoring.per_doc(long)}
+    control = None
+    if cfg.control:  # the same documents and tokens for the BERT, at 512
+        bert_c = continue_bert(cfg, src, tr_ids, tr_wids, tokenizer, work)
+        per_doc["bert_continued_512"] = scoring.per_doc(bert_c)
+        bpc["bert_continued_512"] = scoring.bpc(bert_c)
+        control = longeval.controlled(
+            per_doc["bert_continued_512"], per_doc["longformer_after"], length=cfg.seq_len
+        )
 
     gain = scoring.context_gain(bert, long)
     names = longdocs.frequent_names(
@@ -141,11 +169,14 @@ def run(cfg: LongifyConfig) -> dict:
     field = receptive_field(cfg, long)
     results = {
         "bpc": bpc,
+        "bpc_per_document": per_doc,
         "equivalence": diff,
         "probe": probe,
         "receptive_field": field,
         "context_gain": gain,
     }
+    if control:
+        results["controlled_bpc"] = control
     card = cards.longformer(cfg, source.label, source.provenance(), results)
     cards.save(long, tokenizer, work / "model", card)
     sample = test["ids"][0][: min(len(test["ids"][0]), 2 * cfg.attention_window + 64)]
@@ -168,10 +199,31 @@ def run(cfg: LongifyConfig) -> dict:
     return stage.finish({"model": "model", "attention_sample": "attention_sample.npy"}, metrics)
 
 
+def continue_bert(cfg: LongifyConfig, src, tr_ids, tr_wids, tokenizer, work):
+    """The control: the source BERT continued on the same training documents, for as many tokens as
+    the Longformer got, at 512 (same rate, schedule and masking)."""
+    bert = mlm.load(src)
+    bert.set_attn_implementation(hardware.training_attention(train.accelerator().device))
+    length = bert.config.max_position_embeddings
+    x, w = longdocs.chunk_docs(tr_ids, tr_wids, length, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                               tokenizer.pad_token_id)  # fmt: skip
+    batch = max(1, cfg.batch_size * cfg.seq_len // length)  # the same tokens per step
+    batches = mlm.PackedBatches(x, w, cfg.mask_rule().collator(tokenizer), batch, cfg.seed)
+    fpt = budget.flops_per_token(models.size(bert.config), length, cfg.mlm_probability)
+    tc = train.TrainConfig(
+        **cfg.loop(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=5, flops_per_token=fpt)
+    )
+    fit = partial(
+        train.train, mlm.MaskedLM(bert), batches, tc, work / "control", desc="longify control"
+    )
+    train.train_once(bert, work / "control", fit)
+    return bert
+
+
 def held_out(cfg: LongifyConfig, docs, tokenizer, seg) -> dict:
     """The held-out long documents scored here: tokens, word ids, characters per token, and one
     fixed masking of each (the positions every model is scored on)."""
-    rows = [r for r in docs["test"] if len(r["text"]) >= cfg.min_doc_chars][: cfg.eval_docs]
+    rows = [r for r in docs["test"] if len(r["text"]) >= cfg.min_doc_chars][: cfg.eval_docs or None]
     if not rows:
         raise runs.StageError(
             f"no held-out long document has {cfg.min_doc_chars}+ characters; lower longify.min_doc_chars"
@@ -218,39 +270,34 @@ class Scoring:
                                     global_ids=r["global_ids"], bf16=self.cfg.bf16, **self.specials)  # fmt: skip
         return bits_per_char(nats, chars)
 
+    def per_doc(self, model) -> list[float]:
+        r = self._long(model)
+        return longeval.per_document_bpc(model, self.test, window=r["max_len"], global_ids=r["global_ids"],
+                                         bf16=self.cfg.bf16, specials=self.specials)  # fmt: skip
+
     def context_gain(self, bert, long) -> dict:
-        """Bits per character of each document's last `context_span` tokens as the visible context
-        before them grows, for BERT (up to its positions) and the Longformer, the span on the same
-        position embeddings throughout (`longdocs.span_positions`); the Longformer's gain from 512
-        tokens of context to its longest, paired over documents, with its interval."""
-        cfg, t = self.cfg, self.test
+        """Each model's context-gain curve (`lab.core.longeval`), the Longformer's up to the length
+        continued pretraining trained, and its gain from 512 tokens of context to its longest."""
+        cfg = self.cfg
         span = cfg.context_span
-        starts = dict(zip(("bert", "longformer"), longdocs.span_positions(
-            sorted(cfg.context_lengths), span, bert.config.max_position_embeddings, cfg.max_positions)))  # fmt: skip
-        contexts = [c for c in sorted(cfg.context_lengths) if c < starts["longformer"]]
-        keep = [i for i, ids in enumerate(t["ids"]) if len(ids) >= span + contexts[-1]]
-        while not keep and len(contexts) > 1:  # no document that long: the longest context goes
-            contexts = contexts[:-1]
-            keep = [i for i, ids in enumerate(t["ids"]) if len(ids) >= span + contexts[-1]]
-        pick = [[part[i] for i in keep] for part in (t["ids"], t["chars"], t["masks"])]
-        curves = {}
-        for name, model in (("bert", bert), ("longformer", long)):
+        out = {"span": span, "contexts": {}, "curves": {}}
+        for name, model, limit in (("bert", bert, bert.config.max_position_embeddings),
+                                   ("longformer", long, min(cfg.seq_len, cfg.max_positions))):  # fmt: skip
+            top = limit - span - 2
+            contexts = sorted({c for c in cfg.context_lengths if c <= top} | {top})
             r = self._long(model)
-            curves[name] = longdocs.context_curve(model, *pick, contexts=contexts, span=span, bf16=cfg.bf16,
-                                                  span_position=starts[name], **r, **self.specials)  # fmt: skip
-        per_doc = {name: {c: [bits_per_char(n, k) for n, k in rows] for c, rows in curve.items()}
-                   for name, curve in curves.items()}  # fmt: skip
-        out = {
-            "contexts": contexts, "span": span, "documents": len(keep), "span_positions": starts,
-            "bpc": {name: {str(c): bits_per_char(sum(n for n, _ in rows), sum(k for _, k in rows))
-                           for c, rows in curve.items()} for name, curve in curves.items()},
-        }  # fmt: skip
-        longest = contexts[-1]
-        if longest > 512 and 512 in per_doc["longformer"]:
-            gain = stats.paired(per_doc["longformer"][512], per_doc["longformer"][longest])
-            out["gain_beyond_512"] = {"claim": f"the Longformer predicts better with {longest:,} tokens of context than with 512",
-                                      "a": "512 tokens", "b": f"{longest:,} tokens", **gain,
-                                      "unit": "bits per character (a - b)"}  # fmt: skip
+            out["curves"][name] = longeval.curve(model, self.test, contexts=contexts, span=span, length=limit,
+                                                 spans_per_doc=cfg.context_spans_per_doc,
+                                                 mask_share=cfg.mlm_probability, global_ids=r["global_ids"],
+                                                 bf16=cfg.bf16, specials=self.specials)  # fmt: skip
+            out["contexts"][name] = contexts
+        long_contexts = out["contexts"]["longformer"]
+        out["documents"] = len(out["curves"]["longformer"]["per_doc"][str(long_contexts[0])])
+        longest = long_contexts[-1]
+        if 512 in long_contexts and longest > 512:
+            out["gain_beyond_512"] = longeval.gain(
+                out["curves"]["longformer"]["per_doc"], 512, longest,
+                claim=f"the Longformer predicts better with {longest:,} tokens of context than with 512")  # fmt: skip
         return out
 
     def probe(self, bert, long, names: list[list[int]]) -> dict:

@@ -144,7 +144,10 @@ def index_html(run_id: str, status: dict, rows: list, findings: dict) -> str:
         "<h2>Findings</h2>"
         + tables.html_table(tables.findings_rows(findings), tables.FINDINGS_TITLE)
         + "<p><small>holds: the whole 95% interval is above 0 · does not hold: below 0 · "
-        "inconclusive: the interval contains 0 (more seeds or examples would narrow it)</small></p>"
+        "inconclusive: the interval contains 0 (more runs or examples would narrow it). Each interval covers "
+        "the sources of variation its row names, and no others: a claim is worded for a recipe only when each "
+        "side has at least three independently trained runs of it, otherwise for the networks at hand. Each "
+        "claim is one test at 5%; the task rows (·) carry no verdict.</small></p>"
         if findings
         else ""
     )

@@ -167,6 +167,8 @@ def longify_bench(result: dict | None):
     }
 
     def cell(key: str) -> str:
+        if key not in result["seconds"]:
+            return ""
         gflop = result.get("gflop", {}).get(key)
         return f"{result['seconds'][key]:.2f} s · {result['memory_mb'][key]:,.0f} MB" + (
             f" · {gflop:,.0f} GFLOP" if gflop else ""
@@ -190,12 +192,21 @@ def longify_bench(result: dict | None):
 
 def models_table(rows: dict):
     cols = ("role", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
-            "latency_ms_b1", "throughput_seq_s_b32", "speedup")  # fmt: skip
-    out = [{"model": n, **{c: r.get(c) for c in cols}} for n, r in rows.items() if "acc" in r]
-    return table(
-        out,
-        "Models: size, held-out LM metrics, speed on this machine (batch 1 latency, batch 32 throughput, seq 128)",
-    )
+            "latency_ms_b1", "throughput_seq_s_b32")  # fmt: skip
+    out = []
+    for n, r in rows.items():
+        if "acc" not in r:
+            continue
+        row = {"model": n, **{c: r.get(c) for c in cols}}
+        for key, label in (("latency_vs_teacher", "batch-1 latency vs teacher"),
+                           ("throughput_vs_teacher", "batch-32 throughput vs teacher")):  # fmt: skip
+            if key in r:
+                row[label] = "{:.2f}x [{:.2f}, {:.2f}]".format(r[key]["ratio"], *r[key]["ci95"])
+        out.append(row)
+    repeats = next((r.get("repeats") for r in rows.values() if r.get("repeats")), "?")
+    return table(out, f"Models: size, held-out LM metrics, speed on this machine: batch-1 latency and batch-32 "
+                      f"throughput at 128 tokens, every model timed in each of {repeats} rounds in random order; "
+                      "ratios against the teacher with 95% intervals over the rounds")  # fmt: skip
 
 
 def task_table(scores: dict):
@@ -213,44 +224,79 @@ def task_table(scores: dict):
     return table(rows, "Downstream tasks (test split; mean ± std over seeds)")
 
 
-def relative_table(relative: dict):
+def relative_table(relative: dict, chance: dict):
+    levels = ", ".join(f"{t} {c:.3f}" for t, c in chance.items())
     return table(
         [{"model": n, **v} for n, v in relative.items()],
-        "Task scores relative to the teacher (MiniRBT's relative table)",
+        "Task scores relative to the teacher above chance, (model − chance) / (teacher − chance): MiniRBT's "
+        f"relative table with what guessing earns taken out (chance: {levels})",
     )
 
 
-FINDINGS_TITLE = ("Findings: A − B (or A − ratio × B) minus the margin, with a 95% bootstrap interval over test "
-                  "examples and seeds; a claim holds only when its interval lies above 0")  # fmt: skip
+def tuning_table(selection: dict, ngram: dict, lrs: list[float]):
+    """What each side's tuning saw: the rates tried on valid per group and task, the n-gram's grid."""
+    rows = []
+    for group, by_task in selection.items():
+        for task, s in by_task.items():
+            tried = ", ".join(
+                f"{lr}: {v:.3f}" if v is not None else lr for lr, v in s["on_valid"].items()
+            )
+            rows.append({"model group": group, "task": task, "tuned on valid": f"rate from {tried}",
+                         "chosen": f"{s['chosen']:g}", "selection run": f"{s['model']}, seed {s['seed']}",
+                         "reads": "the first task_seq_len tokens"})  # fmt: skip
+    for task, r in ngram.items():
+        t = r.get("tuned", {})
+        rows.append({"model group": "char n-gram LR", "task": task,
+                     "tuned on valid": f"C and n-gram range, {t.get('grid', '?')} settings",
+                     "chosen": f"C {t.get('C')}, n-grams {t.get('ngram_range')}",
+                     "selection run": f"valid accuracy {t.get('valid_accuracy', 0):.3f}",
+                     "reads": f"the first {t.get('reads_chars')} characters"})  # fmt: skip
+    return table(rows, f"Each side's tuning budget: {len(lrs)} rate(s) per model group and task on valid; "
+                       "test is scored only with fresh seeds")  # fmt: skip
+
+
+FINDINGS_TITLE = ("Findings: A − B (or, for retention, A − ratio × B above each task's chance level) minus the margin, "
+                  "averaged over the tasks, with a 95% interval over the sources the scope names; a claim holds only "
+                  "when its interval lies above 0. Task rows (·) show their difference and interval, and no verdict: "
+                  "the claim's verdict is its task mean")  # fmt: skip
 
 
 def findings_table(findings: dict):
-    """Claim, sides, difference, 95% interval and verdict of each finding, and per task."""
+    """Claim, sides, difference, 95% interval, verdict and scope of each finding, and per task."""
     return table(findings_rows(findings), FINDINGS_TITLE)
 
 
 def findings_rows(findings: dict) -> list[dict]:
     rows = []
     for f in findings.values():
-        if f.get("difference") is None:
+        if f.get("difference") is None or f.get("ci95") is None:
             rows.append(
                 {"claim": f["claim"], "verdict": f["verdict"], "difference": f.get("reason")}
             )
             continue
-        runs = f.get("runs", {})
+        scope = f.get("scope", {})
         speed = f.get("speedup")
+        digits = 4 if max(map(abs, f["ci95"])) < 0.01 else 3
+        note = f.get("reason", "")
+        if speed:
+            lat = speed["latency"]
+            note += "; " * bool(note) + "batch-1 latency {:.1f}x the teacher's speed [{:.1f}, {:.1f}]".format(
+                lat["ratio"], *lat["ci95"])  # fmt: skip
+        if "mde80" in f:
+            note += "; " * bool(note) + f"smallest gain found 4 times in 5: {f['mde80']:.{digits}f}"
         rows.append({
             "claim": f["claim"], "A": f["a"], "B": f["b"],
-            "difference": f"{f['difference']:+.4f}",
-            "95% interval": "[{:+.4f}, {:+.4f}]".format(*f["ci95"]),
+            "difference": f"{f['difference']:+.{digits}f}",
+            "95% interval": "[{:+.{d}f}, {:+.{d}f}]".format(*f["ci95"], d=digits),
             "verdict": f["verdict"],
-            "runs A / B": f"{runs['a']} / {runs['b']}" if runs else "",
-            "examples": ", ".join(f"{t} {n:,}" for t, n in f.get("examples", {}).items())
-            or (f"{f['documents']} documents" if "documents" in f else ""),
-            "note": (f"speed-up at batch 1: {speed['ratio']:.1f}x (repeats allow "
-                     f"{speed['range'][0]:.1f}-{speed['range'][1]:.1f}x)" if speed else ""),
+            "runs A / B": f"{scope['a']} / {scope['b']}" if scope else "",
+            "interval covers": ", ".join(scope.get("covers", [])) if scope else
+            (f"{f['units']} documents" if "units" in f else ""),
+            "fixed": ", ".join(scope.get("fixed", [])),
+            "examples": ", ".join(f"{t} {n:,}" for t, n in f.get("examples", {}).items()),
+            "note": note,
         })  # fmt: skip
         for task, p in f.get("per_task", {}).items():
-            rows.append({"claim": f"  · {task}", "difference": f"{p['difference']:+.4f}",
-                         "95% interval": "[{:+.4f}, {:+.4f}]".format(*p["ci95"]), "verdict": p["verdict"]})  # fmt: skip
+            rows.append({"claim": f"  · {task}", "difference": f"{p['difference']:+.{digits}f}",
+                         "95% interval": "[{:+.{d}f}, {:+.{d}f}]".format(*p["ci95"], d=digits), "verdict": ""})  # fmt: skip
     return rows

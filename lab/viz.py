@@ -46,6 +46,13 @@ def show(fig: go.Figure | str) -> None:
     display({"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/html": page}, raw=True)
 
 
+def _interval_line(fig: go.Figure, name: str, x: list, y: list, ci: list) -> None:
+    """A line with markers and asymmetric error bars from (low, high) pairs."""
+    fig.add_scatter(x=x, y=y, name=name, mode="lines+markers", error_y={
+        "type": "data", "symmetric": False, "array": [hi - v for (_, hi), v in zip(ci, y)],
+        "arrayminus": [v - lo for (lo, _), v in zip(ci, y)]})  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # 01 corpus
 
@@ -180,40 +187,14 @@ def training_curves(logs: dict[str, list[dict]], title: str = "Pretraining") -> 
         train_rows = [r for r in rows if "loss" in r and "eval" not in r]
         evals = [r for r in rows if "eval" in r]
         x = [(r["tokens"] + offset) / 1e6 for r in train_rows]
-        fig.add_scatter(
-            x=x,
-            y=[r["loss"] for r in train_rows],
-            name=f"{name} train loss",
-            row=1,
-            col=1,
-            mode="lines",
-        )
-        fig.add_scatter(
-            x=x,
-            y=[r.get("acc") for r in train_rows],
-            name=f"{name} train",
-            row=1,
-            col=2,
-            mode="lines",
-            opacity=0.5,
-        )
         ex = [(r["tokens"] + offset) / 1e6 for r in evals]
-        fig.add_scatter(
-            x=ex,
-            y=[r["eval"]["acc"] for r in evals],
-            name=f"{name} held-out",
-            row=1,
-            col=2,
-            mode="lines+markers",
-        )
-        fig.add_scatter(
-            x=ex,
-            y=[r["eval"]["ppl"] for r in evals],
-            name=f"{name} held-out ppl",
-            row=1,
-            col=3,
-            mode="lines+markers",
-        )
+        for xs, ys, label, col, mode, extra in (
+            (x, [r["loss"] for r in train_rows], "train loss", 1, "lines", {}),
+            (x, [r.get("acc") for r in train_rows], "train", 2, "lines", {"opacity": 0.5}),
+            (ex, [r["eval"]["acc"] for r in evals], "held-out", 2, "lines+markers", {}),
+            (ex, [r["eval"]["ppl"] for r in evals], "held-out ppl", 3, "lines+markers", {}),
+        ):
+            fig.add_scatter(x=xs, y=ys, name=f"{name} {label}", row=1, col=col, mode=mode, **extra)
         if rows and name.startswith("stage"):
             offset += rows[-1]["tokens"]
     fig.update_xaxes(title_text="tokens seen (millions)")
@@ -297,16 +278,12 @@ def distill_terms(logs: dict[str, list[dict]]) -> go.Figure:
 def bpc_bars(bpc: dict) -> go.Figure:
     labels = {
         "bert_512_windows": "BERT, 512-token windows",
+        "bert_continued_512": "BERT continued at 512 (control)",
         "longformer_before": "Longformer, converted",
         "longformer_after": "Longformer, continued",
     }
-    fig = go.Figure(
-        go.Bar(
-            x=[labels[k] for k in bpc],
-            y=list(bpc.values()),
-            text=[f"{v:.3f}" for v in bpc.values()],
-        )
-    )
+    values = list(bpc.values())
+    fig = go.Figure(go.Bar(x=[labels[k] for k in bpc], y=values, text=[f"{v:.3f}" for v in values]))
     fig.update_layout(
         title="Bits per character on held-out long documents (lower is better)",
         yaxis_title="bits / character",
@@ -315,17 +292,34 @@ def bpc_bars(bpc: dict) -> go.Figure:
 
 
 def context_gain(gain: dict) -> go.Figure:
-    """Bits per character of each document's final span against the context the model sees."""
+    """Mean bits per character of the scored spans against the context each model may use, with the
+    95% interval over documents (the estimator the finding uses)."""
     fig = go.Figure()
     for name, label in (("bert", "BERT (up to its positions)"), ("longformer", "Longformer")):
-        points = gain["bpc"][name]
-        xs = [c for c in gain["contexts"] if str(c) in points]
-        fig.add_scatter(x=xs, y=[points[str(c)] for c in xs], mode="lines+markers", name=label)
+        means = gain["curves"][name]["mean"]
+        xs = [c for c in gain["contexts"][name] if str(c) in means]
+        ys = [means[str(c)]["bpc"] for c in xs]
+        _interval_line(fig, label, xs, ys, [means[str(c)]["ci95"] for c in xs])
     fig.add_vline(x=512, line_dash="dot", annotation_text="512")
     fig.update_layout(
-        title=f"Context gain: the last {gain['span']} tokens of {gain['documents']} held-out documents",
-        xaxis_title="tokens of context before them", yaxis_title="bits per character (lower is better)",
+        title=f"Context gain: spans of {gain['span']} tokens in {gain['documents']} held-out documents "
+        "(95% intervals over documents)",
+        xaxis_title="tokens of context the span may attend to", yaxis_title="bits per character (lower is better)",
     )  # fmt: skip
+    return fig
+
+
+def by_position(by_bin: dict, reach: int, chance: float) -> go.Figure:
+    """Long-document task accuracy by where the needle lies, per model, with 95% intervals."""
+    fig = go.Figure()
+    for name, bins in by_bin.items():
+        x = [(b["from"] + b["to"]) / 2 for b in bins]
+        y = [b["accuracy"] for b in bins]
+        _interval_line(fig, name, x, y, [b["ci95"] for b in bins])
+    fig.add_vline(x=reach, line_dash="dot", annotation_text=f"BERT reads {reach}")
+    fig.add_hline(y=chance, line_dash="dot", annotation_text="majority class")
+    fig.update_layout(title="Long-document task: accuracy by the needle's position (bins of 256 tokens)",
+                      xaxis_title="needle's first token", yaxis_title="test accuracy")  # fmt: skip
     return fig
 
 
@@ -379,5 +373,25 @@ def frontier(rows: dict, average: dict) -> go.Figure:
     fig.update_yaxes(title_text="average task score")
     fig.update_layout(
         title="The frontier: average downstream score against speed and size", height=460
+    )
+    return fig
+
+
+def data_efficiency(points: dict, task: str, chance: float | None = None) -> go.Figure | str:
+    """One task's score against the number of training examples, per model, with 95% intervals."""
+    curves = points.get(task, {})
+    if not curves:
+        return f"{task}: no data-efficiency curve was measured"
+    fig = go.Figure()
+    for name, pts in curves.items():
+        x = [p["examples"] for p in pts]
+        y = [p["score"] for p in pts]
+        _interval_line(fig, name, x, y, [p["ci95"] for p in pts])
+    if chance:
+        fig.add_hline(y=chance, line_dash="dot", annotation_text="majority class")
+    fig.update_xaxes(title="training examples", type="log")
+    fig.update_yaxes(title="test score")
+    fig.update_layout(
+        title=f"{task}: score against training examples (95% intervals over runs and examples)"
     )
     return fig

@@ -159,55 +159,92 @@ def test_bits_per_character_by_hand(tok, which):
     assert m["bpc"] == pytest.approx(np.log2(len(t)) * m["masked"] / m["masked_chars"])
 
 
-def test_context_curve_sees_only_the_context_it_is_given(tok, bert):
-    """The span's scores depend on the context length, never on tokens before the context."""
+class Recorder(torch.nn.Module):
+    """A stand-in masked LM that notes every input, and whose prediction at a position depends on
+    that position's own token only (it attends to nothing but itself)."""
+
+    config = type("Config", (), {"model_type": "bert"})()
+
+    def __init__(self, vocab_size: int = 5000):
+        super().__init__()
+        self.vocab_size, self.seen = vocab_size, []
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        self.seen.append((input_ids.clone(), attention_mask.clone()))
+        logits = torch.nn.functional.one_hot(input_ids % self.vocab_size, self.vocab_size).float()
+        return type("Out", (), {"logits": logits})()
+
+
+KW = dict(cls_id=101, sep_id=102, mask_id=103, bf16=False)
+
+
+def test_the_scored_span_never_moves_with_the_context_length():
+    """Every context length sees the same input at the same positions, the same tokens masked:
+    only the attention mask differs, and only over tokens before the context."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 5000, 300)
-    chars = np.ones(300, dtype=np.int64)
-    mask = np.zeros(300, dtype=bool)
-    mask[-32::3] = True
-    other = ids.copy()
-    other[: 300 - 32 - 64] = rng.integers(
-        1000, 5000, 300 - 32 - 64
-    )  # differs before the last 64 + span
-    kw = dict(contexts=[0, 64, 128, 512], span=32, cls_id=101, sep_id=102, mask_id=103,
-              max_len=512, span_position=129, bf16=False)  # fmt: skip
-    a = longdocs.context_curve(bert, [ids], [chars], [mask], **kw)
-    b = longdocs.context_curve(bert, [other], [chars], [mask], **kw)
-    assert sorted(a) == [0, 64, 128]  # 512 tokens do not fit before the span
-    assert a[0] == b[0] and a[64] == b[64]
-    assert a[128] != b[128]
-    assert a[0][0][1] == mask.sum()  # characters of the masked span tokens
+    ids, chars = rng.integers(1000, 5000, 700), np.ones(700, dtype=np.int64)
+    model = Recorder()
+    contexts = [0, 64, 128, 256]
+    longdocs.context_gain(model, [ids], [chars], contexts=contexts, span=32, length=320, spans_per_doc=2,
+                          mask_share=0.25, **KW)  # fmt: skip
+    assert len(model.seen) == 2 * 4  # two windows of the document, four maskings of each span
+    scored = set()
+    for x, keys in model.seen:
+        assert (x == x[0]).all()  # one input for every context length
+        masked = (x[0] == 103).nonzero().flatten().tolist()
+        assert (
+            masked and min(masked) >= 320 - 1 - 32 and max(masked) <= 320 - 2
+        )  # the span's positions
+        scored |= set(masked)
+        for b, c in enumerate(contexts):  # hidden: exactly the tokens more than c before the span
+            hidden = (keys[b] == 0).nonzero().flatten().tolist()
+            assert hidden == list(range(1, 1 + 320 - 2 - 32 - c))
+    assert scored == set(
+        range(320 - 1 - 32, 320 - 1)
+    )  # every token of the span scored once a window
 
 
-def test_span_positions_put_both_models_on_the_same_position_rows():
-    assert longdocs.span_positions([0, 128, 256, 512, 1024, 2048], 128, 512, 4096) == (257, 2305)
-    assert longdocs.span_positions([0, 256, 512, 1024, 2048, 3840], 128, 512, 4096) == (257, 3841)
-    assert longdocs.span_positions([0, 64, 128, 256], 32, 512, 1024) == (257, 257)
-    assert longdocs.span_positions([0, 256, 3584], 128, 512, 4096) == (257, 257 + 512 * 7)
-    assert longdocs.span_positions([0, 256, 3968], 128, 512, 4096) == (257, 257)  # 3968 cannot
+def test_a_model_that_attends_only_to_itself_shows_no_context_gain():
+    from lab.core import longeval
 
-
-def test_context_curve_measures_context_not_position(tok, bert):
-    """With attention cut off (each token sees only itself) a span's scores depend on its positions
-    alone: equal at every context length, and the Longformer's equal to BERT's on the same rows of
-    its tiled position table."""
-    import copy
-
-    blind = copy.deepcopy(bert)
-    for layer in blind.bert.encoder.layer:
-        layer.attention.output.dense.weight.data.zero_()
-        layer.attention.output.dense.bias.data.zero_()
-    long = convert(blind, max_positions=2048, attention_window=64)
     rng = np.random.default_rng(1)
-    ids = rng.integers(1000, 5000, 1200)
-    chars, mask = np.ones(1200, dtype=np.int64), np.zeros(1200, dtype=bool)
-    mask[-32::2] = True
-    kw = dict(span=32, cls_id=101, sep_id=102, mask_id=103, bf16=False)
-    s_bert, s_long = longdocs.span_positions([0, 128, 1024], 32, 512, 2048)
-    a = longdocs.context_curve(blind, [ids], [chars], [mask], contexts=[0, 128], max_len=512,
-                               span_position=s_bert, **kw)  # fmt: skip
-    b = longdocs.context_curve(long, [ids], [chars], [mask], contexts=[0, 128, 1024], max_len=2048,
-                               span_position=s_long, global_ids=[101], **kw)  # fmt: skip
-    nats = [rows[0][0] for rows in (*a.values(), *b.values())]
-    assert np.allclose(nats, nats[0], rtol=1e-4), nats
+    docs = [rng.integers(1000, 5000, 900) for _ in range(6)]
+    test = {"ids": docs, "chars": [np.ones(900, dtype=np.int64)] * 6}
+    c = longeval.curve(Recorder(), test, contexts=[0, 128, 512, 760], span=64, length=830, spans_per_doc=2,
+                       mask_share=0.15, global_ids=None, bf16=False,
+                       specials={k: v for k, v in KW.items() if k != "bf16"})  # fmt: skip
+    found = longeval.gain(c["per_doc"], 512, 760, claim="more context helps")
+    assert found["difference"] == 0 and found["verdict"] == "inconclusive" and found["units"] == 6
+    assert c["mean"]["0"]["bpc"] == c["mean"]["760"]["bpc"]
+
+
+def test_hidden_context_is_hidden_from_a_real_bert_and_a_converted_longformer(tok, bert):
+    """Tokens more than c before the span change nothing at context c (they are masked as keys),
+    and do change the scores at a context that reaches them; the same for the Longformer, whose
+    global [CLS] must not carry them either."""
+    rng = np.random.default_rng(2)
+    ids = rng.integers(1000, 5000, 600)
+    chars = np.ones(600, dtype=np.int64)
+    other = ids.copy()
+    other[: 600 - 32 - 64] = rng.integers(
+        1000, 5000, 600 - 32 - 64
+    )  # differs before the last 64 + span
+    long = convert(bert, max_positions=1024, attention_window=64)
+    block_attention(long)
+    for model, extra in ((bert, {}), (long, {"global_ids": [101]})):
+        kw = dict(
+            contexts=[0, 64, 200],
+            span=32,
+            length=512,
+            spans_per_doc=1,
+            mask_share=0.25,
+            **KW,
+            **extra,
+        )
+        a = longdocs.context_gain(model, [ids], [chars], **kw)
+        b = longdocs.context_gain(model, [other], [chars], **kw)
+        nats = {c: (a[c][0][0], b[c][0][0]) for c in a}  # one document: its (nats, characters)
+        same = {c: abs(x - y) < 1e-7 for c, (x, y) in nats.items()}  # a random model: small effects
+        assert same == {0: True, 64: True, 200: False}
+        assert a[0][0][1] == 32  # characters of the span: every token scored

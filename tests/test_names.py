@@ -45,7 +45,8 @@ def test_the_one_stage_students_card_calls_it_a_one_stage_student():
         "acc": 0.1,
         "ppl": 50.0,
         "agreement": 0.2,
-        "speedup": 2.0,
+        "latency_vs_teacher": {"ratio": 2.0, "ci95": [1.8, 2.2]},
+        "throughput_vs_teacher": {"ratio": 1.5, "ci95": [1.4, 1.6]},
         "params": 1,
         "non_embedding": 1,
     }

@@ -140,12 +140,12 @@ def test_a_sibling_run_made_after_evaluate_is_cached_shows_in_the_index(smoke_ru
         status = json.loads((home / "reports" / "nb" / "status.json").read_text())
         assert {e["status"] for e in status["stages"].values()} == {"cached"}
         found = json.loads((home / "reports" / "nb" / "findings.json").read_text())
-        claim = found["whole-word masking beats token-level masking"]
+        claim = found["this whole-word-masked teacher beats this token-masked one"]
         assert claim["runs_compared"] == "nb vs nb-wwm" and claim["a"] == "wwm (nb-wwm)"
         index = (home / "reports" / "nb" / "index.html").read_text(encoding="utf-8")
-        assert "whole-word masking beats token-level masking" in index
+        assert "this whole-word-masked teacher beats this token-masked one" in index
         assert manifest(home, "evaluate") == before
-        assert "whole-word masking" not in json.dumps(before["metrics"]["findings"])
+        assert "whole-word-masked" not in json.dumps(before["metrics"]["findings"])
     finally:
         shutil.rmtree(sibling)
         lab("report", "nb", home=home)

@@ -3,9 +3,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from lab.core import finetune, models, sources, tasks, vocab
-from lab.core.metrics import fill_mask, speed, spread
-from lab.evaluate import relative_scores
+from lab.core import finetune, sources, tasks, vocab
+from lab.core.metrics import fill_mask, spread
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,9 @@ def test_samples_follow_the_hash_not_the_order_of_the_split():
     assert picked == tasks.sample(tasks.TASKS["sentiment"], rows, 100)
 
 
-def test_ngram_baseline_generalises_to_texts_it_never_saw():
+def test_ngram_baseline_is_tuned_on_valid_and_generalises_to_texts_it_never_saw():
+    from lab.core.protocol import ngram_baseline
+
     rng = np.random.default_rng(0)
     filler = list("我们这个东西今天用了一下觉得还有点")
 
@@ -93,13 +94,14 @@ def test_ngram_baseline_generalises_to_texts_it_never_saw():
             "".join(rng.choice(filler, 6)) + word + "".join(rng.choice(filler, 4)) for _ in range(n)
         ]
 
-    train = [{"text": t, "label": 1} for t in texts("很好", 40)]
-    train += [{"text": t, "label": 0} for t in texts("太差", 40)]
-    test = [{"text": t, "label": 1} for t in texts("很好", 20)]
-    test += [{"text": t, "label": 0} for t in texts("太差", 20)]
-    assert not {r["text"] for r in train} & {r["text"] for r in test}
-    right = tasks.ngram_baseline(train, test)
-    assert np.mean(right) > 0.9  # the filler carries no signal: it learned the two words
+    rows = {s: [{"text": t, "label": 1} for t in texts("很好", n)] + [{"text": t, "label": 0} for t in texts("太差", n)]
+            for s, n in (("train", 40), ("valid", 20), ("test", 20))}  # fmt: skip
+    assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}
+    found = ngram_baseline(rows, max_chars=64)
+    assert np.mean(found["test"]) > 0.9  # the filler carries no signal: it learned the two words
+    assert found["tuned"]["grid"] == 8 and found["tuned"]["reads_chars"] == 64
+    cut = ngram_baseline(rows, max_chars=6)  # reading only the filler, it can only guess
+    assert np.mean(cut["test"]) < 0.75
 
 
 class NextToken(torch.nn.Module):
@@ -127,11 +129,54 @@ def test_fill_mask_decodes_several_masks_left_to_right(tok):
     assert second != tok.mask_token_id + 1 and all(len(s) == 3 for s in out["slots"])
 
 
-def test_speed_and_relative_scores(tok):
-    s = speed(models.build("L2_H64", len(tok), seed=0), repeats=1)
-    assert s["latency_ms_b1"] > 0 and s["throughput_seq_s_b32"] > 0
-    scores = {"teacher": {"a": {"mean": 0.8}}, "student": {"a": {"mean": 0.6}}}
-    assert relative_scores(scores)["student"]["a"] == pytest.approx(0.75)
+class Fixed(torch.nn.Module):
+    """A stand-in encoder that takes `ms` milliseconds per sequence on a fake clock."""
+
+    def __init__(self, ms: float, clock: list, calls: list, name: str):
+        super().__init__()
+        self.ms, self.clock, self.calls, self.name = ms, clock, calls, name
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"vocab_size": 100})()
+
+    @property
+    def base_model(self):
+        return self
+
+    def forward(self, input_ids):
+        self.clock[0] += self.ms * input_ids.shape[0] / 1000
+        self.calls.append(self.name)
+
+
+def test_speed_ratios_are_known_ones_and_models_are_timed_in_turn(monkeypatch):
+    from lab.core import metrics
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
+    models_ = {
+        "teacher": Fixed(4.0, clock, calls, "teacher"),
+        "student": Fixed(1.0, clock, calls, "student"),
+    }
+    out = metrics.speeds(models_, reference="teacher", repeats=12, batch=8)
+    assert out["teacher"]["latency_ms_b1"] == pytest.approx(4.0)
+    assert out["student"]["throughput_seq_s_b8"] == pytest.approx(1000.0)
+    assert out["student"]["latency_vs_teacher"]["ratio"] == pytest.approx(4.0)
+    assert out["student"]["throughput_vs_teacher"]["ci95"] == pytest.approx([4.0, 4.0])
+    timed = calls[4:]  # after each model's warm-up at both sizes
+    rounds = [timed[i : i + 4] for i in range(0, len(timed), 4)]
+    assert all(sorted(r) == ["student", "student", "teacher", "teacher"] for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes from round to round
+
+
+def test_relative_scores_count_gains_over_chance():
+    from lab.findings import relative
+
+    scores = {
+        "teacher": {"a": {"mean": 0.8}, "b": {"mean": 0.5}},
+        "student": {"a": {"mean": 0.65}, "b": {"mean": 0.5}},
+    }
+    rel = relative(scores, {"a": 0.5, "b": 0.5})
+    assert rel["student"]["a"] == pytest.approx(0.5)  # (0.65 - 0.5) / (0.8 - 0.5)
+    assert "b" not in rel["student"]  # a teacher at chance: no share of nothing
 
 
 def test_lm_sequences_are_spread_over_the_split():
@@ -171,46 +216,53 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     make_run("wwm", 0.80, pretrain={"masking": "wwm"}, evaluate={"scratch": False})
     make_run("full", 0.52, pretrain={"vocab": "full"})
     make_run("two-changes", 0.90, pretrain={"masking": "wwm", "steps": 20})
-    found = ablations("base")
+    found = ablations("base")  # one pretraining run a side: worded for the two teachers at hand
     assert set(found) == {
-        "whole-word masking beats token-level masking",
-        "the compact vocabulary keeps the full vocabulary's score",
+        "this whole-word-masked teacher beats this token-masked one",
+        "this compact-vocabulary teacher keeps this full-vocabulary teacher's score",
     }
-    wwm = found["whole-word masking beats token-level masking"]
+    wwm = found["this whole-word-masked teacher beats this token-masked one"]
+    assert wwm["recipe_claim"] == "whole-word masking beats token-level masking"
     assert (
         wwm["verdict"] == "holds"
         and wwm["a"] == "wwm (wwm)"
         and wwm["runs_compared"] == "base vs wwm"
     )
     assert wwm["difference"] == pytest.approx(0.30, abs=0.06) and wwm["ci95"][0] > 0
-    vocab = found["the compact vocabulary keeps the full vocabulary's score"]
+    vocab = found["this compact-vocabulary teacher keeps this full-vocabulary teacher's score"]
     assert vocab["margin"] == -0.01 and vocab["verdict"] in ("inconclusive", "does not hold")
     assert ablations("two-changes") == {}  # no run differs from it in one parameter only
     make_run("lr", 0.6, pretrain={"masking": "wwm"}, evaluate={"lrs": [1e-3]})
     assert "lr" not in str(ablations("base"))  # scored with another protocol: not an ablation
 
 
-def test_run_findings_name_their_sides_and_pool_distillation_seeds(tmp_path, monkeypatch):
+def test_run_findings_state_their_scope_and_speak_for_the_recipe_only_with_three_runs(
+    tmp_path, monkeypatch
+):
     from lab.findings import findings
 
     monkeypatch.setenv("ZH_MINILAB_HOME", str(tmp_path))
     rng = np.random.default_rng(0)
 
-    def right(p, runs=3):
-        return (rng.random((runs, 500)) < p).astype(float)[..., None].tolist()
+    def right(p, seeds=3):
+        return (rng.random((seeds, 500)) < p).astype(float)[..., None].tolist()
 
     outcomes = {
         "teacher": {"thucnews": right(0.8)},
         "scratch": {"thucnews": right(0.5)},
-        "one-stage-s1234": {"thucnews": right(0.70)},
-        "two-stage-s1234": {"thucnews": right(0.75)},
-        "two-stage-s1235": {"thucnews": right(0.75)},
+        **{f"one-stage-s{s}": {"thucnews": right(0.70, 1)} for s in (1, 2, 3)},
+        **{f"two-stage-s{s}": {"thucnews": right(0.75, 1)} for s in (1, 2)},
     }
-    found = findings(outcomes, {})
-    scratch = found["pretraining beats training from scratch"]
-    assert scratch["verdict"] == "holds" and scratch["runs"] == {"a": 3, "b": 3}
-    kept = found["the distilled students keep 85% of the teacher's score"]
-    assert kept["a"] == "two-stage students" and kept["runs"] == {"a": 6, "b": 3}
-    assert kept["ratio"] == 0.85 and kept["speedup"] is None
-    two = found["two-stage distillation beats one-stage"]
-    assert two["a"] == "two-stage students" and two["b"] == "one-stage students"
+    found = findings(outcomes, {}, {"thucnews": 0.1})
+    scratch = found["this pretrained teacher beats training from scratch"]  # one pretraining run
+    assert scratch["verdict"] == "holds" and scratch["units"] == {"a": 3, "b": 3}
+    assert scratch["scope"]["covers"] == ["test examples", "fine-tuning seeds"]
+    assert "pretraining run (1" in scratch["scope"]["fixed"][0]
+    kept = next(f for f in found.values() if "keep 85%" in f["claim"])
+    assert (
+        kept["claim"] == "the distilled students keep 85% of the teacher's score above chance"
+    )  # 3 runs
+    assert kept["a"] == "one-stage students" and kept["units"] == {"a": 3, "b": 3}
+    assert "distillation runs" in kept["scope"]["covers"] and kept["ratio"] == 0.85
+    two = found["these two-stage students beat these one-stage students"]  # 2 runs of two-stage
+    assert two["speaks_for"] == "networks" and two["per_task"]["thucnews"]["verdict"] is None

@@ -42,3 +42,25 @@ def test_needles_are_found_as_substrings_and_short_ones_only_as_whole_documents(
     ]
     assert needles.find(docs) == {0: {0}, 1: {1, 3}, 2: {2}}
     assert needles.find([]) == {} and Needles([]).find(docs) == {}
+
+
+def test_near_copies_of_evaluation_texts_are_found_and_unrelated_text_is_not():
+    from lab.core.text import Needles
+
+    texts = [
+        "这家酒店的服务非常好，房间也很干净，下次还来。",
+        "北京时间3月5日，国务院召开常务会议讨论经济",
+        "很好",
+    ]
+    needles = Needles(texts, threshold=0.8)
+    docs = [
+        "昨天住了这家酒店:这家酒店的服务非常好!房间也很干净~下次还来",  # punctuation changed
+        "北京时间4月8日国务院召开常务会议讨论经济形势。",  # digits changed
+        "这家酒店的服务一般，房间很小，不会再来了。",  # shares words, not the text
+        "很好",
+    ]
+    assert needles.near(docs) == {0: {0}, 1: {1}}
+    assert needles.find(docs) == {3: {2}}  # a short text only where a whole document equals it
+    assert Needles(texts, threshold=0.0).near(docs) == {}
+    kept, found = needles.scrub("第一行\n" + docs[0] + "\n第三行")
+    assert kept == "第一行\n第三行" and found == {0}

@@ -12,6 +12,7 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def with_bias(attention_mask, attention_bias):
@@ -95,32 +96,38 @@ def _block_forward(self, hidden_states, attention_mask=None, is_index_masked=Non
     def blocks(x):  # (B, T, E) -> keys around each block: (B * n, heads, 3w, d)
         return around(x).view(b * n, 3 * w, heads, d).transpose(1, 2)
 
-    q = self.query(hidden_states).view(b * n, w, heads, d).transpose(1, 2)
+    q = self.query(hidden_states)
     k, v = self.key(hidden_states), self.value(hidden_states)
-    kb, vb = blocks(k), blocks(v)
     # a key inside a window counts if it is real and not global (global keys come once, below);
     # padded queries (zeroed afterwards) see their whole band so that no row is empty
     keep = around(~(pad | glob)).view(b, n, 3 * w)
     i = torch.arange(w, device=k.device)[:, None]
     band = (torch.arange(3 * w, device=k.device)[None] - w - i).abs() <= w  # (w, 3w)
     allowed = band & (keep[:, :, None, :] | pad.view(b, n, w, 1))  # (B, n, w, 3w)
-    if is_global_attn:
-        g = int(glob.sum(1).max())
+    g = int(glob.sum(1).max()) if is_global_attn else 0
+    if g:
         where = glob.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :g]  # (B, g)
         real = glob.gather(1, where)  # (B, g): False for the slots of a row with fewer globals
         at = where[:, :, None].expand(b, g, e)
-
-        def globals_of(x):  # (B, T, E) -> (B * n, heads, g, d), the global tokens for every block
-            x = x.gather(1, at).view(b, 1, g, heads, d).expand(b, n, g, heads, d)
-            return x.reshape(b * n, g, heads, d).transpose(1, 2)
-
-        kb, vb = torch.cat([globals_of(k), kb], 2), torch.cat([globals_of(v), vb], 2)
         allowed = torch.cat([real[:, None, None, :].expand(b, n, w, g), allowed], -1)
-    out = F.scaled_dot_product_attention(
-        q, kb, vb, attn_mask=allowed.view(b * n, 1, w, -1), dropout_p=p
-    )
+    mask = allowed.view(b * n, 1, w, -1)
+
+    def globals_of(x):  # (B, T, E) -> (B * n, heads, g, d), the global tokens for every block
+        x = x.gather(1, at).view(b, 1, g, heads, d).expand(b, n, g, heads, d)
+        return x.reshape(b * n, g, heads, d).transpose(1, 2)
+
+    def windows(q, k, v):  # the band's attention; the windowed copies of k and v live only in here
+        kb, vb = blocks(k), blocks(v)
+        if g:
+            kb, vb = torch.cat([globals_of(k), kb], 2), torch.cat([globals_of(v), vb], 2)
+        qb = q.view(b * n, w, heads, d).transpose(1, 2)
+        return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=p)
+
+    # in training, backward keeps q, k and v and recomputes the windows: no 3x copies held in memory
+    grad = torch.is_grad_enabled() and q.requires_grad
+    out = checkpoint(windows, q, k, v, use_reentrant=False) if grad else windows(q, k, v)
     out = out.transpose(1, 2).reshape(b, t, e).masked_fill(pad[:, :, None], 0.0)
-    if is_global_attn:  # global tokens attend to every real token through the global projections
+    if g:  # global tokens attend to every real token through the global projections
         qg = self.query_global(hidden_states.gather(1, at)).view(b, g, heads, d).transpose(1, 2)
         kg = self.key_global(hidden_states).view(b, t, heads, d).transpose(1, 2)
         vg = self.value_global(hidden_states).view(b, t, heads, d).transpose(1, 2)

@@ -45,9 +45,12 @@ def pd_blocks(
     return blocks
 
 
-def long_documents(blocks: list[dict], sanguo: list[str], user: list[dict], *, simplified: bool):
+def long_documents(blocks: list[dict], sanguo: list[str], user: list[dict], *, simplified: bool,
+                   needles=None) -> tuple:  # fmt: skip
     """三国演义 chapters, People's Daily blocks and long documents of the user's sources, held out by
-    chapter / block / document."""
+    chapter / block / document; with `needles` (`lab.core.text.Needles`), each document's lines that
+    hold, or nearly hold, a task's evaluation text taken out. Returns (DatasetDict, ids of the
+    evaluation texts found)."""
     from datasets import Dataset, DatasetDict, Features, Value
 
     rows = {"train": [], "test": []}
@@ -67,11 +70,15 @@ def long_documents(blocks: list[dict], sanguo: list[str], user: list[dict], *, s
             "test" if assign_split(doc["text"], 0.1, 0.0, salt="longdoc:") == "valid" else "train"
         )
         rows[split].append({**doc, "index": i})
+    found: set[int] = set()
+    if needles is not None:
+        for r in (r for split in rows.values() for r in split):
+            r["text"], ids = needles.scrub(r["text"])
+            found |= ids
     feats = Features({"text": Value("string"), "source": Value("string"), "title": Value("string"),
                       "index": Value("int64")})  # fmt: skip
-    return DatasetDict(
-        {
-            s: Dataset.from_dict({k: [x[k] for x in r] for k in feats}, features=feats)
-            for s, r in rows.items()
-        }
-    )
+    splits = {
+        s: Dataset.from_dict({k: [x[k] for x in r] for k in feats}, features=feats)
+        for s, r in rows.items()
+    }
+    return DatasetDict(splits), found

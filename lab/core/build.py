@@ -67,6 +67,7 @@ def clean_part(part: Part, how: Cleaning, needles: Needles, out: Path, seq: int)
     raw_chars: Counter = Counter()
     dropped: Counter = Counter()
     found: set[int] = set()
+    near_found: set[int] = set()
     longdocs: list[dict] = []
     docs = pieces = 0
 
@@ -74,6 +75,10 @@ def clean_part(part: Part, how: Cleaning, needles: Needles, out: Path, seq: int)
         hits = needles.find(rows["text"])
         for ids in hits.values():
             found.update(ids)
+        near = needles.near(rows["text"])
+        for ids in near.values():
+            near_found.update(ids)
+        hits = {**near, **hits}
         for s in SPLITS:
             at = [i for i in range(len(rows["text"])) if rows["split"][i] == s]
             if at:
@@ -127,11 +132,11 @@ def clean_part(part: Part, how: Cleaning, needles: Needles, out: Path, seq: int)
     flush()
     for w in writers.values():
         w.close()
-    clean_long = [
-        d for i, d in enumerate(longdocs) if i not in needles.find([d["text"] for d in longdocs])
-    ]
-    return {"seq": seq, "source": part.source, "docs": docs, "raw_chars": raw_chars,
-            "dropped": dropped, "found": found, "longdocs": clean_long}  # fmt: skip
+    for d in longdocs:  # their lines that hold an evaluation text go
+        d["text"], ids = needles.scrub(d["text"])
+        found.update(ids)
+    return {"seq": seq, "source": part.source, "docs": docs, "raw_chars": raw_chars, "dropped": dropped,
+            "found": found, "near_found": near_found, "longdocs": longdocs}  # fmt: skip
 
 
 def clean_parts(parts: list[Part], how: Cleaning, needles: Needles, out: Path, *, num_proc: int,
@@ -139,7 +144,7 @@ def clean_parts(parts: list[Part], how: Cleaning, needles: Needles, out: Path, *
     """Every part cleaned into `out` by `num_proc` workers; their results in part order."""
     out.mkdir(parents=True, exist_ok=True)
     job = {"kind": "clean", "tasks": [asdict(p) for p in parts], "how": asdict(how),
-           "needles": needles.texts, "n": needles.n}  # fmt: skip
+           "needles": needles.texts, "n": needles.n, "threshold": needles.threshold}  # fmt: skip
     return _run(job, out / "clean", num_proc, progress)
 
 
@@ -162,6 +167,7 @@ def finish_shards(files: dict[str, list[Path]], keep: dict[str, list[np.ndarray]
         "max_chars": max_chars,
         "needles": needles.texts,
         "n": needles.n,
+        "threshold": needles.threshold,
     }
     results = _run(job, out / "finish", num_proc)
     stats, leaked = CorpusStats(max_chars), 0
@@ -222,7 +228,7 @@ def work(path: Path):
     """A worker: claim tasks not yet claimed (an exclusive create of task-N.claim), do each, write
     its result as task-N.json; yields each finished task's number."""
     job, folder = read_json(path), path.parent
-    needles = Needles(job["needles"], n=job["n"])
+    needles = Needles(job["needles"], n=job["n"], threshold=job["threshold"])
     for seq, task in enumerate(job["tasks"]):
         try:
             os.close(os.open(folder / f"task-{seq:05d}.claim", os.O_CREAT | os.O_EXCL))
@@ -232,7 +238,11 @@ def work(path: Path):
             if job["kind"] == "clean":
                 part = Part(**{k: tuple(v) if isinstance(v, list) else v for k, v in task.items()})
                 r = clean_part(part, Cleaning(**job["how"]), needles, folder.parent, seq)
-                r |= {"raw_chars": dict(r["raw_chars"]), "found": sorted(r["found"])}
+                r |= {
+                    "raw_chars": dict(r["raw_chars"]),
+                    "found": sorted(r["found"]),
+                    "near_found": sorted(r["near_found"]),
+                }
             else:
                 r = finish_shard(task, needles, job["max_chars"])
         except CorpusError as err:  # a file that fails half-way: the message names it
@@ -248,6 +258,7 @@ def _result(folder: Path, seq: int) -> dict:
         r |= {
             "raw_chars": Counter(r["raw_chars"]),
             "found": set(r["found"]),
+            "near_found": set(r["near_found"]),
             "dropped": Counter(r["dropped"]),
         }
     return r

@@ -8,14 +8,15 @@ import torch
 
 from lab.core import models, names
 from lab.core.masking import WholeWordMaskCollator
-from lab.core.metrics import mlm_metrics, speed
+from lab.core.metrics import mlm_metrics, speeds
 
 
 @torch.no_grad()
 def compare(teacher, trained: dict, tokenizer, ids: np.ndarray, wids: np.ndarray, *, sequences: int,
-            seed: int) -> dict:  # fmt: skip
+            seed: int, repeats: int = 30) -> dict:  # fmt: skip
     """Per model (the teacher first): held-out accuracy and perplexity on `sequences` held-out
-    sequences, agreement with the teacher's top-1 at the same masked positions, size and speed."""
+    sequences, agreement with the teacher's top-1 at the same masked positions, size, and speed
+    (`metrics.speeds`: batch-1 latency and batch-32 throughput, every model timed in each round)."""
     collator = WholeWordMaskCollator(tokenizer, seed=seed, whole_word=False)
     n = min(len(ids), sequences)
     batches = []
@@ -32,23 +33,23 @@ def compare(teacher, trained: dict, tokenizer, ids: np.ndarray, wids: np.ndarray
             out.append(model.cls(hidden[chosen]).argmax(-1))
         return torch.cat(out)
 
-    def row(model, agreement: float, teacher_ms: float | None = None) -> dict:
+    def row(model, agreement: float) -> dict:
         c = models.count(model)
         ev = mlm_metrics(model, ids[:n], wids[:n], tokenizer, seed=seed)
-        s = speed(model)
-        return {
-            "params": c["total"], "non_embedding": c["non_embedding"], "acc": ev["acc"], "ppl": ev["ppl"],
-            "agreement": agreement, "ms_per_batch": s["ms_per_batch"],
-            "speedup": (teacher_ms or s["ms_per_batch"]) / s["ms_per_batch"],
-        }  # fmt: skip
+        return {"params": c["total"], "non_embedding": c["non_embedding"], "acc": ev["acc"], "ppl": ev["ppl"],
+                "agreement": agreement}  # fmt: skip
 
     teacher.eval()
     t_top1 = top1(teacher)
     rows = {names.TEACHER: row(teacher, 1.0)}
     for name, model in trained.items():
         model.eval()
-        agree = float((top1(model) == t_top1).float().mean())
-        rows[name] = row(model, agree, rows[names.TEACHER]["ms_per_batch"])
+        rows[name] = row(model, float((top1(model) == t_top1).float().mean()))
+    timed = speeds(
+        {names.TEACHER: teacher, **trained}, reference=names.TEACHER, repeats=repeats, seed=seed
+    )
+    for name, s in timed.items():
+        rows[name] |= s
     return rows
 
 
@@ -68,7 +69,10 @@ def summarize(table: dict) -> dict:
             "ppl_mean": float(np.mean([r["ppl"] for r in rows])),
             "agreement_mean": float(np.mean([r["agreement"] for r in rows])),
             "relative_to_teacher": float(accs.mean() / table[names.TEACHER]["acc"]),
-            "speedup": float(np.mean([r["speedup"] for r in rows])),
+            "latency_vs_teacher": float(np.mean([r["latency_vs_teacher"]["ratio"] for r in rows])),
+            "throughput_vs_teacher": float(
+                np.mean([r["throughput_vs_teacher"]["ratio"] for r in rows])
+            ),
             "non_embedding_ratio": rows[0]["non_embedding"] / table[names.TEACHER]["non_embedding"],
         }
     return out

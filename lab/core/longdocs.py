@@ -3,6 +3,7 @@ the long-range name probe (a masked name whose previous mention lies far back)."
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -162,68 +163,72 @@ def banded_attention(
     ).mean(0)
 
 
-def span_positions(
-    contexts: list[int], span: int, period: int, max_positions: int
-) -> tuple[int, int]:
-    """Where the context curve's span starts, for BERT (`period` positions) and for a Longformer
-    converted from it: BERT's just after the longest context it can read; the Longformer's on the same
-    rows of its position table, which repeats BERT's every `period` positions, after its own longest
-    context that still fits."""
-    s_bert = 1 + max(c for c in contexts if c + span + 2 <= period)
-    for longest in sorted(contexts, reverse=True):
-        s_long = s_bert + period * -(-max(0, 1 + longest - s_bert) // period)
-        if s_long + span + 1 <= max_positions:
-            return s_bert, s_long
-    return s_bert, s_bert
+def windows(n_tokens: int, length: int, count: int) -> list[int]:
+    """Where `count` windows of `length` tokens end in a document of `n_tokens`: spread evenly from
+    the first that fits to the document's end (fewer when the document is short)."""
+    if n_tokens < length:
+        return []
+    last = n_tokens
+    if count <= 1 or last == length:
+        return [last]
+    step = (last - length) / (count - 1)
+    return sorted({round(length + k * step) for k in range(count)})
 
 
 @torch.no_grad()
-def context_curve(model, doc_ids, doc_chars, masks, *, contexts: list[int], span: int, cls_id: int,
-                  sep_id: int, mask_id: int, max_len: int, span_position: int,
-                  global_ids: list[int] | None = None,
-                  bf16: bool = True) -> dict[int, list[tuple[float, float]]]:  # fmt: skip
-    """How well a model predicts a document's last `span` tokens (masked at `masks`' positions) as it
-    sees more of what comes before: for each context length c, per document, (nats, characters) of
-    the masked tokens of the span when the input is the c tokens before it and the span.
+def context_gain(model, doc_ids, doc_chars, *, contexts: list[int], span: int, length: int, spans_per_doc: int,
+                 mask_share: float, cls_id: int, sep_id: int, mask_id: int, global_ids: list[int] | None = None,
+                 bf16: bool = True) -> dict[int, list[tuple[float, float]]]:  # fmt: skip
+    """How well a model predicts a stretch of a document as it may use more of what comes before:
+    for each context length c, per document (its windows pooled), (nats, characters) of every token
+    of the scored span.
 
-    The span sits at the same positions for every c (from `span_position`, counted as BERT counts,
-    [CLS] at 0; the context fills the positions just before it), so the curve measures context and
-    not how well the model knows one position or another. Lengths that do not fit before
-    `span_position`, or a span that would pass `max_len`, are left out."""
+    One layout for every c: [CLS] + `length` - 2 consecutive tokens of the document + [SEP], the span
+    the last `span` tokens before [SEP], always at the same positions. Context is taken away by the
+    attention mask, not by moving anything: every token more than c tokens before the span is masked
+    out as a key, for every query. Every token of the span is scored: its positions fall into
+    ceil(1 / mask_share) groups, each masked in a pass of its own, all contexts of a pass in one
+    batch. Documents shorter than `length` tokens are left out (an empty list for them)."""
     model.eval()
     device = next(model.parameters()).device
-    if span_position + span + 1 > max_len:
-        raise ValueError(f"a span at {span_position} + {span} tokens passes the model's {max_len}")
-    offset = model.config.pad_token_id + 1 if model.config.model_type == "longformer" else 0
-    out: dict[int, list[tuple[float, float]]] = {}
-    for c in contexts:
-        if c + 1 > span_position:
+    groups = max(1, math.ceil(1 / mask_share))
+    room = length - 2
+    if room < span + max(contexts):
+        raise ValueError(
+            f"a context of {max(contexts)} and a span of {span} do not fit in {length} tokens"
+        )
+    first = room - span  # the span's place among the window's tokens (after [CLS]: + 1)
+    out: dict[int, list[tuple[float, float]]] = {c: [] for c in contexts}
+    for ids, chars in zip(doc_ids, doc_chars):
+        ends = windows(len(ids), room, spans_per_doc)
+        if not ends:
             continue
-        rows = []
-        for ids, chars, mask in zip(doc_ids, doc_chars, masks):
-            end = len(ids)
-            tail, m = ids[end - span :], mask[end - span :]
-            before = ids[max(0, end - span - c) : end - span]
-            x = torch.tensor(
-                np.concatenate([[cls_id], before, np.where(m, mask_id, tail), [sep_id]]),
-                device=device,
-            )[None]
-            at = np.arange(span_position - len(before), span_position + span + 1)
-            positions = torch.tensor(np.concatenate([[0], at]) + offset, device=device)[None]
-            kwargs = (
-                {} if global_ids is None else {"global_attention_mask": global_mask(x, global_ids)}
-            )
-            with autocast(device, bf16):
-                logits = model(input_ids=x, position_ids=positions, **kwargs).logits[
-                    0, 1 + len(before) : 1 + len(before) + span
-                ]
-            logp = torch.log_softmax(logits[torch.from_numpy(m).to(device)].float(), -1)
-            target = torch.tensor(tail[m], device=device)
-            rows.append(
-                (
-                    float(-logp.gather(-1, target[:, None]).sum()),
-                    float(chars[end - span :][m].sum()),
+        nats = np.zeros(len(contexts))
+        n_chars = 0.0
+        for end in ends:
+            piece, piece_chars = ids[end - room : end], chars[end - room : end]
+            keys = np.ones((len(contexts), length), dtype=np.int64)
+            for b, c in enumerate(contexts):
+                keys[b, 1 : 1 + first - c] = 0  # more than c tokens before the span: out of sight
+            for g in range(groups):
+                at = np.arange(first + g, room, groups)  # this pass's span positions (in `piece`)
+                x = np.concatenate([[cls_id], piece, [sep_id]])
+                x[1 + at] = mask_id
+                inputs = torch.tensor(np.repeat(x[None], len(contexts), 0), device=device)
+                kwargs = {"attention_mask": torch.tensor(keys, device=device)}
+                if global_ids is not None:
+                    kwargs["global_attention_mask"] = global_mask(inputs, global_ids)
+                with autocast(device, bf16):
+                    logits = model(input_ids=inputs, **kwargs).logits[:, 1 + at]  # (B, n, V)
+                logp = torch.log_softmax(logits.float(), -1)
+                target = torch.tensor(piece[at], device=device)
+                nats += (
+                    (-logp.gather(-1, target[None, :, None].expand(len(contexts), -1, 1)))
+                    .sum((1, 2))
+                    .cpu()
+                    .numpy()
                 )
-            )
-        out[c] = rows
+            n_chars += float(piece_chars[first:].sum())
+        for b, c in enumerate(contexts):
+            out[c].append((float(nats[b]), n_chars))
     return out

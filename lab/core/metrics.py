@@ -105,31 +105,60 @@ def fill_mask(model, tokenizer, sentence: str, k: int = 5) -> dict:
 
 
 @torch.no_grad()
-def speed(model, *, length: int = 128, batch: int = 32, repeats: int = 5) -> dict:
-    """The lab's one speed measure: the encoder's forward time on `length`-token inputs at batch 1
-    (latency) and at `batch` (throughput), median over `repeats` after a warm-up, with the spread of
-    the repeats (the 25th and 75th percentiles)."""
-    model.eval()
-    device = next(model.parameters()).device
-    base = model.base_model
-
-    def times(b: int) -> np.ndarray:
-        x = torch.randint(0, model.config.vocab_size, (b, length), device=device)
-        base(input_ids=x)
-        out = []
-        for _ in range(repeats):
+def speeds(models: dict, *, reference: str | None = None, repeats: int = 30, length: int = 128,
+           batch: int = 32, seed: int = 0) -> dict[str, dict]:  # fmt: skip
+    """The lab's one speed measurement: each model's encoder forward on `length`-token inputs at
+    batch 1 (latency) and at `batch` (throughput), in `repeats` rounds. In every round each model is
+    timed once at each size, in a random order, with the thread count fixed, so that a busy moment
+    slows every model alike. Per model: the medians, and against `reference` the ratio of medians
+    (latency: reference over model, > 1 is faster; throughput: model over reference) with a 95%
+    interval from a bootstrap over the rounds (the same rounds for both models)."""
+    rng = np.random.default_rng(seed)
+    threads = torch.get_num_threads()
+    sizes = {"b1": 1, "bN": batch}
+    bases, inputs = {}, {}
+    for name, model in models.items():
+        model.eval()
+        device = next(model.parameters()).device
+        bases[name] = model.base_model
+        vocab = model.config.vocab_size
+        inputs[name] = {k: torch.randint(5, vocab, (b, length), generator=torch.Generator().manual_seed(b),
+                                         ).to(device) for k, b in sizes.items()}  # fmt: skip
+        for x in inputs[name].values():  # warm-up: allocations, kernel choice
+            bases[name](input_ids=x)
+    times = {name: {k: np.zeros(repeats) for k in sizes} for name in models}
+    order = [(name, k) for name in models for k in sizes]
+    for r in range(repeats):
+        torch.set_num_threads(threads)
+        for i in rng.permutation(len(order)):
+            name, k = order[i]
             t0 = time.perf_counter()
-            base(input_ids=x)
-            out.append(time.perf_counter() - t0)
-        return np.asarray(out)
-
-    one, many = times(1), times(batch)
-    return {
-        "latency_ms_b1": 1000 * float(np.median(one)),
-        "latency_ms_b1_iqr": [1000 * float(q) for q in np.percentile(one, [25, 75])],
-        "throughput_seq_s_b32": batch / float(np.median(many)),
-        "ms_per_batch": 1000 * float(np.median(many)),
-    }
+            bases[name](input_ids=inputs[name][k])
+            times[name][k][r] = time.perf_counter() - t0
+    out = {}
+    for name, t in times.items():
+        out[name] = {
+            "latency_ms_b1": 1000 * float(np.median(t["b1"])),
+            "latency_ms_b1_iqr": [1000 * float(q) for q in np.percentile(t["b1"], [25, 75])],
+            f"throughput_seq_s_b{batch}": batch / float(np.median(t["bN"])),
+            "repeats": repeats,
+            "threads": threads,
+        }
+    if reference in times:
+        draws = rng.integers(0, repeats, (2000, repeats))
+        ref = times[reference]
+        for name, t in times.items():
+            for key, num, den in (
+                ("latency_vs_teacher", ref["b1"], t["b1"]),
+                ("throughput_vs_teacher", ref["bN"], t["bN"]),
+            ):
+                ratio = float(np.median(num) / np.median(den))
+                boot = np.median(num[draws], axis=1) / np.median(den[draws], axis=1)
+                out[name][key] = {
+                    "ratio": ratio,
+                    "ci95": [float(q) for q in np.percentile(boot, [2.5, 97.5])],
+                }
+    return out
 
 
 @torch.no_grad()

@@ -143,7 +143,8 @@ def _dataset_dict(split, caps: tuple[int, int], to_row, features, key) -> Datase
 
 
 def eval_texts(tasks: dict[str, DatasetDict]) -> dict[str, list[str]]:
-    """Every task's valid and test texts: what must never be in the MLM corpus."""
+    """Every task's valid and test texts, normalised as the corpus is (an NER sentence's characters
+    joined): what must never be in the MLM corpus."""
     out = {}
     for name, dd in tasks.items():
         texts = []
@@ -155,5 +156,5 @@ def eval_texts(tasks: dict[str, DatasetDict]) -> dict[str, list[str]]:
                 texts += ["".join(t) for t in columns["tokens"]]
             else:
                 texts += columns["sentence1"] + columns["sentence2"]
-        out[name] = sorted(set(t for t in texts if t))
+        out[name] = sorted({normalize(t) for t in texts} - {""})
     return out

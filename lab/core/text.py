@@ -155,19 +155,35 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return h
 
 
-class Needles:
-    """Which of many fixed texts (the tasks' evaluation texts) each document contains.
+def skeleton(text: str) -> str:
+    """The letters of a text (CJK ideographs and alphabetic characters): what stays of a near copy
+    once punctuation, digits and spaces are changed."""
+    return "".join(c for c in text if c.isalpha())
 
-    A text of `n` or more characters counts wherever it occurs as a substring: the texts' first
-    n-character windows are hashed into a sorted array; a batch of documents is hashed window by
-    window (numpy, one batch at a time, so memory does not grow with the corpus), looked up, and
+
+class Needles:
+    """Which of many fixed texts (the tasks' evaluation texts) each document contains, exactly or
+    nearly.
+
+    Exactly: a text of `n` or more characters counts wherever it occurs as a substring: the texts'
+    first n-character windows are hashed into a sorted array; a batch of documents is hashed window
+    by window (numpy, one batch at a time, so memory does not grow with the corpus), looked up, and
     every hit confirmed by comparing the text itself. A text shorter than `n` ("很好", "不错") would
     match ordinary phrases anywhere, so it counts only where a whole document equals it.
+
+    Nearly (`near`): a document nearly contains a text when at least `threshold` of the text's
+    character `gram`-grams (of its skeleton: letters only, so changed punctuation or digits do not
+    hide it) occur in the document's skeleton. Grams that many texts share (common phrases) are no
+    evidence and are left out of both counts; texts with fewer than 3 grams left are only matched
+    exactly.
     """
 
-    def __init__(self, texts: list[str], n: int = 8):
+    def __init__(self, texts: list[str], n: int = 8, *, threshold: float = 0.8, gram: int = 5,
+                 common: int = 50):  # fmt: skip
         self.n = n
         self.texts = list(texts)
+        self.threshold, self.gram = threshold, gram
+        self._near_index(common)
         self.short = {t: i for i, t in enumerate(self.texts) if len(t) < n}
         long_ids = [i for i, t in enumerate(self.texts) if len(t) >= n]
         firsts = np.asarray([ngram_hashes(self.texts[i][:n], n)[0] for i in long_ids], np.uint64)
@@ -176,6 +192,58 @@ class Needles:
         self.ids = np.asarray(long_ids, dtype=np.int64)[order]
         self.seen = np.zeros(1 << 24, dtype=bool)  # a first filter on the hash's low 24 bits
         self.seen[self.keys & np.uint64((1 << 24) - 1)] = True
+
+    def _near_index(self, common: int) -> None:
+        keys, owners = [], []
+        for i, t in enumerate(self.texts):
+            h = np.unique(ngram_hashes(skeleton(t), self.gram))
+            keys.append(h)
+            owners.append(np.full(len(h), i, dtype=np.int64))
+        key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+        owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+        uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        keep = counts[inverse] <= common
+        key, owner = key[keep], owner[keep]
+        order = np.argsort(key, kind="stable")
+        self.near_keys, self.near_owners = key[order], owner[order]
+        self.near_grams = np.bincount(owner, minlength=len(self.texts))  # grams per text
+        self.near_ok = self.near_grams >= 3
+
+    def near(self, docs: list[str]) -> dict[int, set[int]]:
+        """{document index: ids of the texts it nearly contains} (see the class)."""
+        if self.threshold <= 0 or not len(self.near_keys) or not docs:
+            return {}
+        pairs = []
+        for d, doc in enumerate(docs):
+            h = np.unique(ngram_hashes(skeleton(doc), self.gram))
+            lo = np.searchsorted(self.near_keys, h, side="left")
+            hi = np.searchsorted(self.near_keys, h, side="right")
+            hit = hi > lo
+            if not hit.any():
+                continue
+            lo, hi = lo[hit], hi[hit]
+            span = hi - lo
+            at = np.repeat(lo - np.cumsum(span) + span, span) + np.arange(span.sum())
+            pairs.append(self.near_owners[at] * len(docs) + d)
+        if not pairs:
+            return {}
+        both, counts = np.unique(np.concatenate(pairs), return_counts=True)
+        text, doc = both // len(docs), both % len(docs)
+        close = self.near_ok[text] & (counts >= self.threshold * self.near_grams[text])
+        found: dict[int, set[int]] = {}
+        for t, d in zip(text[close], doc[close]):
+            found.setdefault(int(d), set()).add(int(t))
+        return found
+
+    def scrub(self, text: str) -> tuple[str, set[int]]:
+        """A long document without its lines that contain, or nearly contain, any of the texts;
+        and the ids of the texts found."""
+        lines = text.split("\n")
+        hits = self.find(lines)
+        near = self.near(lines)
+        bad = set(hits) | set(near)
+        ids = set().union(*hits.values(), *near.values())
+        return "\n".join(line for i, line in enumerate(lines) if i not in bad), ids
 
     def find(self, docs: list[str]) -> dict[int, set[int]]:
         """{document index: ids of the texts it contains} for the documents that contain any."""
