@@ -27,7 +27,7 @@ ABLATIONS = (
 # parameters that do not change the teacher or how it is scored
 NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_sequences", "speed_repeats",
                    "probes_file", "seed", "task_models", "workers", "curve_sizes", "curve_tasks",
-                   "student_seeds"}  # fmt: skip
+                   "student_seeds", "compare"}  # fmt: skip
 
 
 def run_ids() -> list[str]:

@@ -257,6 +257,9 @@ def run(cfg: DistillConfig) -> dict:
     tokenizer = vocab.load(corpus_m["dir"] / "vocab" / cfg.vocab)
     source = teacher_source(cfg)
     teacher = load_teacher(cfg, source)
+    if differ := vocab.mismatch(source.folder, tokenizer):
+        raise DistillError(f"the teacher ({source.provenance()}) was not trained with this run's {cfg.vocab} "
+                           f"vocabulary: {differ}. Set distill.vocab to the one it was (full or compact)")  # fmt: skip
     plan = check_setup(cfg, teacher, tokenizer)
     packed = wwm_m["dir"] / "packed" / cfg.vocab / str(cfg.seq_len)
     if not packed.exists():
@@ -365,9 +368,10 @@ def headline(manifest: dict) -> dict:
     out = {}
     for kind, s in m["summary"].items():
         spread = f" ± {s['acc_std']:.1%}" if s["seeds"] > 1 else ""
+        rel = s["relative_to_teacher"]
         out[f"{kind} student accuracy"] = (
-            f"{s['acc_mean']:.1%}{spread} ({s['relative_to_teacher']:.0%} of teacher; batch-1 latency "
-            f"{s['latency_vs_teacher']:.1f}x faster)"
+            f"{s['acc_mean']:.1%}{spread} ({'—' if rel is None else f'{rel:.0%}'} of teacher's; batch-1 "
+            f"{s['latency_vs_teacher']:.1f}x the teacher's speed)"
         )
     out["teacher accuracy"] = f"{m['models']['teacher']['acc']:.1%}"
     if "teacher" in m["caches"]:

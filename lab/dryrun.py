@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import torch
 
-from lab import runs
+from lab import lineup, runs
 from lab.core import budget, documents, hardware, kd, models, modelsource, presets, sources
 from lab.core.errors import LabError
 from lab.groups import cache_refusal
@@ -60,10 +61,40 @@ def describe(cfg: StageConfig, context: dict | None = None) -> Lines:
     return DESCRIBE[cfg.stage](cfg, context or context_of({cfg.stage: cfg}))
 
 
-def print_plan(cfgs: dict[str, StageConfig], notebooks: dict[str, str]) -> int:
+def input_problems(cfgs: dict[str, StageConfig]) -> list[str]:
+    """What is wrong with the inputs the planned stages name, found before any stage runs: every
+    model a parameter names (`pretrain.init_from`, `distill.teacher`, `longify.source`: config and
+    tokenizer; `evaluate.models`: a name this run makes, or a masked LM that reads Chinese) and
+    every text file in `corpus.sources` (an empty one)."""
+    out = []
+    for stage, name in (("pretrain", "init_from"), ("distill", "teacher"), ("longify", "source")):
+        if stage in cfgs and (spec := getattr(cfgs[stage], name)):
+            try:
+                modelsource.resolve(spec, param=f"{stage}.{name}", weights=False)
+            except LabError as err:
+                out.append(str(err))
+    if "evaluate" in cfgs:
+        ev = cfgs["evaluate"]
+        makes = {"pretrain", "distill", "longify"} & set(cfgs)
+        # before the stages that make the run's models run, any name of theirs passes
+        found = None if makes else lineup.models_of_run(ev.run_id, all_seeds=True)
+        out += lineup.problems(ev.models, found)
+    if "corpus" in cfgs:
+        for spec in cfgs["corpus"].sources:
+            path = Path(spec).expanduser()
+            if spec not in sources.REGISTRY and path.is_file() and path.stat().st_size == 0:
+                out.append(
+                    f"corpus.sources: {spec} is an empty file; give a file with text, or leave it out"
+                )
+    return out
+
+
+def print_plan(
+    cfgs: dict[str, StageConfig], notebooks: dict[str, str], problems: list[str] = ()
+) -> int:
     """Every planned stage's plan; 2 (and the reasons) if a stage cannot run as planned."""
     context = context_of(cfgs)
-    refused = []
+    refused = list(problems)
     for stage, cfg in cfgs.items():
         print(f"{notebooks[stage]}  [{stage}]")
         for key, value in describe(cfg, context).items():
@@ -244,7 +275,8 @@ def longify(cfg, context: dict) -> Lines:
     out: Lines = {
         "conversion": f"{cfg.source or 'this run pretrained model'} -> Longformer, {cfg.max_positions:,} "
         f"positions, window {cfg.attention_window}, global {', '.join(cfg.global_tokens)}",
-        "evaluation": f"{cfg.eval_docs} held-out documents, probe gap > {cfg.probe_gap} tokens",
+        "evaluation": f"{cfg.eval_docs or 'every'} held-out document(s) long enough, probe gap > "
+        f"{cfg.probe_gap} tokens",
     }
     n = budget.tokens(cfg.steps, cfg.batch_size, cfg.seq_len, cfg.grad_accum, cfg.processes)
     out["continued pretraining"] = (f"{cfg.steps:,} steps x {cfg.batch_size} x {cfg.seq_len} tokens x "

@@ -16,14 +16,16 @@ import numpy as np
 from datasets import load_from_disk
 from transformers import AutoConfig
 
-from lab import contract, runs
-from lab.core import longtask, mlm, models, names, protocol, tasks, vocab
-from lab.core.files import write_json
+from lab import contract, lineup, runs
+from lab.core import charlm, longtask, mlm, models, modelsource, names, protocol, tasks, vocab
+from lab.core.files import digest_path, write_json
 from lab.core.metrics import fill_mask, mlm_metrics, speeds, spread
 from lab.core.progress import echo
 from lab.core.stats import FAILS, HOLDS, OPEN, Arm, Outcomes, above_chance, compare
-from lab.findings import OUTCOMES, arm, claim, findings
+from lab.findings import OUTCOMES, arm, claim, findings, named
 from lab.findings import relative as rel_scores
+from lab.groups import segmenter_of
+from lab.lineup import models_of_run
 from lab.params import ConfigError, StageConfig, param
 
 CURVES = "curves.json"  # in the evaluate stage's folder: the data-efficiency curves' outcomes
@@ -33,7 +35,11 @@ CURVES = "curves.json"  # in the evaluate stage's folder: the data-efficiency cu
 class EvaluateConfig(StageConfig):
     stage = "evaluate"
     models: list[str] = param(
-        "models to evaluate: [all] or names (teacher, assistant, one-stage-s1234, ...)"
+        "models to evaluate: [all] or names (teacher, assistant, one-stage-s1234, ...), and model "
+        "folders or hub names of your own (each fine-tuned on every task beside the run's)"
+    )
+    compare: list[str] = param(
+        "comparisons of your own, 'A vs B' (model names, kinds, or an outside model's short name)"
     )
     all_seeds: bool = param("every seed's student (else the first seed of each kind)")
     tasks: list[str] = param("downstream tasks: sentiment, thucnews, msra_ner, stsb")
@@ -92,32 +98,26 @@ class EvaluateConfig(StageConfig):
             )
         if not self.lrs:
             raise ConfigError("evaluate.lrs is empty: give at least one learning rate")
+        bad = [c for c in self.compare if len(c.split(" vs ")) != 2]
+        if bad:
+            raise self.fail(
+                "compare", f"{bad}: write each comparison as 'A vs B', say 'teacher vs rbt3'"
+            )
         super().check()
 
 
-def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
-    """Every model folder the run produced, by role: teacher, assistant, students, longformer."""
-    out: dict[str, dict] = {}
-    if runs.read_manifest(runs.stage_dir(run_id, "pretrain")):
-        out[names.TEACHER] = {
-            "dir": runs.stage_dir(run_id, "pretrain") / "model",
-            "role": "teacher",
-        }
-    if runs.read_manifest(runs.stage_dir(run_id, "distill")):
-        folder = runs.stage_dir(run_id, "distill") / "models"
-        seen: set[str] = set()
-        for name in sorted(p.name for p in folder.iterdir() if p.is_dir()):
-            if not all_seeds and names.kind(name) in seen:
-                continue
-            seen.add(names.kind(name))
-            role = "student" if names.is_student(name) else names.kind(name)
-            out[name] = {"dir": folder / name, "role": role}
-    if runs.read_manifest(runs.stage_dir(run_id, "longify")):
-        out[names.LONGFORMER] = {
-            "dir": runs.stage_dir(run_id, "longify") / "model",
-            "role": "longformer",
-        }
-    return out
+def user_inputs(cfg: EvaluateConfig) -> dict[str, str]:
+    """The outside models (a folder by its content, a hub name by its revision) and a probe file."""
+    out = {spec: modelsource.resolve(spec, param="evaluate.models", weights=False).digest()
+           for spec in cfg.models if not lineup.is_own(spec)}  # fmt: skip
+    return out | ({"probes_file": digest_path(Path(cfg.probes_file))} if cfg.probes_file else {})
+
+
+def held_out_pieces(corpus_dir: Path, n: int, chars: int) -> list[str]:
+    """`n` pieces of at most `chars` characters from the corpus's test split, evenly spaced."""
+    test = load_from_disk(str(corpus_dir / "corpus"))["test"]
+    at = np.linspace(0, len(test) - 1, min(n, len(test))).round().astype(int)
+    return [t[:chars] for t in test.select(at)["text"] if t.strip()]
 
 
 def read_probes(path: str = "") -> list[str]:
@@ -129,18 +129,6 @@ def read_probes(path: str = "") -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def packed_vocab(tokenizer, corpus_dir: Path, names: list[str]) -> str:
-    """Which of the run's vocabularies a model was trained with (its tokenizer's own vocabulary)."""
-    mine = tokenizer.get_vocab()
-    for name in names:
-        if vocab.load(corpus_dir / "vocab" / name).get_vocab() == mine:
-            return name
-    raise runs.StageError(
-        f"a model's vocabulary ({len(mine):,} tokens) is none of this run's ({', '.join(names)}); "
-        "evaluate models trained on this run's corpus"
-    )
-
-
 @contract.locked
 def run(cfg: EvaluateConfig) -> dict:
     stage = STAGE.stage(cfg)
@@ -150,16 +138,26 @@ def run(cfg: EvaluateConfig) -> dict:
     corpus_m = STAGE.upstream_manifest(cfg, "corpus")
     wwm_m = STAGE.upstream_manifest(cfg, "wwm")
     found = models_of_run(cfg.run_id, all_seeds=cfg.all_seeds)
-    wanted = found if cfg.models == ["all"] else {k: v for k, v in found.items() if k in cfg.models}
-    missing = [k for k in cfg.models if k != "all" and k not in found]
-    if missing:
-        raise runs.StageError(f"evaluate.models names {missing}; this run has {list(found)}")
+    if problems := lineup.problems(cfg.models, found):
+        raise runs.StageError("; ".join(problems))
+    wanted = {k: v for k, v in found.items() if "all" in cfg.models or k in cfg.models}
+    wanted |= lineup.outside(cfg.models)
     unmatched = [
         k for k in cfg.task_models if k != "all" and not any(names.selected(n, [k]) for n in wanted)
     ]
     if unmatched:
         raise runs.StageError(
             f"evaluate.task_models names {unmatched}; the models evaluated are {list(wanted)}"
+        )
+    tasked = [
+        n for n, m in wanted.items() if names.selected(n, cfg.task_models) or m["role"] == "outside"
+    ]
+    scored = {*tasked, *map(names.kind, tasked), names.NGRAM} | (
+        {names.SCRATCH} if cfg.scratch else set()
+    )
+    if bad := [s.strip() for c in cfg.compare for s in c.split(" vs ") if s.strip() not in scored]:
+        raise runs.StageError(
+            f"evaluate.compare names {bad}, which get no task scores; choose from {sorted(scored)}"
         )
     work = stage.begin()
     t0 = time.time()
@@ -168,23 +166,31 @@ def run(cfg: EvaluateConfig) -> dict:
     rows, probe_out, loaded = {}, {}, {}
     probes = read_probes(cfg.probes_file)
     length = str(min(wwm_m["params"]["seq_lengths"]))
+    pieces = held_out_pieces(corpus_m["dir"], cfg.lm_sequences, int(length) - 2)
+    hidden = charlm.hidden_words(pieces, segmenter_of(wwm_m["params"]).cut, seed=cfg.seed)
     for name, m in wanted.items():
         model, tok = mlm.load(m["dir"]), tokenizers[name]
-        vocab_name = packed_vocab(tok, corpus_m["dir"], wwm_m["params"]["vocabs"])
-        ids, wids = spread(
-            *mlm.load_packed(wwm_m["dir"] / "packed" / vocab_name / length, "test"),
-            cfg.lm_sequences,
-        )
+        vocab_name = lineup.packed_vocab(tok, corpus_m["dir"], wwm_m["params"]["vocabs"])
+        lm = {"acc": None, "ppl": None, "bpc": None}  # another vocabulary: no token-level metrics
+        if vocab_name:
+            ids, wids = spread(
+                *mlm.load_packed(wwm_m["dir"] / "packed" / vocab_name / length, "test"),
+                cfg.lm_sequences,
+            )
+            lm = mlm_metrics(model, ids, wids, tok, seed=cfg.seed)
+        same = charlm.same_chars_bpc(model, tok, pieces, hidden, bf16=cfg.bf16)
         c = models.count(model)
-        lm = mlm_metrics(model, ids, wids, tok, seed=cfg.seed)
         rows[name] = {
             "role": m["role"], "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
             "params": c["total"], "non_embedding": c["non_embedding"], "acc": lm["acc"], "ppl": lm["ppl"],
-            "bpc": lm["bpc"],
-        }  # fmt: skip
+            "bpc": lm["bpc"], "bpc_same_chars": same["bpc"], "vocab": vocab_name or f"its own ({len(tok):,})",
+        } | ({"source": m["source"]} if "source" in m else {})  # fmt: skip
         probe_out[name] = {p: fill_mask(model, tok, p) for p in probes}
         loaded[name] = model
-        echo(f"{name}: acc {lm['acc']:.3f}, ppl {lm['ppl']:.1f}")
+        echo(
+            f"{name}: bits per hidden character {same['bpc']:.3f}"
+            + (f", acc {lm['acc']:.3f}" if vocab_name else "")
+        )
     reference = names.TEACHER if names.TEACHER in loaded else None
     for name, s in speeds(
         loaded, reference=reference, repeats=cfg.speed_repeats, seed=cfg.seed
@@ -193,9 +199,7 @@ def run(cfg: EvaluateConfig) -> dict:
     del loaded
 
     # downstream tasks: the task_models, plus the teacher's architecture trained from scratch
-    sources = {
-        name: m["dir"] for name, m in wanted.items() if names.selected(name, cfg.task_models)
-    }
+    sources = {name: wanted[name]["dir"] for name in tasked}
     if cfg.scratch and names.TEACHER in wanted:
         sources[names.SCRATCH] = AutoConfig.from_pretrained(str(wanted[names.TEACHER]["dir"]))
         tokenizers[names.SCRATCH] = tokenizers[names.TEACHER]
@@ -213,7 +217,9 @@ def run(cfg: EvaluateConfig) -> dict:
     write_json(work / CURVES, {str(n): v for n, v in done["curves"].items()})
     relative = rel_scores(scores, chance)
     longdoc = long_document_task(cfg, wanted, tokenizers, corpus_m, work) if cfg.longdoc else None
-    found = findings(outcomes, rows, chance) | long_context(cfg.run_id)
+    found = (
+        findings(outcomes, rows, chance) | long_context(cfg.run_id) | named(cfg.compare, outcomes)
+    )
     metrics = {
         "models": rows,
         "tasks": scores,
@@ -377,6 +383,7 @@ STAGE = contract.Contract(
     verify=("wwm", "pretrain", "distill", "longify"),
     optional=("distill", "longify"),
     headline=headline,
+    sources=user_inputs,
 )
 
 

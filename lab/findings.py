@@ -166,3 +166,23 @@ def speedup(rows: dict, students: list[str]) -> dict | None:
         return None
     return {"student": next(n for n in students if n in rows), "latency": s["latency_vs_teacher"],
             "throughput": s["throughput_vs_teacher"]}  # fmt: skip
+
+
+def named(comparisons: list[str], outcomes: dict) -> dict:
+    """The comparisons a user names ("A vs B": a model, or a kind whose distillation runs form the
+    arm), under the built-in claims' interval and verdict rules: "A beats B"."""
+    out = {}
+    for text in comparisons:
+        sides = [s.strip() for s in text.split(" vs ")]
+        members = [sorted(n for n in outcomes if n == s or names.kind(n) == s) for s in sides]
+        for side, m in zip(sides, members):
+            if not m:
+                raise ValueError(
+                    f"evaluate.compare: {side!r} is no model with task scores ({', '.join(outcomes)})"
+                )
+        a, b = (arm(outcomes, m, s, recipe="distillation run") for s, m in zip(sides, members))
+        recipe_runs = all(len(m) >= MIN_RUNS for m in members)
+        found = claim(f"{sides[0]} beats {sides[1]}", f"this {sides[0]} beats this {sides[1]}", a, b,
+                      compare(a, b), recipe_runs=recipe_runs, fixed=["the models named"])  # fmt: skip
+        out[found["claim"]] = found | {"named_by": "evaluate.compare"}
+    return out

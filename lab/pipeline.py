@@ -89,8 +89,13 @@ def run(
                     f"stage {s} needs stage {up}, which is neither in this plan nor complete in "
                     f"{runs.stage_dir(run_id, up)}. Run it: python -m lab run --run-id {run_id} --to {up}"
                 )
+    problems = dryrun.input_problems(cfgs)
     if dry_run:
-        return dryrun.print_plan(cfgs, {s: CONTRACTS[s].notebook for s in cfgs})
+        return dryrun.print_plan(cfgs, {s: CONTRACTS[s].notebook for s in cfgs}, problems)
+    if problems:
+        raise PipelineError(
+            "the plan cannot run as it stands (nothing was run):\n  " + "\n  ".join(problems)
+        )
     out = reports.report_dir(run_id)
     try:
         out.mkdir(parents=True, exist_ok=True)

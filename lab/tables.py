@@ -191,8 +191,8 @@ def longify_bench(result: dict | None):
 
 
 def models_table(rows: dict):
-    cols = ("role", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
-            "latency_ms_b1", "throughput_seq_s_b32")  # fmt: skip
+    cols = ("role", "vocab", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
+            "bpc_same_chars", "latency_ms_b1", "throughput_seq_s_b32")  # fmt: skip
     out = []
     for n, r in rows.items():
         if "acc" not in r:
@@ -204,7 +204,9 @@ def models_table(rows: dict):
                 row[label] = "{:.2f}x [{:.2f}, {:.2f}]".format(r[key]["ratio"], *r[key]["ci95"])
         out.append(row)
     repeats = next((r.get("repeats") for r in rows.values() if r.get("repeats")), "?")
-    return table(out, f"Models: size, held-out LM metrics, speed on this machine: batch-1 latency and batch-32 "
+    return table(out, "Models: size; held-out LM metrics: acc / ppl / bpc on the run's token masking (only for "
+                      "models with one of the run's vocabularies), bpc_same_chars on the same hidden jieba words "
+                      "for every model, whatever its tokenizer; speed on this machine: batch-1 latency and batch-32 "
                       f"throughput at 128 tokens, every model timed in each of {repeats} rounds in random order; "
                       "ratios against the teacher with 95% intervals over the rounds")  # fmt: skip
 

@@ -294,14 +294,15 @@ def test_smoke_evaluate_manifest(smoke_run):
     m = manifest(smoke_run[0], "evaluate")["metrics"]
     assert {"teacher", "longformer", "scratch", "char n-gram LR"} <= set(m["tasks"])
     assert set(m["tasks"]["teacher"]) == {"sentiment", "thucnews", "msra_ner", "stsb"}
-    found = m["findings"]["pretraining beats training from scratch"]
+    found = m["findings"]["this pretrained teacher beats training from scratch"]
     for f in m["findings"].values():  # each with its difference, interval and verdict
         assert f["verdict"] in ("holds", "does not hold", "inconclusive")
         lo, hi = f["ci95"]
         assert lo <= hi and f["verdict"] == (
             "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
         )
-    assert found["runs"] == {"a": 2, "b": 2} and found["examples"]["sentiment"] == 48
+    assert found["units"] == {"a": 2, "b": 2} and found["examples"]["sentiment"] == 48
+    assert found["speaks_for"] == "networks"  # one pretraining run: worded for this teacher
     assert m["models"]["teacher"]["latency_ms_b1"] > 0
 
 

@@ -45,7 +45,8 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     if not tag:
         y = [e["labels"] for e in examples]
         labels = torch.tensor(y, dtype=torch.float if isinstance(y[0], float) else torch.long)
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return batch | ({"token_type_ids": types} if "token_type_ids" in examples[0] else {})
 
 
 class TaskBatches:
@@ -152,9 +153,7 @@ def swap_head(model, folder: Path) -> None:
     """Load a masked-LM checkpoint's encoder into a task model: the MLM head's weights are the only
     ones left over and the task head's (with BERT's pooler, which an MLM has not) the only ones
     missing, or this raises."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "model.safetensors"))
+    state = weights_of(folder)
     result = model.load_state_dict(state, strict=False)
     prefix = model.base_model_prefix + "."
     stray = [k for k in result.unexpected_keys if k.startswith(prefix)]
@@ -164,6 +163,28 @@ def swap_head(model, folder: Path) -> None:
             f"{folder}: the encoder's weights do not fit a {type(model).__name__} "
             f"(missing {lost[:3]}, unexpected {stray[:3]}); is it a model of another architecture?"
         )
+
+
+def weights_of(folder: Path) -> dict:
+    """A checkpoint's state dict: safetensors or a PyTorch .bin, whole or in shards."""
+    import json
+
+    from safetensors.torch import load_file
+
+    def one(path: Path) -> dict:
+        return (
+            load_file(str(path))
+            if path.suffix == ".safetensors"
+            else torch.load(path, weights_only=True)
+        )
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return one(folder / name)
+        if (index := folder / f"{name}.index.json").is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in one(folder / shard).items()}
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
 def _short_window(cfg, max_length: int) -> None:

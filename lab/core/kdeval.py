@@ -68,7 +68,9 @@ def summarize(table: dict) -> dict:
             "acc_std": float(accs.std(ddof=1)) if len(rows) > 1 else 0.0,
             "ppl_mean": float(np.mean([r["ppl"] for r in rows])),
             "agreement_mean": float(np.mean([r["agreement"] for r in rows])),
-            "relative_to_teacher": float(accs.mean() / table[names.TEACHER]["acc"]),
+            "relative_to_teacher": float(accs.mean() / t_acc)
+            if (t_acc := table[names.TEACHER]["acc"])
+            else None,
             "latency_vs_teacher": float(np.mean([r["latency_vs_teacher"]["ratio"] for r in rows])),
             "throughput_vs_teacher": float(
                 np.mean([r["throughput_vs_teacher"]["ratio"] for r in rows])

@@ -32,12 +32,16 @@ class MaskedLM(nn.Module):
         return self.model.cls if hasattr(self.model, "cls") else self.model.lm_head
 
     def forward(self, input_ids, attention_mask=None, labels=None, attention_bias=None, **kwargs):
-        attention_mask = with_bias(attention_mask, attention_bias)
-        hidden = self.encoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[
-            0
-        ]  # (B, T, H)
         chosen = labels != -100
-        logits = self.head()(hidden[chosen])  # (N, V): only the masked positions
+        if not (hasattr(self.model, "cls") or hasattr(self.model, "lm_head")):
+            # another architecture's head (ALBERT's, ModernBERT's): the model's own full forward
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, **kwargs
+            ).logits[chosen]
+        else:
+            attention_mask = with_bias(attention_mask, attention_bias)
+            hidden = self.encoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
+            logits = self.head()(hidden[chosen])  # (N, V): only the masked positions
         loss, acc = MaskedCE.apply(logits, labels[chosen])
         return {"loss": loss, "acc": acc}
 

@@ -58,6 +58,8 @@ def count(model_or_config, vocab_size: int | None = None) -> dict[str, int]:
     included) without the MLM head; embeddings = word + position + type + their LayerNorm. A
     Longformer layer also has its global Q/K/V projections."""
     cfg = model_or_config.config if hasattr(model_or_config, "config") else model_or_config
+    if cfg.model_type not in ("bert", "longformer"):  # another architecture: count what it holds
+        return _measured(model_or_config)
     V = vocab_size or cfg.vocab_size
     H, L, F = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size  # F: feed-forward width
     emb = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * H + 2 * H
@@ -69,6 +71,16 @@ def count(model_or_config, vocab_size: int | None = None) -> dict[str, int]:
         "non_embedding": L * layer + pooler,
         "embedding": emb,
     }
+
+
+def _measured(model) -> dict[str, int]:
+    """The encoder's parameters (no MLM head), those of its `embeddings` module apart."""
+    if not hasattr(model, "base_model"):
+        raise ValueError(f"a {type(model).__name__} config alone cannot be counted: load the model")
+    base = model.base_model
+    total = sum(p.numel() for p in base.parameters())
+    emb = sum(p.numel() for n, p in base.named_parameters() if n.startswith("embeddings."))
+    return {"total": total, "non_embedding": total - emb, "embedding": emb}
 
 
 def preset_rows(vocab_size: int = FULL_VOCAB, names: list[str] | None = None) -> list[dict]:

@@ -55,7 +55,7 @@ class ModelSource:
 def resolve(spec: str, own: Path | None = None, *, param: str, weights: bool = True) -> ModelSource:
     """The model `spec` names: empty for the run's own model (`own`), a folder, or a hub name.
     `param` names the parameter in every error; `weights=False` (a dry run, a cache key) fetches a
-    hub model's config and tokenizer only."""
+    hub model's config and tokenizer only (a folder's weights are always looked for)."""
     if not spec:
         if own is None or not (Path(own) / "config.json").is_file():
             raise ModelSourceError(

@@ -74,6 +74,8 @@ def encode(task: Task, rows: list[dict], tokenizer, max_length: int) -> list[dic
     else:
         enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
         labels = [r["label"] for r in rows]
+    if "token_type_ids" not in tokenizer.model_input_names:  # a model without segment embeddings
+        return [{"input_ids": i, "labels": y} for i, y in zip(enc["input_ids"], labels)]
     return [{"input_ids": i, "token_type_ids": t, "labels": y}
             for i, t, y in zip(enc["input_ids"], enc["token_type_ids"], labels)]  # fmt: skip
 

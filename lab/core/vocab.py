@@ -10,6 +10,7 @@ the corpus never uses.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,6 +49,32 @@ def load(folder: Path) -> BertTokenizer:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def mismatch(folder: Path, tokenizer) -> str | None:
+    """How the tokenizer saved in a model folder differs from `tokenizer`, token by token (None:
+    the same tokens with the same ids)."""
+    try:
+        theirs = load(folder).get_vocab()
+    except (OSError, ValueError):
+        return "the folder holds no tokenizer (save it beside the model)"
+    mine = tokenizer.get_vocab()
+    if same_tokens(theirs, mine):
+        return None
+    moved = sorted(t for t in mine.keys() & theirs.keys() if mine[t] != theirs[t])
+    return (f"{len(theirs):,} tokens against {len(mine):,}: {len(theirs.keys() ^ mine.keys()):,} are in one "
+            f"only and {len(moved):,} have another id" + (f" (say {moved[:3]})" if moved else ""))  # fmt: skip
+
+
+def same_tokens(a: dict[str, int], b: dict[str, int]) -> bool:
+    """Whether two vocabularies (token -> id) hold the same token at every id, whitespace taken out:
+    a vocab.txt read line by line loses a token that is a line separator (bert-base-chinese has
+    U+2028), which cleaned text cannot hold anyway."""
+
+    def by_id(vocab: dict[str, int]) -> dict[int, str]:
+        return {i: re.sub(r"\s", "", t) for t, i in vocab.items()}
+
+    return by_id(a) == by_id(b)
 
 
 def token_counts(tokenizer: BertTokenizer, texts: Iterable[str], batch: int = 4000) -> Counter:

@@ -1,0 +1,133 @@
+"""The models evaluate measures: the run's own, by name, and models a researcher brings, a model
+folder or a hub name, each under a short name (the folder's or the hub name).
+
+`check` is what the dry run and the start of `python -m lab run` call: every entry of
+`evaluate.models` is a name this run makes or a model that can be read, with a masked-LM head and a
+tokenizer that reads Chinese, before any training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab import runs
+from lab.core import modelsource, names, vocab
+from lab.core.errors import LabError
+
+OWN = (names.TEACHER, names.ASSISTANT, *names.STUDENT_KINDS, names.LONGFORMER)
+PARAM = "evaluate.models"
+PROBE_TEXT = "北京是中国的首都。"
+
+
+class LineupError(LabError, ValueError):
+    """A model named for evaluation cannot be used; the message names it and the fix."""
+
+
+def is_own(spec: str) -> bool:
+    """A name of this run's models (or `all`): a kind, or a student with its seed."""
+    return spec == "all" or names.kind(spec) in OWN
+
+
+def models_of_run(run_id: str, *, all_seeds: bool) -> dict[str, dict]:
+    """Every model folder the run produced, by role: teacher, assistant, students, longformer."""
+    out: dict[str, dict] = {}
+    if runs.read_manifest(runs.stage_dir(run_id, "pretrain")):
+        out[names.TEACHER] = {
+            "dir": runs.stage_dir(run_id, "pretrain") / "model",
+            "role": "teacher",
+        }
+    if runs.read_manifest(runs.stage_dir(run_id, "distill")):
+        folder = runs.stage_dir(run_id, "distill") / "models"
+        seen: set[str] = set()
+        for name in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+            if not all_seeds and names.kind(name) in seen:
+                continue
+            seen.add(names.kind(name))
+            role = "student" if names.is_student(name) else names.kind(name)
+            out[name] = {"dir": folder / name, "role": role}
+    if runs.read_manifest(runs.stage_dir(run_id, "longify")):
+        out[names.LONGFORMER] = {
+            "dir": runs.stage_dir(run_id, "longify") / "model",
+            "role": "longformer",
+        }
+    return out
+
+
+def outside(specs: list[str], *, weights: bool = True) -> dict[str, dict]:
+    """The entries of `specs` that are not this run's names, resolved: short name -> {"dir", "role":
+    "outside", "source": provenance}. Raises LineupError for one that cannot be used."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        if is_own(spec):
+            continue
+        try:
+            src = modelsource.resolve(spec, param=PARAM, weights=weights)
+        except modelsource.ModelSourceError as err:
+            raise LineupError(
+                f"{err}. (Nor is {spec!r} a model this run makes: {', '.join(OWN)}, or a student "
+                "with its seed such as one-stage-s1234.)"
+            ) from None
+        check_model(src.folder, spec, weights=weights)
+        short = src.label
+        if short in out or is_own(short):
+            short = f"{short} ({src.origin})"
+        out[short] = {"dir": src.folder, "role": "outside", "source": src.provenance()}
+    return out
+
+
+def check_model(folder: Path, spec: str, *, weights: bool = True) -> None:
+    """A masked LM with a tokenizer that reads Chinese, or a LineupError naming the fix."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    conf = AutoConfig.from_pretrained(str(folder))
+    if conf.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise LineupError(
+            f"{PARAM}: {spec!r} is a {conf.model_type} model, which transformers has no masked LM for"
+        )
+    heads = [a for a in conf.architectures or [] if a.endswith(("ForMaskedLM", "ForPreTraining"))]
+    if conf.architectures and not heads:
+        raise LineupError(
+            f"{PARAM}: {spec!r} was saved as {', '.join(conf.architectures)}, an encoder without its "
+            "masked-LM head; save the checkpoint's *ForMaskedLM model (the lab fine-tunes from it and "
+            "scores its LM)"
+        )
+    try:
+        tok = vocab.load(folder)
+    except (OSError, ValueError) as err:
+        raise LineupError(
+            f"{PARAM}: {spec!r} has no tokenizer the lab can load ({err}); save it beside the model"
+        ) from None
+    ids = tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if not ids or all(i == tok.unk_token_id for i in ids):
+        raise LineupError(
+            f"{PARAM}: {spec!r}'s tokenizer reads {PROBE_TEXT!r} as unknown tokens only: not a Chinese model"
+        )
+    if tok.mask_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
+        raise LineupError(
+            f"{PARAM}: {spec!r}'s tokenizer has no mask, CLS or SEP token; set them and save it again"
+        )
+
+
+def problems(specs: list[str], found: dict | None = None) -> list[str]:
+    """What is wrong with `evaluate.models`, as lines (empty: nothing). `found` is the run's models
+    when they exist; before they do, any name of the run's kinds is accepted."""
+    lines = []
+    if found is not None:
+        missing = [s for s in specs if s != "all" and is_own(s) and s not in found]
+        if missing:
+            lines.append(f"{PARAM} names {missing}; this run has {list(found)}")
+    try:
+        outside(specs, weights=False)
+    except LabError as err:
+        lines.append(str(err))
+    return lines
+
+
+def packed_vocab(tokenizer, corpus_dir: Path, names_: list[str]) -> str | None:
+    """Which of the run's vocabularies a tokenizer has, token for token (None: another)."""
+    mine = tokenizer.get_vocab()
+    for name in names_:
+        if vocab.same_tokens(vocab.load(corpus_dir / "vocab" / name).get_vocab(), mine):
+            return name
+    return None
