@@ -223,6 +223,9 @@ def distill_(cfg, context: dict) -> Lines:
         return out
     share = cfg.mlm_probability
     student = models.size(models.config(cfg.student, teacher.vocab, max_positions=positions))
+    if student.hidden > teacher.hidden:
+        _refuse(out, f"distill.student = {cfg.student} is {student.hidden} wide, wider than the teacher "
+                     f"({teacher.hidden}): choose a smaller student")  # fmt: skip
     layers = len(cfg.assistant_layers) or max(1, teacher.layers // 2)
     kept = layers / teacher.layers
     assistant = budget.Size(layers, teacher.hidden, teacher.heads,

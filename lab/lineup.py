@@ -63,6 +63,8 @@ def outside(specs: list[str], *, weights: bool = True) -> dict[str, dict]:
         try:
             src = modelsource.resolve(spec, param=PARAM, weights=weights)
         except modelsource.ModelSourceError as err:
+            if "/" in spec or spec.startswith((".", "~")):  # a path or an org/name: no run name
+                raise LineupError(str(err)) from None
             raise LineupError(
                 f"{err}. (Nor is {spec!r} a model this run makes: {', '.join(OWN)}, or a student "
                 "with its seed such as one-stage-s1234.)"
@@ -117,10 +119,11 @@ def problems(specs: list[str], found: dict | None = None) -> list[str]:
         missing = [s for s in specs if s != "all" and is_own(s) and s not in found]
         if missing:
             lines.append(f"{PARAM} names {missing}; this run has {list(found)}")
-    try:
-        outside(specs, weights=False)
-    except LabError as err:
-        lines.append(str(err))
+    for spec in specs:  # each on its own: every bad one is named
+        try:
+            outside([spec], weights=False)
+        except LabError as err:
+            lines.append(str(err))
     return lines
 
 
