@@ -58,11 +58,12 @@ def count(model_or_config, vocab_size: int | None = None) -> dict[str, int]:
     included) without the MLM head; embeddings = word + position + type + their LayerNorm. A
     Longformer layer also has its global Q/K/V projections."""
     cfg = model_or_config.config if hasattr(model_or_config, "config") else model_or_config
-    if cfg.model_type not in ("bert", "longformer"):  # another architecture: count what it holds
-        return _measured(model_or_config)
+    if cfg.model_type not in ("bert", "longformer") and hasattr(model_or_config, "base_model"):
+        return _measured(model_or_config)  # another architecture, loaded: count what it holds
     V = vocab_size or cfg.vocab_size
     H, L, F = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size  # F: feed-forward width
-    emb = (V + cfg.max_position_embeddings + cfg.type_vocab_size) * H + 2 * H
+    # (a config of another architecture: BERT's arithmetic at its sizes, for FLOP estimates)
+    emb = (V + cfg.max_position_embeddings + getattr(cfg, "type_vocab_size", 0)) * H + 2 * H
     attention = (7 if cfg.model_type == "longformer" else 4) * (H * H + H)  # Q K V O (+ global QKV)
     layer = attention + (H * F + F) + (F * H + H) + 2 * 2 * H  # attention, FFN, 2 LayerNorms
     pooler = H * H + H
@@ -75,8 +76,6 @@ def count(model_or_config, vocab_size: int | None = None) -> dict[str, int]:
 
 def _measured(model) -> dict[str, int]:
     """The encoder's parameters (no MLM head), those of its `embeddings` module apart."""
-    if not hasattr(model, "base_model"):
-        raise ValueError(f"a {type(model).__name__} config alone cannot be counted: load the model")
     base = model.base_model
     total = sum(p.numel() for p in base.parameters())
     emb = sum(p.numel() for n, p in base.named_parameters() if n.startswith("embeddings."))
