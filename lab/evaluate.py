@@ -270,7 +270,8 @@ def long_document_task(
     rows = tasks.sample(tasks.TASKS["longdoc"], dd["test"], len(dd["test"]))  # the order scored
     tok = tokenizers[names.LONGFORMER]
     where = [
-        len(tok(r["text"][: r["needle_at"]], add_special_tokens=False)["input_ids"]) for r in rows
+        len(tok(r["text"][: r["needle_at"]], add_special_tokens=False, verbose=False)["input_ids"])
+        for r in rows
     ]
     width = 256
     past = [i for i, w in enumerate(where) if w >= reach - 2]  # wholly after what BERT reads
