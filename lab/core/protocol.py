@@ -71,7 +71,7 @@ def run_all(models: dict, data: dict, p: Protocol, work: Path, tokenizers: dict,
         "selection": {},
         "curves": {n: {} for n in sizes},
     }
-    bar = tqdm(total=0, desc="fine-tuning", unit="fit")
+    bar = tqdm(total=0, desc="fine-tuning", unit="run")
 
     def run(fits: list[Fit]) -> dict:
         bar.total += len(fits)
