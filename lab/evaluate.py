@@ -183,7 +183,7 @@ def run(cfg: EvaluateConfig) -> dict:
         rows[name] = {
             "role": m["role"], "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
             "params": c["total"], "non_embedding": c["non_embedding"], "acc": lm["acc"], "ppl": lm["ppl"],
-            "bpc": lm["bpc"], "bpc_same_chars": same["bpc"], "vocab": vocab_name or f"its own ({len(tok):,})",
+            "bpc": lm["bpc"], "bpc_same_chars": same["bpc"], "unknown_share": same["unknown_share"], "vocab": vocab_name or f"its own ({len(tok):,})",
         } | ({"source": m["source"]} if "source" in m else {})  # fmt: skip
         probe_out[name] = {p: fill_mask(model, tok, p) for p in probes}
         loaded[name] = model

@@ -198,7 +198,7 @@ def longify_bench(result: dict | None):
 
 def models_table(rows: dict):
     cols = ("role", "vocab", "layers", "hidden", "params", "non_embedding", "acc", "ppl", "bpc",
-            "bpc_same_chars", "latency_ms_b1", "throughput_seq_s_b32")  # fmt: skip
+            "bpc_same_chars", "unknown_share", "latency_ms_b1", "throughput_seq_s_b32")  # fmt: skip
     out = []
     for n, r in rows.items():
         if "acc" not in r:
@@ -212,7 +212,8 @@ def models_table(rows: dict):
     repeats = next((r.get("repeats") for r in rows.values() if r.get("repeats")), "?")
     return table(out, "Models: size; held-out LM metrics: acc / ppl / bpc on the run's token masking (only for "
                       "models with one of the run's vocabularies), bpc_same_chars on the same hidden jieba words "
-                      "for every model, whatever its tokenizer; speed on this machine: batch-1 latency and batch-32 "
+                      "for every model, whatever its tokenizer (unknown_share: hidden tokens read as [UNK], which are "
+                      "cheap to predict: a bpc with a large share is not comparable); speed on this machine: batch-1 latency and batch-32 "
                       f"throughput at 128 tokens, every model timed in each of {repeats} rounds in random order; "
                       "ratios against the teacher with 95% intervals over the rounds")  # fmt: skip
 

@@ -110,6 +110,17 @@ def test_bits_per_character_are_counted_on_the_same_characters_whatever_the_toke
         assert uniform["hidden_chars"] == chars  # the same characters for both tokenizers
         assert uniform["bpc"] == pytest.approx(np.log2(len(tok)) * uniform["hidden_tokens"] / chars)
         assert oracle["bpc"] == pytest.approx(0.0, abs=1e-6)
+    # the ModernBERT's own vocabulary lacks 学: its hidden 学 is an [UNK], and the share says so
+    share = charlm.same_chars_bpc(
+        Stub(modern, False), modern, ["他在北京上大学"], [[(6, 7)]], bf16=False
+    )
+    assert share["unknown_share"] == 1.0
+    assert (
+        charlm.same_chars_bpc(Stub(bert, False), bert, ["他在北京上大学"], [[(6, 7)]], bf16=False)[
+            "unknown_share"
+        ]
+        == 0
+    )
 
 
 def test_a_teacher_vocabulary_is_matched_by_content_not_size(outside, tmp_path):

@@ -53,7 +53,7 @@ def same_chars_bpc(model, tokenizer, texts: list[str], spans: list[list[tuple[in
     model.eval()
     device = next(model.parameters()).device
     limit = model.config.max_position_embeddings - 2
-    nats = chars = hidden = 0.0
+    nats = chars = hidden = unknown = 0.0
     for start in range(0, len(texts), batch_size):
         rows = []
         for text, words in zip(
@@ -71,6 +71,7 @@ def same_chars_bpc(model, tokenizer, texts: list[str], spans: list[list[tuple[in
             rows.append((ids, at))
             chars += sum(we - ws for ws, we in words)
             hidden += len(at)
+            unknown += sum(ids[i] == tokenizer.unk_token_id for i in at)
         width = max(len(ids) for ids, _ in rows)
         x = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         keep = torch.zeros_like(x)
@@ -95,4 +96,6 @@ def same_chars_bpc(model, tokenizer, texts: list[str], spans: list[list[tuple[in
         "bpc": nats / math.log(2) / max(1.0, chars),
         "hidden_chars": int(chars),
         "hidden_tokens": int(hidden),
+        # a tokenizer that reads characters as [UNK] predicts [UNK] cheaply: say how often
+        "unknown_share": unknown / max(1.0, hidden),
     }
