@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lab import lineup, runs
-from lab.core import budget, documents, hardware, kd, models, modelsource, presets, sources
+from lab.core import budget, documents, hardware, kd, models, modelsource, presets, sources, vocab
 from lab.core.errors import LabError
 from lab.groups import cache_refusal
 from lab.params import STAGES, StageConfig, profile_values
@@ -216,6 +216,10 @@ def distill_(cfg, context: dict) -> Lines:
         f"{k} {getattr(cfg, k + '_weight')}" for k in kd.LOSSES if getattr(cfg, k + "_weight")
     ]
     out: Lines = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}"}
+    packs = [vocab.entry_name(e) for e in context["params"]["wwm"]["vocabs"]]
+    if cfg.vocab not in packs:
+        _refuse(out, f"distill.vocab = {cfg.vocab!r}, but wwm.vocabs packs {packs}: a teacher with a "
+                     "vocabulary of its own needs its folder in wwm.vocabs")  # fmt: skip
     try:
         teacher, positions = model_size(cfg.teacher, "distill.teacher", context)
     except LabError as err:  # no teacher yet, and none in this plan

@@ -170,7 +170,7 @@ def run(cfg: EvaluateConfig) -> dict:
     hidden = charlm.hidden_words(pieces, segmenter_of(wwm_m["params"]).cut, seed=cfg.seed)
     for name, m in wanted.items():
         model, tok = mlm.load(m["dir"]), tokenizers[name]
-        vocab_name = lineup.packed_vocab(tok, corpus_m["dir"], wwm_m["params"]["vocabs"])
+        vocab_name = lineup.packed_vocab(tok, lineup.packed_vocabs(corpus_m, wwm_m))
         lm = {"acc": None, "ppl": None, "bpc": None}  # another vocabulary: no token-level metrics
         if vocab_name:
             ids, wids = spread(

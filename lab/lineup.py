@@ -127,10 +127,20 @@ def problems(specs: list[str], found: dict | None = None) -> list[str]:
     return lines
 
 
-def packed_vocab(tokenizer, corpus_dir: Path, names_: list[str]) -> str | None:
-    """Which of the run's vocabularies a tokenizer has, token for token (None: another)."""
+def packed_vocabs(corpus_m: dict, wwm_m: dict) -> dict[str, Path]:
+    """The vocabularies the wwm stage packed, by name: their tokenizer folders."""
+    folders = {}
+    for entry in wwm_m["params"]["vocabs"]:
+        name = vocab.entry_name(entry)
+        home = corpus_m["dir"] if entry in vocab.BUILTIN else wwm_m["dir"]
+        folders[name] = Path(home) / "vocab" / name
+    return folders
+
+
+def packed_vocab(tokenizer, folders: dict[str, Path]) -> str | None:
+    """Which of the packed vocabularies a tokenizer has, token for token (None: another)."""
     mine = tokenizer.get_vocab()
-    for name in names_:
-        if vocab.same_tokens(vocab.load(corpus_dir / "vocab" / name).get_vocab(), mine):
+    for name, folder in folders.items():
+        if vocab.same_tokens(vocab.load(folder).get_vocab(), mine):
             return name
     return None

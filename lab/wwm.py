@@ -17,7 +17,7 @@ from datasets import Features, Sequence, Value, load_from_disk
 
 from lab import contract
 from lab.core import segment, vocab
-from lab.core.files import digest_path, save_arrow_dataset, write_json
+from lab.core.files import digest_path, save_arrow_dataset, sha256_json, write_json
 from lab.core.masking import builtin_comparison, mask_statistics
 from lab.core.progress import echo
 from lab.core.wordpiece import encode, encode_corpus, flat_batches, pack_dataset
@@ -30,15 +30,24 @@ class WwmConfig(MaskShares, Segmentation, StageConfig):
     """The masking shares here are for the statistics and demos; each training stage has its own."""
 
     stage = "wwm"
-    vocabs: list[str] = param("vocabularies to tokenize with: compact and/or full")
+    vocabs: list[str] = param(
+        "vocabularies to tokenize with: compact, full, and tokenizer or model folders (a teacher's "
+        "vocabulary of its own, packed under the folder's name)"
+    )
     seq_lengths: list[int] = param("packed sequence lengths to store (tokens)", min=8)
     num_proc: int = param("processes for segmentation and tokenization", min=1)
     check_docs: int = param("documents compared with pure jieba before rjieba is trusted", min=0)
     stats_sequences: int = param("sequences sampled for the masking statistics", min=10)
 
     def check(self):
-        if not self.vocabs or any(v not in ("compact", "full") for v in self.vocabs):
-            raise self.fail("vocabs", "choose from compact, full (at least one)")
+        if not self.vocabs:
+            raise self.fail("vocabs", "give at least one: compact, full or a tokenizer folder")
+        for entry in self.vocabs:
+            if entry not in vocab.BUILTIN and (problem := vocab.folder_problem(entry)):
+                raise self.fail("vocabs", problem)
+        names = [vocab.entry_name(v) for v in self.vocabs]
+        if len(set(names)) < len(names):
+            raise self.fail("vocabs", f"two entries pack under one name ({names}); rename a folder")
         if not self.seq_lengths:
             raise ConfigError("wwm.seq_lengths is empty: give at least one length, e.g. [128]")
         super().check()
@@ -54,10 +63,10 @@ def run(cfg: WwmConfig) -> dict:
     corpus_m = STAGE.upstream_manifest(cfg, "corpus")
     corpus_dir = corpus_m["dir"]
     corpus = load_from_disk(str(corpus_dir / "corpus"))
-    tok_dirs = {v: str(corpus_dir / "vocab" / v) for v in cfg.vocabs}
     segmenter = cfg.segmenter_obj()
 
     work = stage.begin()
+    tok_dirs = vocab_folders(cfg, corpus_dir, work)
     t0 = time.time()
     encoded, differ = encode_corpus(
         corpus, segmenter, tok_dirs, num_proc=cfg.num_proc, check_docs=cfg.check_docs,
@@ -69,12 +78,12 @@ def run(cfg: WwmConfig) -> dict:
     t_encode = time.time() - t0
 
     packed_sizes = {}
-    for name in cfg.vocabs:
+    for name in tok_dirs:
         sizes = pack_vocab(encoded, name, cfg.seq_lengths, vocab.load(tok_dirs[name]), work)
         packed_sizes |= {f"{name}/{k}": v for k, v in sizes.items()}
     tokens = {
         name: int(sum(b["lengths"].sum() for b in flat_batches(encoded["train"], [f"ids_{name}"])))
-        for name in cfg.vocabs
+        for name in tok_dirs
     }
     n_chars = sum(corpus_m["metrics"]["chars"].values())
     gold = load_from_disk(str(corpus_dir / "gold_segmentation"))
@@ -102,9 +111,24 @@ def run(cfg: WwmConfig) -> dict:
         "builtin_all_or_nothing": stats["builtin"]["all_or_nothing"],
         "ours_all_or_nothing": stats["ours_on_sentences"]["all_or_nothing"],
     }
-    outputs = {f"packed_{v}_{L}": f"packed/{v}/{L}" for v in cfg.vocabs for L in cfg.seq_lengths}
+    outputs = {f"packed_{v}_{L}": f"packed/{v}/{L}" for v in tok_dirs for L in cfg.seq_lengths}
+    outputs |= {f"vocab_{v}": f"vocab/{v}" for v in tok_dirs if v not in vocab.BUILTIN}
     outputs["stats"] = "stats.json"
     return stage.finish(outputs, metrics)
+
+
+def vocab_folders(cfg: WwmConfig, corpus_dir: Path, work: Path) -> dict[str, str]:
+    """Each vocabulary's tokenizer folder by name: the run's own from the corpus stage, a folder's
+    tokenizer saved into this stage (vocab/<name>/), so what was packed stays beside its tokenizer."""
+    folders = {}
+    for entry in cfg.vocabs:
+        name = vocab.entry_name(entry)
+        if entry in vocab.BUILTIN:
+            folders[name] = str(corpus_dir / "vocab" / entry)
+        else:
+            vocab.load(Path(entry).expanduser()).save_pretrained(work / "vocab" / name)
+            folders[name] = str(work / "vocab" / name)
+    return folders
 
 
 def pack_vocab(encoded: dict, name: str, lengths: list[int], tokenizer, work: Path) -> dict:
@@ -142,10 +166,9 @@ def pack_vocab(encoded: dict, name: str, lengths: list[int], tokenizer, work: Pa
 def masking_statistics(cfg: WwmConfig, work: Path, tok_dirs: dict, corpus, segmenter) -> dict:
     """The lab's whole-word and token masking on the valid split (shortest length, first vocab),
     and on whole valid sentences next to transformers' own `whole_word_mask=True`."""
-    tokenizer = vocab.load(tok_dirs[cfg.vocabs[0]])
-    valid = load_from_disk(
-        str(work / "packed" / cfg.vocabs[0] / str(min(cfg.seq_lengths)) / "valid")
-    )
+    first = next(iter(tok_dirs))
+    tokenizer = vocab.load(tok_dirs[first])
+    valid = load_from_disk(str(work / "packed" / first / str(min(cfg.seq_lengths)) / "valid"))
     examples = [valid[i] for i in range(min(cfg.stats_sequences, len(valid)))]
     words, tokens = (
         cfg.mask_rule(whole_word=w).collator(tokenizer, cfg.seed) for w in (True, False)
@@ -169,8 +192,14 @@ def masking_statistics(cfg: WwmConfig, work: Path, tok_dirs: dict, corpus, segme
     return stats
 
 
-def user_dictionary(cfg: WwmConfig) -> dict[str, str]:
-    return {"user_dict": digest_path(Path(cfg.user_dict))} if cfg.user_dict else {}
+def user_inputs(cfg: WwmConfig) -> dict[str, str]:
+    """The user's files this stage reads: a user dictionary, tokenizer folders (their tokenizer files)."""
+    digests = {"user_dict": digest_path(Path(cfg.user_dict))} if cfg.user_dict else {}
+    for entry in cfg.vocabs:
+        if entry not in vocab.BUILTIN:
+            files = [Path(entry).expanduser() / f for f in vocab.TOKENIZER_FILES]
+            digests[f"vocab {entry}"] = sha256_json([digest_path(f) for f in files if f.is_file()])
+    return digests
 
 
 def headline(manifest: dict) -> dict:
@@ -194,7 +223,7 @@ STAGE = contract.Contract(
     upstream=("corpus",),
     verify=("corpus",),
     headline=headline,
-    sources=user_dictionary,
+    sources=user_inputs,
 )
 
 

@@ -1,7 +1,7 @@
 """Checkpoints a researcher might bring, made with plain transformers and tokenizers (none of the
 lab's code builds them) and saved as `save_pretrained` saves them: a BERT and an ALBERT with the
-21,128-token Chinese BERT vocabulary, a ModernBERT with a small vocabulary of its own, and a hub
-cache laid out as the hub client lays it out."""
+21,128-token Chinese BERT vocabulary, a BERT and a ModernBERT with vocabularies of their own, and a
+hub cache laid out as the hub client lays it out."""
 
 from __future__ import annotations
 
@@ -36,6 +36,25 @@ def chinese_bert(folder: Path, *, head: bool = True, seed: int = 0) -> Path:
     config = BertConfig(vocab_size=len(tok), **SMALL)
     model = BertForMaskedLM(config) if head else BertModel(config)
     model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def bert_own_vocab(folder: Path, size: int = 3000, seed: int = 3) -> Path:
+    """A BERT whose vocabulary is its own: the special tokens, then bert-base-chinese's first
+    `size` CJK characters in reverse order (what CLUE's or a UER miniature's vocab.txt looks like to
+    the lab: Chinese WordPiece, ids nothing like the run's)."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    from lab.core import sources
+
+    torch.manual_seed(seed)
+    cjk = [t for t in sources.load("bert_vocab") if len(t) == 1 and "\u4e00" <= t <= "\u9fff"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "，", "。", *reversed(cjk[:size])]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    tok = BertTokenizer.from_pretrained(str(folder))
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), **SMALL)).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 

@@ -195,6 +195,32 @@ def test_the_dry_run_checks_every_model_a_parameter_names(outside, offline_hub, 
     assert "dry run: parameters valid" in ok.stdout and "budget" not in ok.stdout
 
 
+def test_a_tokenizer_folder_packs_under_its_name_and_a_bad_one_is_named(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from lab.core.wordpiece import encode
+
+    own = ck.bert_own_vocab(tmp_path / "my-teacher")
+    assert vocab.entry_name(str(own)) == "my-teacher" and vocab.entry_name("full") == "full"
+    assert vocab.folder_problem(str(own)) is None
+    tok = vocab.load(own)
+    texts = ["北京是中国的首都。", "今天天气很好，我们在上海。"]
+    for text, example in zip(texts, encode(texts, tok)):  # the packer's ids are the tokenizer's
+        assert example["input_ids"] == tok(text)["input_ids"]
+    assert "neither compact, full nor a folder" in vocab.folder_problem(str(tmp_path / "nosuch"))
+    (tmp_path / "empty").mkdir()
+    assert "holds no tokenizer" in vocab.folder_problem(str(tmp_path / "empty"))
+    bpe = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.BPE({"[UNK]": 0, "北": 1}, [], unk_token="[UNK]")),
+        unk_token="[UNK]", mask_token="[MASK]", cls_token="[CLS]", sep_token="[SEP]",
+    )  # fmt: skip
+    bpe.save_pretrained(tmp_path / "bpe")
+    assert "BPE tokenizer; the wwm stage packs WordPiece" in vocab.folder_problem(
+        str(tmp_path / "bpe")
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.notebook
 def test_outside_models_are_evaluated_distilled_from_and_longified_beside_the_runs(
@@ -239,3 +265,30 @@ def test_outside_models_are_evaluated_distilled_from_and_longified_beside_the_ru
     assert "uer-bert" in long_card
     index = (home / "reports" / "nb" / "index.html").read_text(encoding="utf-8")
     assert "this uer-bert beats this teacher" in index
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_a_teacher_with_a_vocabulary_of_its_own_gets_its_own_packed_data(smoke_run, tmp_path):
+    """The wwm stage packs for a tokenizer folder; students learn in the teacher's vocabulary."""
+    from conftest import lab
+
+    home = tmp_path / "home"
+    shutil.copytree(smoke_run[0], home)
+    own = ck.bert_own_vocab(tmp_path / "my-teacher")
+    dry = lab("run", "--profile", "smoke", "--run-id", "nb", "--dry-run",
+              "-p", f"distill.teacher={own}", "-p", "distill.vocab=my-teacher", home=home, check=False)  # fmt: skip
+    assert dry.returncode != 0 and "wwm.vocabs packs ['compact', 'full']" in dry.stdout + dry.stderr
+    lab("run", "--profile", "smoke", "--run-id", "nb", "--from", "wwm", "--to", "distill",
+        "-p", f"wwm.vocabs=[compact,full,{own}]", "-p", f"distill.teacher={own}",
+        "-p", "distill.vocab=my-teacher", home=home)  # fmt: skip
+    runs = home / "data" / "runs" / "nb"
+    wwm = json.loads((runs / "wwm" / "manifest.json").read_text())
+    assert wwm["outputs"]["vocab_my-teacher"] == "vocab/my-teacher"
+    assert wwm["metrics"]["train_tokens"]["my-teacher"] > 0
+    student = vocab.load(runs / "distill" / "models" / "one-stage-s1234")
+    assert vocab.mismatch(own, student) is None  # the teacher's tokens at the teacher's ids
+    card = (runs / "distill" / "models" / "one-stage-s1234" / "README.md").read_text(
+        encoding="utf-8"
+    )
+    assert "model folder `my-teacher`" in card and "my-teacher (3,007)" in card

@@ -18,6 +18,13 @@ from pathlib import Path
 from transformers import BertTokenizer
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BUILTIN = ("compact", "full")  # the run's own vocabularies; anything else is a tokenizer folder
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def make_tokenizer(tokens: list[str]) -> BertTokenizer:
@@ -49,6 +56,39 @@ def load(folder: Path) -> BertTokenizer:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def entry_name(entry: str) -> str:
+    """The name a vocabulary packs under: compact, full, or a tokenizer folder's own name."""
+    if entry in BUILTIN:
+        return entry
+    name = re.sub(r"[^\w.-]+", "-", Path(entry).expanduser().resolve().name).strip("-.")
+    return name or "tokenizer"
+
+
+def folder_problem(entry: str) -> str | None:
+    """Why a tokenizer folder cannot be packed for (None: it can). Whole-word masking gives each
+    token the word of its first character, which the fast path does for WordPiece vocabularies with
+    one token per Chinese character: what BERT-family Chinese checkpoints ship."""
+    folder = Path(entry).expanduser()
+    if not folder.is_dir():
+        return f"{entry!r} is neither compact, full nor a folder"
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return f"{entry!r} holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save it beside the model"
+    try:
+        tokenizer = load(folder)
+    except (OSError, ValueError) as err:
+        return f"{entry!r}: the tokenizer does not load ({err})"
+    if type(tokenizer.backend_tokenizer.model).__name__ != "WordPiece":
+        return (f"{entry!r} has a {type(tokenizer.backend_tokenizer.model).__name__} tokenizer; "
+                "the wwm stage packs WordPiece (BERT-style) vocabularies")  # fmt: skip
+    if (
+        tokenizer.mask_token_id is None
+        or tokenizer.cls_token_id is None
+        or tokenizer.sep_token_id is None
+    ):
+        return f"{entry!r}'s tokenizer has no [MASK], [CLS] or [SEP]; set them and save it again"
+    return None
 
 
 def mismatch(folder: Path, tokenizer) -> str | None:
