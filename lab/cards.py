@@ -131,7 +131,7 @@ def student(cfg, name: str, model, row: dict, summary: dict, init: str, teacher:
     )  # fmt: skip
     body = f"""
 {c.num_hidden_layers} layers x {c.hidden_size} hidden, {c.num_attention_heads} heads, {init};
-{row["params"]:,} parameters ({row["non_embedding"]:,} non-embedding).
+{row["params"]:,} parameters ({row["non_embedding"]:,} non-embedding); vocabulary {cfg.vocab} ({c.vocab_size:,} tokens).
 Distilled from {source} with {cfg.mode} teacher outputs (top-{cfg.topk}), temperature {cfg.temperature}{t2},
 loss weights KD {cfg.kd_weight}, MLM {cfg.mlm_weight}, hidden {cfg.hidden_weight}, attention {cfg.attention_weight}, top-k {cfg.topk_weight};
 {summary["steps"]:,} steps, {summary["tokens"]:,} tokens, {summary["seconds"] / 60:.1f} min.

@@ -291,4 +291,4 @@ def test_a_teacher_with_a_vocabulary_of_its_own_gets_its_own_packed_data(smoke_r
     card = (runs / "distill" / "models" / "one-stage-s1234" / "README.md").read_text(
         encoding="utf-8"
     )
-    assert "model folder `my-teacher`" in card and "my-teacher (3,007)" in card
+    assert "model folder `my-teacher`" in card and "vocabulary my-teacher (3,007 tokens)" in card

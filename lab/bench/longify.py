@@ -29,12 +29,15 @@ def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
     from lab.core.mlm import MaskedLM
 
     torch.manual_seed(0)
+    positions = max(4096, length)  # the table tiled out as far as this step reads
     bert = models.build("Mini", 21128, seed=0, dropout=0.0)
-    model = convert(bert, max_positions=4096, attention_window=window)
+    model = convert(bert, max_positions=positions, attention_window=window)
     if kind == "longformer":  # as the lab trains it
         block_attention(model)
-    elif kind.startswith("bert"):  # the same BERT, positions tiled out to 4,096, full attention
-        model = _full_attention_twin(bert, model, "eager" if kind == "bert-eager" else "sdpa")
+    elif kind.startswith("bert"):  # the same BERT, positions tiled out as far, full attention
+        model = _full_attention_twin(
+            bert, model, "eager" if kind == "bert-eager" else "sdpa", positions
+        )
     module = MaskedLM(model)
 
     def step(n: int) -> float:
@@ -63,13 +66,13 @@ def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
     queue.put((seconds, peak / 1024, (peak - before) / 1024, gflop))
 
 
-def _full_attention_twin(bert, long, attn: str):
-    """BertForMaskedLM with 4,096 positions (the Longformer's tiled table) and full attention,
-    through SDPA (fused kernel, no stored attention maps) or eager (the maps materialised)."""
+def _full_attention_twin(bert, long, attn: str, positions: int):
+    """BertForMaskedLM with the Longformer's tiled position table and full attention, through SDPA
+    (fused kernel, no stored attention maps) or eager (the maps materialised)."""
     from transformers import BertForMaskedLM
 
     cfg = bert.config.__class__.from_dict(
-        {**bert.config.to_dict(), "max_position_embeddings": 4096}
+        {**bert.config.to_dict(), "max_position_embeddings": positions}
     )
     cfg._attn_implementation = attn
     twin = BertForMaskedLM(cfg)
