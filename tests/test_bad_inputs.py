@@ -49,7 +49,7 @@ def test_every_parameter_with_a_wrong_type_is_refused_by_name(stage, name):
         ("distill", {"kd_weight": 0.0, "mlm_weight": 0.0}, "every loss weight is 0"),
         ("longify", {"attention_window": 255}, "must be even"),
         ("longify", {"seq_len": 8192}, "exceeds longify.max_positions"),
-        ("wwm", {"vocabs": ["huge"]}, "choose from compact, full"),
+        ("wwm", {"vocabs": ["huge"]}, "neither compact, full nor a folder"),
         ("evaluate", {"tasks": ["squad"]}, "unknown \\['squad'\\]"),
         ("evaluate", {"lrs": []}, "at least one learning rate"),
     ],
