@@ -3,13 +3,17 @@ against the same BERT with full attention, and the FLOPs of each."""
 
 from __future__ import annotations
 
+import queue
 import time
 
 import numpy as np
 
 from lab.bench import rounds
 
-WINDOW = 256  # the cpu profile's sliding window
+WINDOW = 256  # the sliding window (tokens, both sides together) of the arms
+COUNTED = (
+    4096  # longest step whose FLOPs are counted directly; longer ones from the counts at 2K and 4K
+)
 
 
 def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
@@ -60,9 +64,19 @@ def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds = step(length)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        step(length)
-    gflop = counter.get_total_flops() / 1e9
+
+    def counted(n: int) -> float:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            step(n)
+        return counter.get_total_flops() / 1e9
+
+    if length <= COUNTED or not kind.startswith("bert"):
+        gflop = counted(length)
+    else:  # full attention's maps would outgrow the machine: its FLOPs are a*n + b*n^2
+        half, full = counted(COUNTED // 2), counted(COUNTED)
+        n0 = COUNTED // 2
+        b = (full - 2 * half) / (2 * n0 * n0)
+        gflop = (half - b * n0 * n0) / n0 * length + b * length * length
     queue.put((seconds, peak / 1024, (peak - before) / 1024, gflop))
 
 
@@ -93,7 +107,16 @@ def _measure(kind: str, length: int, window: int) -> tuple[float, float, float]:
     q = ctx.Queue()
     p = ctx.Process(target=_fwd_bwd_child, args=(kind, length, window, q))
     p.start()
-    seconds, _, grew_mb, gflop = q.get()
+    while True:  # a child the kernel kills for memory sends nothing: say so instead of waiting
+        try:
+            seconds, _, grew_mb, gflop = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(
+                    f"bench longify: the {kind} step at {length:,} tokens died (exit code {p.exitcode}; "
+                    "killed for memory?): run with fewer tokens or on a machine with more memory"
+                ) from None
     p.join()
     return seconds, grew_mb, gflop
 

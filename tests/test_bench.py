@@ -1,0 +1,30 @@
+"""The benches' own arithmetic: what they print must be what they measured."""
+
+import queue
+
+import pytest
+
+from lab.bench import longify
+
+
+@pytest.mark.slow
+def test_longify_flops_past_the_counted_length_follow_the_counter(monkeypatch):
+    """Above 4,096 tokens the bench extrapolates full attention's a*n + b*n^2 from counts at 2K and
+    4K; checked one octave down (counts at 1,024 and 2,048, extrapolated to 4,096) against torch's
+    counter. The Longformer is always counted directly."""
+
+    def gflop(kind: str, length: int) -> float:
+        q = queue.Queue()
+        longify._fwd_bwd_child(kind, length, 256, q)
+        return q.get()[3]
+
+    direct = {kind: gflop(kind, 4096) for kind in ("bert", "longformer")}
+    monkeypatch.setattr(longify, "COUNTED", 2048)
+    assert gflop("bert", 4096) == pytest.approx(direct["bert"], rel=0.02)  # masked counts differ
+    assert gflop("longformer", 4096) == pytest.approx(direct["longformer"], rel=1e-9)  # counted
+
+
+@pytest.mark.slow
+def test_a_bench_child_that_dies_is_named_not_waited_for():
+    with pytest.raises(RuntimeError, match="the bert step at -1 tokens died"):
+        longify._measure("bert", -1, 256)
