@@ -151,12 +151,14 @@ def wwm(cfg, context: dict) -> Lines:
     kept = 1 - cfg.mask_replace_prob - cfg.random_replace_prob
     return {
         "segmenter": f"{cfg.segmenter}{' + user dictionary' if cfg.user_dict else ''}",
-        "vocabularies": ", ".join(cfg.vocabs),
+        "vocabularies": ", ".join(
+            v if v in vocab.BUILTIN else f"{vocab.entry_name(v)} ({v})" for v in cfg.vocabs
+        ),
         "packed lengths": ", ".join(map(str, cfg.seq_lengths)),
         "masking": f"{cfg.mlm_probability:.0%} of tokens, {cfg.mask_replace_prob:.0%}/"
         f"{cfg.random_replace_prob:.0%}/{kept:.0%} per word",
-        "expected compute": "about 1.6 M characters/s with 2 processes, two vocabularies (measured on 2 "
-        "cores: 100 M characters in 62 s)",
+        "expected compute": "about 1.6 M characters/s with 2 processes and two vocabularies (measured on 2 "
+        f"cores: 100 M characters in 62 s); this plan packs {len(cfg.vocabs)}",
     }
 
 
@@ -215,7 +217,8 @@ def distill_(cfg, context: dict) -> Lines:
     weights = [
         f"{k} {getattr(cfg, k + '_weight')}" for k in kd.LOSSES if getattr(cfg, k + "_weight")
     ]
-    out: Lines = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}"}
+    out: Lines = {"losses": ", ".join(weights), "teacher outputs": f"{cfg.mode}, top-{cfg.topk}",
+                  "vocabulary": cfg.vocab}  # fmt: skip
     packs = [vocab.entry_name(e) for e in context["params"]["wwm"]["vocabs"]]
     if cfg.vocab not in packs:
         _refuse(out, f"distill.vocab = {cfg.vocab!r}, but wwm.vocabs packs {packs}: a teacher with a "
