@@ -171,7 +171,7 @@ def run(cfg: DistillConfig) -> dict:
     packed_vocabs = lineup.packed_vocabs(corpus_m, wwm_m)
     if cfg.vocab not in packed_vocabs:
         raise DistillError(f"distill.vocab = {cfg.vocab!r}, but the wwm stage packed {list(packed_vocabs)}: "
-                           "a teacher with a vocabulary of its own needs its folder in wwm.vocabs")  # fmt: skip
+                           f"{vocab.packing_fix(cfg.vocab)}")  # fmt: skip
     tokenizer = vocab.load(packed_vocabs[cfg.vocab])
     source = teacher_source(cfg)
     teacher = load_teacher(cfg, source)

@@ -221,8 +221,10 @@ def distill_(cfg, context: dict) -> Lines:
                   "vocabulary": cfg.vocab}  # fmt: skip
     packs = [vocab.entry_name(e) for e in context["params"]["wwm"]["vocabs"]]
     if cfg.vocab not in packs:
-        _refuse(out, f"distill.vocab = {cfg.vocab!r}, but wwm.vocabs packs {packs}: a teacher with a "
-                     "vocabulary of its own needs its folder in wwm.vocabs")  # fmt: skip
+        _refuse(
+            out,
+            f"distill.vocab = {cfg.vocab!r}, but wwm.vocabs packs {packs}: {vocab.packing_fix(cfg.vocab)}",
+        )
     try:
         teacher, positions = model_size(cfg.teacher, "distill.teacher", context)
     except LabError as err:  # no teacher yet, and none in this plan

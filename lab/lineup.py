@@ -129,9 +129,10 @@ def problems(specs: list[str], found: dict | None = None) -> list[str]:
 
 def packed_vocabs(corpus_m: dict, wwm_m: dict) -> dict[str, Path]:
     """The vocabularies the wwm stage packed, by name: their tokenizer folders."""
+    saved = iter(k.removeprefix("vocab_") for k in wwm_m["outputs"] if k.startswith("vocab_"))
     folders = {}
-    for entry in wwm_m["params"]["vocabs"]:
-        name = vocab.entry_name(entry)
+    for entry in wwm_m["params"]["vocabs"]:  # a folder's name as the stage gave it, not recomputed
+        name = entry if entry in vocab.BUILTIN else next(saved)
         home = corpus_m["dir"] if entry in vocab.BUILTIN else wwm_m["dir"]
         folders[name] = Path(home) / "vocab" / name
     return folders

@@ -209,6 +209,8 @@ def test_a_tokenizer_folder_packs_under_its_name_and_a_bad_one_is_named(tmp_path
     for text, example in zip(texts, encode(texts, tok)):  # the packer's ids are the tokenizer's
         assert example["input_ids"] == tok(text)["input_ids"]
     assert "neither compact, full nor a folder" in vocab.folder_problem(str(tmp_path / "nosuch"))
+    shutil.copytree(own, tmp_path / "full")
+    assert "name of the run's own vocabulary" in vocab.folder_problem(str(tmp_path / "full"))
     (tmp_path / "empty").mkdir()
     assert "holds no tokenizer" in vocab.folder_problem(str(tmp_path / "empty"))
     bpe = PreTrainedTokenizerFast(

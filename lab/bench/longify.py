@@ -1,9 +1,10 @@
-"""bench longify: time and memory of one training step at 512 to 4,096 tokens, the converted Longformer
-against the same BERT with full attention, and the FLOPs of each."""
+"""bench longify: time and memory of one training step at 512 to 16,384 tokens, the converted
+Longformer against the same BERT with full attention, and the FLOPs of each."""
 
 from __future__ import annotations
 
 import queue
+import signal
 import time
 
 import numpy as np
@@ -19,8 +20,9 @@ COUNTED = (
 def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:
     """In a fresh process: one training step as the longify stage takes it (masked-LM loss at 15% of
     the positions, bf16 autocast, forward + backward) at `length`; (seconds, peak MB, growth MB,
-    GFLOP). The arithmetic is counted in a second step through SDPA's math backend, which torch's
-    FLOP counter sees (its fused CPU kernel it does not)."""
+    GFLOP). The arithmetic is counted in further steps through SDPA's math backend, which torch's
+    FLOP counter sees (its fused CPU kernel it does not): at `length`, or for full attention past
+    `COUNTED` tokens at 2K and 4K, extrapolated."""
     import resource
 
     import torch
@@ -112,11 +114,18 @@ def _measure(kind: str, length: int, window: int) -> tuple[float, float, float]:
             seconds, _, grew_mb, gflop = q.get(timeout=5)
             break
         except queue.Empty:
-            if not p.is_alive():
+            if p.is_alive():
+                continue
+            try:  # it may have sent its result just before it exited
+                seconds, _, grew_mb, gflop = q.get(timeout=1)
+                break
+            except queue.Empty:
+                killed = p.exitcode == -signal.SIGKILL
                 raise RuntimeError(
-                    f"bench longify: the {kind} step at {length:,} tokens died (exit code {p.exitcode}; "
-                    "killed for memory?): run with fewer tokens or on a machine with more memory"
-                ) from None
+                    f"bench longify: the {kind} step at {length:,} tokens died (exit code {p.exitcode}"
+                    + ("; killed, most likely for memory: run fewer tokens or on a larger machine)"
+                       if killed else "; its traceback is above)")
+                ) from None  # fmt: skip
     p.join()
     return seconds, grew_mb, gflop
 

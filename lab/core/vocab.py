@@ -10,6 +10,7 @@ the corpus never uses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -62,8 +63,17 @@ def entry_name(entry: str) -> str:
     """The name a vocabulary packs under: compact, full, or a tokenizer folder's own name."""
     if entry in BUILTIN:
         return entry
-    name = re.sub(r"[^\w.-]+", "-", Path(entry).expanduser().resolve().name).strip("-.")
+    name = re.sub(r"[^\w.-]+", "-", Path(os.path.abspath(Path(entry).expanduser())).name).strip(
+        "-."
+    )
     return name or "tokenizer"
+
+
+def packing_fix(name: str) -> str:
+    """What to add to wwm.vocabs so that a vocabulary named `name` is packed."""
+    if name in BUILTIN:
+        return f"add {name} to wwm.vocabs"
+    return "a teacher with a vocabulary of its own needs its folder in wwm.vocabs"
 
 
 def folder_problem(entry: str) -> str | None:
@@ -75,19 +85,22 @@ def folder_problem(entry: str) -> str | None:
         return f"{entry!r} is neither compact, full nor a folder"
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return f"{entry!r} holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save it beside the model"
+    if entry_name(entry) in BUILTIN:
+        return f"{entry!r} would pack under the name of the run's own vocabulary; rename the folder"
     try:
         tokenizer = load(folder)
-    except (OSError, ValueError) as err:
-        return f"{entry!r}: the tokenizer does not load ({err})"
-    if type(tokenizer.backend_tokenizer.model).__name__ != "WordPiece":
-        return (f"{entry!r} has a {type(tokenizer.backend_tokenizer.model).__name__} tokenizer; "
-                "the wwm stage packs WordPiece (BERT-style) vocabularies")  # fmt: skip
-    if (
-        tokenizer.mask_token_id is None
-        or tokenizer.cls_token_id is None
-        or tokenizer.sep_token_id is None
-    ):
-        return f"{entry!r}'s tokenizer has no [MASK], [CLS] or [SEP]; set them and save it again"
+        kind = type(tokenizer.backend_tokenizer.model).__name__
+    except (OSError, ValueError, AttributeError) as err:
+        return f"{entry!r}: no fast tokenizer loads from it ({err})"
+    if kind != "WordPiece":
+        return f"{entry!r} has a {kind} tokenizer; the wwm stage packs WordPiece (BERT-style) vocabularies"
+    specials = ("mask", "cls", "sep", "pad", "unk")
+    if missing := [t for t in specials if getattr(tokenizer, f"{t}_token_id") is None]:
+        return (
+            f"{entry!r}'s tokenizer has no {', '.join(missing)} token; set them and save it again"
+        )
+    if len(tokenizer("中国", add_special_tokens=False)["input_ids"]) != 2:
+        return f"{entry!r}'s tokenizer does not give one token per Chinese character"
     return None
 
 
