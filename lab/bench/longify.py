@@ -12,9 +12,8 @@ import numpy as np
 from lab.bench import rounds
 
 WINDOW = 256  # the sliding window (tokens, both sides together) of the arms
-COUNTED = (
-    4096  # longest step whose FLOPs are counted directly; longer ones from the counts at 2K and 4K
-)
+# full attention's FLOPs are counted up to this length; past it, from the counts at 2K and 4K
+COUNTED = 4096
 
 
 def _fwd_bwd_child(kind: str, length: int, window: int, queue) -> None:

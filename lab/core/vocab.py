@@ -63,10 +63,8 @@ def entry_name(entry: str) -> str:
     """The name a vocabulary packs under: compact, full, or a tokenizer folder's own name."""
     if entry in BUILTIN:
         return entry
-    name = re.sub(r"[^\w.-]+", "-", Path(os.path.abspath(Path(entry).expanduser())).name).strip(
-        "-."
-    )
-    return name or "tokenizer"
+    folder = os.path.basename(os.path.abspath(os.path.expanduser(entry)))
+    return re.sub(r"[^\w.-]+", "-", folder).strip("-.") or "tokenizer"
 
 
 def packing_fix(name: str) -> str:
