@@ -331,7 +331,17 @@ def evaluate(cfg, context: dict) -> Lines:
         if curves
         else "none",
         "speed": f"{cfg.speed_repeats} rounds, every model timed in each",
+        "long-document task": _long_document_task(cfg),
     }
+
+
+def _long_document_task(cfg) -> str:
+    if not cfg.longdoc:
+        return "off"
+    if cfg.longdoc_method == "probe":
+        return f"a linear token probe on the frozen teacher (512 tokens) and Longformer, {cfg.seeds} probe seeds"
+    return (f"teacher (512 tokens) and Longformer fine-tuned on whole documents, {cfg.longdoc_epochs:g} epochs, "
+            f"batch {cfg.longdoc_batch}")  # fmt: skip
 
 
 def _refuse(out: Lines, reason: str) -> None:

@@ -17,15 +17,16 @@ from datasets import load_from_disk
 from transformers import AutoConfig
 
 from lab import contract, lineup, runs
-from lab.core import charlm, longtask, mlm, models, modelsource, names, protocol, tasks, vocab
+from lab.core import charlm, mlm, models, modelsource, names, protocol, tasks, vocab
 from lab.core.files import digest_path, write_json
 from lab.core.metrics import fill_mask, mlm_metrics, speeds, spread
 from lab.core.progress import echo
-from lab.core.stats import FAILS, HOLDS, OPEN, Arm, Outcomes, above_chance, compare
+from lab.core.stats import FAILS, HOLDS, OPEN, Arm, above_chance, compare
 from lab.findings import OUTCOMES, arm, claim, findings, named
 from lab.findings import relative as rel_scores
 from lab.groups import segmenter_of
 from lab.lineup import models_of_run
+from lab.longdoc import METHODS, long_document_task
 from lab.params import ConfigError, StageConfig, param
 
 CURVES = "curves.json"  # in the evaluate stage's folder: the data-efficiency curves' outcomes
@@ -79,7 +80,11 @@ class EvaluateConfig(StageConfig):
     )
     curve_tasks: list[str] = param("tasks of the data-efficiency curves (classification tasks)")
     longdoc: bool = param(
-        "fine-tune the Longformer and its BERT on the long-document task (a needle past 512?)"
+        "the Longformer against its BERT on the long-document task (a needle past 512?)"
+    )
+    longdoc_method: str = param(
+        "long-document task: finetune (whole models) or probe (a linear token probe on the frozen encoders)",
+        choices=METHODS,
     )
     longdoc_batch: int = param("long-document task: documents per batch", min=1)
     longdoc_epochs: float = param("long-document task: fine-tuning epochs", min=0.0)
@@ -246,58 +251,6 @@ def run(cfg: EvaluateConfig) -> dict:
     return stage.finish(
         {"results": "results.json", "outcomes": OUTCOMES, "curves": CURVES}, metrics
     )
-
-
-def long_document_task(
-    cfg: EvaluateConfig, wanted: dict, tokenizers: dict, corpus_m: dict, work: Path
-) -> dict:
-    """The Longformer (whole documents) and its BERT (their first 512 tokens) fine-tuned on the
-    long-document task by the same protocol; accuracy by where the needle lies; the finding for the
-    documents whose needle lies past BERT's reach."""
-    if not {names.TEACHER, names.LONGFORMER} <= set(wanted):
-        return {"skipped": "the long-document task needs this run's teacher and Longformer"}
-    dd = load_from_disk(str(corpus_m["dir"] / "tasks" / "longdoc"))
-    length = corpus_m["params"]["longdoc_chars"] + 2
-    reach = AutoConfig.from_pretrained(str(wanted[names.TEACHER]["dir"])).max_position_embeddings
-    models_ = {m: wanted[m]["dir"] for m in (names.TEACHER, names.LONGFORMER)}
-    p = protocol.Protocol(
-        lrs=tuple(cfg.lrs), epochs=cfg.longdoc_epochs, seeds=cfg.seeds, student_seeds=cfg.student_seeds,
-        batch_size=cfg.longdoc_batch, seq_len=length, train_examples=len(dd["train"]),
-        eval_examples=len(dd["test"]), bf16=cfg.bf16, seed=cfg.seed,
-    )  # fmt: skip
-    done = protocol.run_all(models_, {"longdoc": dd}, p, work / "longdoc", tokenizers, workers=cfg.workers,
-                            limits={names.TEACHER: reach}, progress=echo)  # fmt: skip
-    rows = tasks.sample(tasks.TASKS["longdoc"], dd["test"], len(dd["test"]))  # the order scored
-    tok = tokenizers[names.LONGFORMER]
-    where = [
-        len(tok(r["text"][: r["needle_at"]], add_special_tokens=False, verbose=False)["input_ids"])
-        for r in rows
-    ]
-    width = 256
-    past = [i for i, w in enumerate(where) if w >= reach - 2]  # wholly after what BERT reads
-    by_bin: dict = {}
-    for m in models_:
-        seeds = done["outcomes"][m]["longdoc"]
-        for b in sorted(set(longtask.bins(where, width, length))):
-            idx = [i for i, x in enumerate(longtask.bins(where, width, length)) if x == b]
-            unit = Arm(m, [{"longdoc": Outcomes.of("accuracy", [[s[i] for i in idx]])} for s in seeds],
-                       level="fine-tuning run")  # fmt: skip
-            r = above_chance(unit, {})
-            by_bin.setdefault(m, []).append({"from": b * width, "to": (b + 1) * width, "examples": len(idx),
-                                             "accuracy": r["difference"], "ci95": r["ci95"]})  # fmt: skip
-    out = {"results": done["results"], "chance": done["chance"]["longdoc"], "by_position": by_bin,
-           "reach": reach, "length": length, "past_reach": len(past), "examples": len(rows)}  # fmt: skip
-    text = f"the Longformer beats BERT on the long-document task when the needle lies past {reach} tokens"
-    if not past:
-        out["finding"] = {"claim": text, "verdict": OPEN, "difference": None, "ci95": None,
-                          "reason": f"no test document has its needle past {reach} tokens"}  # fmt: skip
-        return out
-    a, b = (Arm(m, [{"longdoc": Outcomes.of("accuracy", [[s[i] for i in past]])}
-                    for s in done["outcomes"][m]["longdoc"]], level="fine-tuning run")
-            for m in (names.LONGFORMER, names.TEACHER))  # fmt: skip
-    out["finding"] = claim(text, text, a, b, compare(a, b), recipe_runs=False,
-                           fixed=["one conversion and continued pretraining", f"{len(past)} documents past {reach}"])  # fmt: skip
-    return out
 
 
 def curve_findings(curves: dict, outcomes: dict, curve_models: list[str], full: int) -> dict:

@@ -20,6 +20,8 @@ from lab.core.tasks import TASKS
 OUTCOMES = (
     "outcomes.json"  # in the evaluate stage's folder: per model and task, each seed's outcomes
 )
+# units that are one seed's run each, and the variation their spread is
+ONE_SEED = {"fine-tuning run": "fine-tuning seeds", "probe run": "probe seeds"}
 MIN_RUNS = 3  # independently trained runs per arm before a claim speaks for a recipe
 RETENTION = (
     0.85  # MiniRBT's relative-score table: its small students keep about 85-90% (above chance)
@@ -71,13 +73,11 @@ def scope(a: Arm, b: Arm, result: dict, fixed: list[str]) -> dict:
     for side, x in (("a", a), ("b", b)):
         seeds = x.seeds() if x.units else 0
         sides[side] = (f"{len(x.units)} {x.level}{'s' * (len(x.units) != 1)}"
-                       + (f" x {seeds} fine-tuning seed{'s' * (seeds != 1)}" if x.level != "fine-tuning run"
+                       + (f" x {seeds} fine-tuning seed{'s' * (seeds != 1)}" if x.level not in ONE_SEED
                           and not x.deterministic else ""))  # fmt: skip
-    covers = ["test examples"]
     levels = {x.level for x in (a, b) if not x.deterministic}
-    if levels:
-        covers.append("fine-tuning seeds")
-    covers += sorted(f"{lv}s" for lv in levels if lv != "fine-tuning run")
+    covers = ["test examples", *sorted({ONE_SEED.get(lv, "fine-tuning seeds") for lv in levels})]
+    covers += sorted(f"{lv}s" for lv in levels if lv not in ONE_SEED)
     return {"a": sides["a"], "b": sides["b"], "examples": result.get("examples", {}), "covers": covers,
             "fixed": fixed}  # fmt: skip
 

@@ -306,6 +306,38 @@ def test_smoke_evaluate_manifest(smoke_run):
     assert found["units"] == {"a": 2, "b": 2} and found["examples"]["sentiment"] == 48
     assert found["speaks_for"] == "networks"  # one pretraining run: worded for this teacher
     assert m["models"]["teacher"]["latency_ms_b1"] > 0
+    ld = m["longdoc"]  # the cpu profile's way: the probe on the frozen encoders
+    assert ld["method"] == "probe" and ld["examples"] == 24 and ld["length"] == 1002
+    for reader in ("teacher", "longformer"):
+        assert ld["results"][reader]["longdoc"]["examples"] == 24
+        assert sum(b["examples"] for b in ld["by_position"][reader]) == 24
+    assert ld["finding"]["claim"].endswith("(frozen encoders, a linear token probe)")
+    assert ld["finding"]["scope"]["a"] == "2 probe runs"
+
+
+@pytest.mark.slow
+def test_the_long_document_task_fine_tuned_as_the_gpu_profile_runs_it(smoke_run, tmp_path):
+    """`evaluate.longdoc_method = finetune` on the smoke run's teacher and Longformer: both readers
+    fine-tuned (BERT on its first 512 tokens), scored by needle position, the finding past 512."""
+    from lab import config
+    from lab.core import names, vocab
+    from lab.longdoc import long_document_task
+
+    home = smoke_run[0]
+    cfg = config.load(
+        "evaluate", run_id="nb", profile="smoke", overrides={"longdoc_method": "finetune"}
+    )
+    folders = {names.TEACHER: ("pretrain", "model"), names.LONGFORMER: ("longify", "model")}
+    run_dir = home / "data" / "runs" / "nb"
+    wanted = {m: {"dir": run_dir / s / f} for m, (s, f) in folders.items()}
+    corpus_m = manifest(home, "corpus") | {"dir": run_dir / "corpus"}
+    tokenizers = {m: vocab.load(w["dir"]) for m, w in wanted.items()}
+    out = long_document_task(cfg, wanted, tokenizers, corpus_m, tmp_path)
+    assert out["method"] == "finetune" and out["reach"] == 512
+    for reader in ("teacher", "longformer"):
+        assert len(out["results"][reader]["longdoc"]["runs"]) == cfg.seeds
+    assert not out["finding"]["claim"].endswith("probe)")
+    assert out["finding"]["scope"]["a"] == f"{cfg.seeds} fine-tuning runs"
 
 
 @pytest.mark.notebook

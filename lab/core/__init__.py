@@ -4,6 +4,6 @@ text, sources, documents, taskdata   Chinese text, the offline sources, user tex
 vocab, segment, wordpiece, masking   vocabularies, jieba, tokens with word ids, whole-word masking
 models, attention, longformer, mlm   presets, attention kernels, BERT -> Longformer, MLM pieces
 train, kd, kdcache, tasks            the training loop, distillation, the teacher cache, fine-tuning
-metrics, longdocs                    one definition of each measurement; long-document tools
+metrics, longdocs, longprobe         one definition of each measurement; long-document tools
 files, progress, errors              atomic files and hashes, progress bars, the user-facing error
 """

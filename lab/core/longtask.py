@@ -17,13 +17,13 @@ from datasets import Dataset, DatasetDict, Features, Value
 from lab.core.text import assign_split
 
 FEATURES = Features({"text": Value("string"), "label": Value("int64"), "needle_at": Value("int64"),
-                     "source": Value("string")})  # fmt: skip
+                     "needle_chars": Value("int64"), "source": Value("string")})  # fmt: skip
 
 
 def build(longdocs: DatasetDict, thucnews: DatasetDict, *, chars: int, n_train: int, n_eval: int,
           seed: int) -> DatasetDict:  # fmt: skip
     """Documents of about `chars` characters: `n_train` for training, `n_eval` each for valid and
-    test. `needle_at` is the headline's first character in the document."""
+    test. `needle_at` is the headline's first character in the document, `needle_chars` its length."""
     chapters = {"train": [], "valid": [], "test": []}
     for split in longdocs:
         for r in longdocs[split]:
@@ -53,7 +53,7 @@ def build(longdocs: DatasetDict, thucnews: DatasetDict, *, chars: int, n_train: 
             body = chapter["text"][start : start + body_len].replace("\n", "")
             at = _boundary(body, int(rng.integers(0, len(body) + 1)))
             rows.append({"text": body[:at] + needle["text"] + body[at:], "label": needle["label"], "needle_at": at,
-                         "source": chapter["title"]})  # fmt: skip
+                         "needle_chars": len(needle["text"]), "source": chapter["title"]})  # fmt: skip
         out[split] = Dataset.from_dict(
             {k: [r[k] for r in rows] for k in FEATURES}, features=FEATURES
         )
