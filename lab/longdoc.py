@@ -61,17 +61,24 @@ def long_document_task(cfg, wanted: dict, tokenizers: dict, corpus_m: dict, work
     out = {"method": cfg.longdoc_method, "results": got["results"], "chance": got["chance"],
            "by_position": by_bin, "reach": reach, "length": length, "past_reach": len(past),
            "examples": len(test)}  # fmt: skip
-    text = f"the Longformer beats BERT on the long-document task when the needle lies past {reach} tokens"
-    if cfg.longdoc_method == "probe":
-        text += " (frozen encoders, a linear token probe)"
+    text = (
+        f"the frozen Longformer's token states carry the needle's topic past {reach} tokens, where its BERT "
+        "reads nothing (a linear token probe)"
+        if cfg.longdoc_method == "probe"
+        else f"the Longformer beats BERT on the long-document task when the needle lies past {reach} tokens"
+    )
     if not past:
         out["finding"] = {"claim": text, "verdict": OPEN, "difference": None, "ci95": None,
                           "reason": f"no test document has its needle past {reach} tokens"}  # fmt: skip
         return out
     a, b = (_arm(m, got["outcomes"][m], past, level) for m in (names.LONGFORMER, names.TEACHER))
-    fixed = ["one conversion and continued pretraining", f"{len(past)} documents past {reach}"]
+    chapters = len(
+        {test[i]["source"] for i in past}
+    )  # a bootstrap over documents treats them as independent
+    fixed = [f"the pretraining run (1: {names.TEACHER})", "one conversion and continued pretraining",
+             f"{len(past)} documents past {reach}, their haystacks cut from {chapters} held-out chapters"]  # fmt: skip
     if cfg.longdoc_method == "probe":
-        fixed.append("the training tokens the probes learn from")
+        fixed.append("the training documents (each probe draws its own background tokens)")
     out["finding"] = claim(text, text, a, b, compare(a, b), recipe_runs=False, fixed=fixed)
     return out
 

@@ -311,7 +311,7 @@ def test_smoke_evaluate_manifest(smoke_run):
     for reader in ("teacher", "longformer"):
         assert ld["results"][reader]["longdoc"]["examples"] == 24
         assert sum(b["examples"] for b in ld["by_position"][reader]) == 24
-    assert ld["finding"]["claim"].endswith("(frozen encoders, a linear token probe)")
+    assert ld["finding"]["claim"].endswith("(a linear token probe)")
     assert ld["finding"]["scope"]["a"] == "2 probe runs"
 
 

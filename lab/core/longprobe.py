@@ -9,12 +9,15 @@ topic of the headline it belongs to, or with "none". The tagger learns on the tr
 where the task's builder knows the headline's tokens; on a test document it reads every token the
 encoder produced and answers the topic it finds most probable at any one token.
 
-What this measures: whether the states an encoder computes at the needle carry its topic, and
-whether a linear reader can pick the needle out of the haystack by them. BERT reads the first 512
-tokens, so past them it can only guess; the Longformer's states past 512 come from position
-embeddings only its continued pretraining trained, and whether they still carry the topic there is
-what accuracy by needle position shows. What it does not measure: a model fine-tuned to find the
-needle (`evaluate.longdoc_method = finetune`, as the smoke and gpu profiles run it).
+What this measures: whether the frozen states an encoder computes at the needle carry its topic,
+for a linear reader that also has to pick the needle out of the haystack. The reader does the
+searching (its maximum over tokens), so the encoder need not carry anything across the document;
+[CLS] and [SEP] never vote (the Longformer's [CLS] attends to every token). BERT reads the first
+512 tokens, so past them it can only guess; the Longformer's positions past 512 start as copies of
+BERT's 512 rows, tiled, and only its continued pretraining (100 steps at 2,048 tokens on `cpu`) has
+trained them since: whether its states there still carry the topic is what accuracy by needle
+position shows. What it does not measure: a model fine-tuned to find the needle
+(`evaluate.longdoc_method = finetune`, as the gpu profile runs it).
 """
 
 from __future__ import annotations
@@ -84,20 +87,30 @@ def encode(encoder, docs: list[Document], *, pad_id: int, batch: int, bf16: bool
         yield part, F.layer_norm(h.float(), h.shape[-1:]).cpu(), mask
 
 
-def training_tokens(batches, *, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """From each training document: every needle token it shows (labelled with its topic) and
-    `BACKGROUND_PER_DOC` other tokens, neither special nor padding (labelled `classes`, "none")."""
+def training_tokens(
+    batches, *, classes: int, draws: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each of `draws` probes, its training tokens: from each training document every needle
+    token it shows (labelled with its topic) and `BACKGROUND_PER_DOC` other tokens drawn for that
+    probe, neither special nor padding nor needle (labelled `classes`, "none"). Only these copies
+    outlive the batch (a slice would keep the whole batch's states alive)."""
     rng = np.random.default_rng(seed)
-    xs, ys = [], []
+    needles, labels, background = [], [], [[] for _ in range(draws)]
     for part, h, mask in batches:
         for j, d in enumerate(part):
             a, b = d.needle
-            n = int(mask[j].sum())
-            others = np.setdiff1d(np.arange(1, n - 1), np.arange(a, b))
-            pick = rng.choice(others, size=min(BACKGROUND_PER_DOC, len(others)), replace=False)
-            xs += [h[j, a:b], h[j, torch.as_tensor(pick)]]
-            ys += [torch.full((b - a,), d.label), torch.full((len(pick),), classes)]
-    return torch.cat(xs), torch.cat(ys)
+            others = np.setdiff1d(np.arange(1, int(mask[j].sum()) - 1), np.arange(a, b))
+            needles.append(h[j, a:b].clone())
+            labels.append(torch.full((b - a,), d.label))
+            for k in range(draws):
+                pick = rng.choice(others, size=min(BACKGROUND_PER_DOC, len(others)), replace=False)
+                background[k].append(h[j, torch.as_tensor(pick)])  # indexing by a tensor copies
+    x, y = torch.cat(needles), torch.cat(labels)
+    out = []
+    for drawn in background:
+        none = torch.cat(drawn)
+        out.append((torch.cat([x, none]), torch.cat([y, torch.full((len(none),), classes)])))
+    return out
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, *, classes: int, seed: int) -> torch.nn.Linear:
@@ -119,12 +132,15 @@ def fit(x: torch.Tensor, y: torch.Tensor, *, classes: int, seed: int) -> torch.n
 @torch.no_grad()
 def answers(heads: list[torch.nn.Linear], batches, *, classes: int) -> list[list[int]]:
     """Each head's answer for each document: the topic with the highest log-probability at any
-    token the encoder read ([CLS] and [SEP] included; padding not)."""
+    text token the encoder read (not [CLS], [SEP] or padding: the heads never learned them)."""
     out: list[list[int]] = [[] for _ in heads]
     for _, h, mask in batches:
+        text = mask.clone()
+        text[:, 0] = False
+        text[torch.arange(len(text)), mask.sum(1) - 1] = False
         for k, head in enumerate(heads):
             logp = head(h).log_softmax(-1)[..., :classes]
-            best = logp.masked_fill(~mask[..., None], -torch.inf).amax(1)
+            best = logp.masked_fill(~text[..., None], -torch.inf).amax(1)
             out[k] += best.argmax(-1).tolist()
     return out
 
@@ -132,16 +148,17 @@ def answers(heads: list[torch.nn.Linear], batches, *, classes: int) -> list[list
 def outcomes(encoder, train: list[Document], test: list[Document], *, classes: int, seeds: int, seed: int,
              pad_id: int, batch: int, bf16: bool, name: str) -> list[list[float]]:  # fmt: skip
     """Per probe seed, each test document's outcome ([1.0] correct, [0.0] not): the encoder reads the
-    training documents once, `seeds` taggers learn from the same tokens, and all of them read the
-    test documents in one more pass."""
-    x, y = training_tokens(
+    training documents once, `seeds` taggers learn (each its own initialisation, batch order and
+    background tokens), and all of them read the test documents in one more pass."""
+    drawn = training_tokens(
         encode(
             encoder, train, pad_id=pad_id, batch=batch, bf16=bf16, desc=f"{name}: train documents"
         ),
         classes=classes,
+        draws=seeds,
         seed=seed,
     )
-    heads = [fit(x, y, classes=classes, seed=seed + k) for k in range(seeds)]
+    heads = [fit(x, y, classes=classes, seed=seed + k) for k, (x, y) in enumerate(drawn)]
     got = answers(
         heads,
         encode(
