@@ -44,7 +44,9 @@ class Lookup(torch.nn.Module):
         self.emb = torch.nn.Embedding(len(tok), 256)  # as wide as the cpu teacher
         if special is not None:
             with torch.no_grad():
-                self.emb.weight[[tok.cls_token_id, tok.sep_token_id]] = self.emb.weight[special].clone()
+                self.emb.weight[[tok.cls_token_id, tok.sep_token_id]] = self.emb.weight[
+                    special
+                ].clone()
 
     def forward(self, input_ids, attention_mask):
         return SimpleNamespace(last_hidden_state=self.emb(input_ids))
