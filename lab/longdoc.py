@@ -3,9 +3,9 @@ first 512 tokens) on documents whose answer may lie past 512 tokens (`lab.core.l
 of two ways, `evaluate.longdoc_method`:
 
 * `finetune`: both models fine-tuned on whole documents by the tasks' protocol (rate chosen on
-  valid, fresh seeds on test), as the seeds evaluate a long reader; the smoke and gpu profiles.
+  valid, fresh seeds on test), as the seeds evaluate a long reader; the gpu profiles.
 * `probe`: both encoders frozen, a linear token tagger on their states (`lab.core.longprobe`),
-  minutes instead of an hour on a CPU; the cpu profile.
+  minutes instead of an hour on a CPU; the cpu and smoke profiles.
 
 Either way: accuracy by where the needle lies (bins of 256 tokens), and the finding for the
 documents whose needle lies wholly past BERT's reach.
@@ -72,9 +72,8 @@ def long_document_task(cfg, wanted: dict, tokenizers: dict, corpus_m: dict, work
                           "reason": f"no test document has its needle past {reach} tokens"}  # fmt: skip
         return out
     a, b = (_arm(m, got["outcomes"][m], past, level) for m in (names.LONGFORMER, names.TEACHER))
-    chapters = len(
-        {test[i]["source"] for i in past}
-    )  # a bootstrap over documents treats them as independent
+    # the haystacks' source chapters: a bootstrap over documents holds them fixed
+    chapters = len({test[i]["source"] for i in past})
     fixed = [f"the pretraining run (1: {names.TEACHER})", "one conversion and continued pretraining",
              f"{len(past)} documents past {reach}, their haystacks cut from {chapters} held-out chapters"]  # fmt: skip
     if cfg.longdoc_method == "probe":
