@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lab.core.finetune import collate, with_global
 from lab.core.progress import tqdm
 from lab.core.train import autocast
 
@@ -70,18 +71,13 @@ def encode(encoder, docs: list[Document], *, pad_id: int, batch: int, bf16: bool
     batch: the states are never all held at once (4,000 documents of 4,096 tokens would not fit)."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    longformer = encoder.config.model_type == "longformer"
     for i in tqdm(range(0, len(docs), batch), desc=desc, unit="batch"):
         part = docs[i : i + batch]
-        width = max(len(d.ids) for d in part)
-        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
-        for j, d in enumerate(part):
-            ids[j, : len(d.ids)] = torch.tensor(d.ids)
-        mask = ids != pad_id
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.long().to(device)}
-        if longformer:  # global attention on [CLS], as continued pretraining trained it
-            inputs["global_attention_mask"] = torch.zeros_like(inputs["input_ids"])
-            inputs["global_attention_mask"][:, 0] = 1
+        inputs = collate([{"input_ids": d.ids, "labels": d.label} for d in part], pad_id)
+        del inputs["labels"]
+        mask = inputs["attention_mask"].bool()
+        # a Longformer reads with global attention on [CLS], as longify trained it
+        inputs = with_global(encoder, {k: v.to(device) for k, v in inputs.items()})
         with autocast(device, bf16):
             h = encoder(**inputs).last_hidden_state
         yield part, F.layer_norm(h.float(), h.shape[-1:]).cpu(), mask
