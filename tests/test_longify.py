@@ -30,11 +30,18 @@ def test_conversion_reproduces_bert_inside_one_window(tok, bert):
     assert torch.equal(layer.query_global.weight, layer.query.weight)
 
 
-def test_block_attention_computes_what_transformers_computes(bert):
+@pytest.mark.parametrize("flash", [True, False], ids=["flash-band", "sdpa-checkpointed"])
+def test_block_attention_computes_what_transformers_computes(bert, flash, monkeypatch):
     """Values and gradients against transformers' sliding-window code: padding, no global token,
-    rows with different numbers of global tokens, global tokens inside each other's window."""
+    rows with different numbers of global tokens, global tokens inside each other's window; through
+    the CPU flash kernel's band function and through the path other devices and dropout take."""
     import copy
 
+    from lab.core import attention, band
+
+    monkeypatch.setattr(band, "CHUNK", 8)  # the band's windows two blocks at a time: edges inside
+    if not flash:
+        monkeypatch.setattr(attention, "_flash_band", lambda x, p: False)
     torch.manual_seed(0)
     ref = convert(bert, max_positions=1024, attention_window=8)
     fast = copy.deepcopy(ref)
@@ -63,6 +70,37 @@ def test_block_attention_computes_what_transformers_computes(bert):
     # transformers' maps, for the viewer: 9 rows (not padded), 2 global + 8 + 1 window columns
     assert out.attentions[0].shape[-2:] == (9, 2 + 8 + 1)
     assert out.global_attentions[0].shape[-2:] == (9, 2)
+
+
+def test_the_flash_band_in_bf16_matches_the_checkpointed_path(bert, monkeypatch):
+    """Under bf16 autocast, as the lab trains: the same logits and gradients within bf16's rounding."""
+    from lab.core import attention, band, train
+
+    monkeypatch.setattr(band, "CHUNK", 16)
+    long = convert(bert, max_positions=1024, attention_window=8)
+    block_attention(long)
+    long.train()
+    torch.manual_seed(1)
+    x = torch.randint(5, 1000, (2, 70))
+    mask = torch.ones_like(x)
+    mask[0, 60:] = 0
+    glob = torch.zeros_like(x)
+    glob[:, 0] = 1
+    glob[1, 33] = 1
+    out = []
+    for flash in (True, False):
+        monkeypatch.setattr(attention, "_flash_band", lambda x, p, flash=flash: flash)
+        long.zero_grad()
+        with train.autocast(torch.device("cpu"), True):
+            logits = long(input_ids=x, attention_mask=mask, global_attention_mask=glob).logits
+        (logits.float() * mask[..., None]).square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in long.named_parameters() if p.grad is not None}
+        out.append((logits.detach().float() * mask[..., None], grads))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=0.05, rtol=0.02)
+    for name, g in out[1][1].items():
+        if not name.endswith(("key.bias", "key_global.bias")):
+            scale = g.abs().max().clamp_min(1e-6)
+            assert (out[0][1][name] - g).abs().max() / scale < 0.05, name
 
 
 def test_bad_conversions(bert, tok):

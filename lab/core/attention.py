@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lab.core import band
+
 
 def with_bias(attention_mask, attention_bias):
     """The attention mask to hand a model: None for a packed batch without padding (attention then
@@ -51,11 +53,29 @@ def block_attention(long) -> None:
     scores per query where its chunks compute 4w; weights and what `save_pretrained` writes are
     unchanged, and `output_attentions=True` runs transformers' own code (the viewer needs its maps).
     The model no longer pads every input to a multiple of the window (a 64-token input padded to 512
-    costs eight times its own work in every layer); each layer pads only as far as its blocks need."""
+    costs eight times its own work in every layer); each layer pads only as far as its blocks need.
+    Nor does it build a (B, 1, T, T) padding mask to keep its first row (see `_first_row_mask`)."""
+    from transformers.models.longformer import modeling_longformer
+
+    modeling_longformer.create_bidirectional_mask = _first_row_mask
     base = long.base_model
     base._pad_to_window_size = types.MethodType(_no_window_padding, base)
     for layer in base.encoder.layer:
         layer.attention.self.forward = types.MethodType(_block_forward, layer.attention.self)
+
+
+def _first_row_mask(config, inputs_embeds, attention_mask, **kwargs):
+    """transformers 5's `LongformerModel` asks `create_bidirectional_mask` for the (B, 1, T, T) mask
+    and keeps its first row (B, T): at 16,384 tokens a GB and a second of every forward, quadratic in a
+    model whose attention is linear. This builds that row alone, with the same function, by asking
+    for one query against the T keys: (B, 1, 1, T), equal to the row (tested). Installed in the
+    Longformer module by `block_attention`, so it serves every Longformer in the process."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(
+        config=config, inputs_embeds=inputs_embeds[:, :1], attention_mask=attention_mask,
+        encoder_hidden_states=inputs_embeds, **kwargs,
+    )  # fmt: skip
 
 
 def _no_window_padding(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -89,54 +109,91 @@ def _block_forward(self, hidden_states, attention_mask=None, is_index_masked=Non
     n = t // w
     p = self.dropout if self.training else 0.0
 
-    def around(x):  # (B, n * w, ...) -> (B, n, 3w, ...): each block with the blocks beside it
-        x = F.pad(x.view(b, n, w, -1), (0, 0, 0, 0, 1, 1))
-        return torch.cat([x[:, :-2], x[:, 1:-1], x[:, 2:]], 2)
-
-    def blocks(x):  # (B, T, E) -> keys around each block: (B * n, heads, 3w, d)
-        return around(x).view(b * n, 3 * w, heads, d).transpose(1, 2)
-
-    q = self.query(hidden_states)
-    k, v = self.key(hidden_states), self.value(hidden_states)
-    # a key inside a window counts if it is real and not global (global keys come once, below);
-    # padded queries (zeroed afterwards) see their whole band so that no row is empty
-    keep = around(~(pad | glob)).view(b, n, 3 * w)
-    i = torch.arange(w, device=k.device)[:, None]
-    band = (torch.arange(3 * w, device=k.device)[None] - w - i).abs() <= w  # (w, 3w)
-    allowed = band & (keep[:, :, None, :] | pad.view(b, n, w, 1))  # (B, n, w, 3w)
+    x = _autocast_input(hidden_states)  # cast once: every projection reads (and saves) this copy
+    q, k, v = _projections(x, self.query, self.key, self.value)
     g = int(glob.sum(1).max()) if is_global_attn else 0
-    if g:
-        where = glob.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :g]  # (B, g)
-        real = glob.gather(1, where)  # (B, g): False for the slots of a row with fewer globals
-        at = where[:, :, None].expand(b, g, e)
-        allowed = torch.cat([real[:, None, None, :].expand(b, n, w, g), allowed], -1)
-    mask = allowed.view(b * n, 1, w, -1)
+    at = glob.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :g]  # (B, g)
+    real = glob.gather(1, at)  # (B, g): False for the slots of a row with fewer globals
 
-    def globals_of(x):  # (B, T, E) -> (B * n, heads, g, d), the global tokens for every block
-        x = x.gather(1, at).view(b, 1, g, heads, d).expand(b, n, g, heads, d)
-        return x.reshape(b * n, g, heads, d).transpose(1, 2)
+    def around(x, first):  # (B, T, C) -> (B, n, g + 3w, C): `first` (B, g, C), then 3 blocks
+        return band.windows(x.view(b, n, w, -1), first, w, 0, n)
+
+    # a key inside a window counts if it is real and not global (global keys come once, first);
+    # padded queries (zeroed afterwards) see their whole band so that no row is empty
+    keep = around((~(pad | glob))[..., None], real[..., None])[..., 0]  # (B, n, g + 3w)
+    i = torch.arange(w, device=x.device)[:, None]
+    allowed = (torch.arange(3 * w, device=x.device)[None] - w - i).abs() <= w  # (w, 3w)
+    allowed = torch.cat([allowed.new_ones(w, g), allowed], 1)
+    mask = (allowed & (keep[:, :, None, :] | pad.view(b, n, w, 1))).view(b * n, 1, w, -1)
 
     def windows(q, k, v):  # the band's attention; the windowed copies of k and v live only in here
-        kb, vb = blocks(k), blocks(v)
-        if g:
-            kb, vb = torch.cat([globals_of(k), kb], 2), torch.cat([globals_of(v), vb], 2)
-        qb = q.view(b * n, w, heads, d).transpose(1, 2)
-        return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=p)
-
-    # in training, backward keeps q, k and v and recomputes the windows: no 3x copies held in memory
-    grad = torch.is_grad_enabled() and q.requires_grad
-    out = checkpoint(windows, q, k, v, use_reentrant=False) if grad else windows(q, k, v)
-    out = out.transpose(1, 2).reshape(b, t, e).masked_fill(pad[:, :, None], 0.0)
-    if g:  # global tokens attend to every real token through the global projections
-        qg = self.query_global(hidden_states.gather(1, at)).view(b, g, heads, d).transpose(1, 2)
-        kg = self.key_global(hidden_states).view(b, t, heads, d).transpose(1, 2)
-        vg = self.value_global(hidden_states).view(b, t, heads, d).transpose(1, 2)
-        og = F.scaled_dot_product_attention(
-            qg, kg, vg, attn_mask=~pad[:, None, None, :], dropout_p=p
+        kb, vb = (
+            around(x, x.gather(1, at[:, :, None].expand(b, g, e)))
+            .view(b * n, -1, heads, d)
+            .transpose(1, 2)
+            for x in (k, v)
         )
-        og = og.transpose(1, 2).reshape(b, g, e).to(out.dtype)
-        out = out.scatter(1, at, torch.where(real[:, :, None], og, out.gather(1, at)))
+        qb = q.reshape(b * n, w, heads, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=p)
+        return out.transpose(1, 2).reshape(b, t, e).masked_fill(pad[:, :, None], 0.0)
+
+    og = x.new_zeros(
+        b, 0, e
+    )  # global tokens attend to every real token, through the global projections
+    if g:
+        og = _global_rows(self, x, x.gather(1, at[:, :, None].expand(b, g, e)), ~pad, p)
+    if _flash_band(x, p):  # the flash kernel's own backward, no forward twice
+        return (band.BandAttention.apply(q, k, v, og, band.Layout(w, n, heads, at, mask, glob, pad))[:, :length],)  # fmt: skip
+    if torch.is_grad_enabled() and q.requires_grad:  # keeps q, k, v and recomputes the windows
+        out = checkpoint(windows, q, k, v, use_reentrant=False)
+    else:
+        out = windows(q, k, v)
+    if g:
+        index = at[:, :, None].expand(b, g, e)
+        into = out.new_zeros(b, t, e).scatter(1, index, og.to(out.dtype))
+        out = torch.where(glob[:, :, None], into, out)  # (keeps only a mask for backward)
     return (out[:, :length],)
+
+
+def _flash_band(x: torch.Tensor, p: float) -> bool:
+    """Whether the band runs as `band.BandAttention`, over PyTorch's CPU flash kernel (which takes
+    no dropout); elsewhere it runs through `F.scaled_dot_product_attention`, checkpointed."""
+    return x.device.type == "cpu" and not p
+
+
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """`x` in the autocast dtype where autocast is on (else as it is): linear layers under autocast
+    each cast their input again, and each keeps its own copy for backward."""
+    kind = x.device.type
+    return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
+
+
+def _projections(x, *layers: torch.nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several linear layers of one input as one matmul (their outputs are views of its columns)."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers])
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], -1)
+
+
+def _global_rows(self, x, xg, keys, p: float) -> torch.Tensor:
+    """(B, g, E): each of the g global tokens `xg` (B, g, E) attending to the tokens of `x` (B, T, E)
+    where `keys` (B, T) is True, through the global projections, without projecting every token.
+    A global query's scores against key_global(x) are (q Wk_h) x^T up to the key bias, a constant
+    the softmax drops; the weighted sum of value_global(x) is (weights x) Wv_h^T plus the value
+    bias, since the weights sum to one. For g tokens that is 4 g T E multiply-adds a head where the
+    two projections of every token cost 2 T E^2 (64 times more at g = 1, hidden 256, 4 heads);
+    and backward keeps (B, heads g, T) weights instead of two projected copies of the sequence."""
+    b, t, e = x.shape
+    g, heads, d = xg.shape[1], self.num_heads, self.head_dim
+    qg = self.query_global(xg).view(b, g, heads, d).transpose(1, 2) / d**0.5  # (B, heads, g, d)
+    qk = torch.matmul(qg, self.key_global.weight.view(heads, d, e))  # (B, heads, g, E)
+    scores = torch.bmm(qk.reshape(b, heads * g, e), x.transpose(1, 2)).float()  # (B, heads g, T)
+    scores = scores.masked_fill(~keys[:, None, :], float("-inf"))
+    weights = F.dropout(scores.softmax(-1), p, self.training)
+    mixed = torch.bmm(weights.to(x.dtype), x).view(b, heads, g, e)  # (B, heads, g, E)
+    wv = self.value_global.weight.view(heads, d, e).transpose(1, 2)  # (heads, E, d)
+    og = torch.matmul(mixed, wv) + self.value_global.bias.view(heads, 1, d)  # (B, heads, g, d)
+    return og.transpose(1, 2).reshape(b, g, e)
 
 
 def global_mask(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
