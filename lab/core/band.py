@@ -55,7 +55,7 @@ def fold(dw, dx, dfirst, w: int, j0: int, j1: int) -> None:
     """The adjoint of `windows`: adds the gradient of a window tensor into `dx` (B, n, w, C) and
     `dfirst` (B, g, C)."""
     n, g = dx.shape[1], dfirst.shape[1]
-    dfirst += dw[:, :, :g].sum(1)
+    dfirst += dw[:, :, :g].sum(1, dtype=dfirst.dtype)
     for s, shift in enumerate((-1, 0, 1)):
         lo, hi = max(j0 + shift, 0), min(j1 + shift, n)
         dx[:, lo:hi] += dw[:, lo - shift - j0 : hi - shift - j0, g + s * w : g + (s + 1) * w]
@@ -123,7 +123,9 @@ class BandAttention(torch.autograd.Function):
         )
         kg, vg = (x.gather(1, at[:, :, None].expand(-1, -1, e)) for x in (k, v))
         dq = torch.empty_like(qs)
-        dk, dv = (torch.zeros(b, n, w, e, dtype=torch.float32) for _ in range(2))
+        # a key's gradient sums three windows in its own dtype, as autograd through the windows'
+        # copies would; a global key's sums every block's, in float32
+        dk, dv = (torch.zeros_like(qs) for _ in range(2))
         dkg, dvg = (torch.zeros(b, at.shape[1], e, dtype=torch.float32) for _ in range(2))
         masks = _bias(layout.mask, q.dtype).view(b, n, 1, w, -1)
         for j0, j1 in layout.chunks():
@@ -142,6 +144,6 @@ class BandAttention(torch.autograd.Function):
             fold(_tokens(dkb, b), dk, dkg, w, j0, j1)
             fold(_tokens(dvb, b), dv, dvg, w, j0, j1)
         dk, dv = (x.view(b, t, e) for x in (dk, dv))
-        dk.scatter_add_(1, index, dkg)
-        dv.scatter_add_(1, index, dvg)
-        return dq.view(b, t, e), dk.to(k.dtype), dv.to(v.dtype), dog, None
+        dk.scatter_add_(1, index, dkg.to(dk.dtype))
+        dv.scatter_add_(1, index, dvg.to(dv.dtype))
+        return dq.view(b, t, e), dk, dv, dog, None
