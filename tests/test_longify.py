@@ -32,10 +32,14 @@ def test_conversion_reproduces_bert_inside_one_window(tok, bert):
 
 @pytest.mark.parametrize("flash", [True, False], ids=["flash-band", "sdpa-checkpointed"])
 def test_block_attention_computes_what_transformers_computes(bert, flash, monkeypatch):
-    """Values and gradients against transformers' sliding-window code: padding, no global token,
-    rows with different numbers of global tokens, global tokens inside each other's window; through
-    the CPU flash kernel's band function and through the path other devices and dropout take."""
+    """Values and gradients against transformers' sliding-window code (with its own padding mask):
+    padding, no global token, rows with different numbers of global tokens (none in one), global
+    tokens inside each other's window, a row of padding alone; through the CPU flash kernel's band
+    function and through the path other devices and dropout take."""
     import copy
+
+    from transformers import masking_utils
+    from transformers.models.longformer import modeling_longformer
 
     from lab.core import attention, band
 
@@ -48,19 +52,25 @@ def test_block_attention_computes_what_transformers_computes(bert, flash, monkey
     block_attention(fast)
     ref.train(), fast.train()  # dropout is 0: train mode only checks the training path
     zero_in_theory = ("key.bias", "key_global.bias")  # softmax ignores a key bias: noise only
-    for length, global_at in [(37, [[0], [0, 2, 20]]), (16, [[], []]), (9, [[0, 3], [4]])]:
+    cases = [(37, [[0], [0, 2, 20]], 4), (16, [[], []], 4), (30, [[5], []], 4), (20, [[0], []], 20),
+             (9, [[0, 3], [4]], 4)]  # fmt: skip
+    for length, global_at, padded in cases:
         x = torch.randint(5, 1000, (2, length))
         mask = torch.ones(2, length, dtype=torch.long)
-        mask[1, length - 4 :] = 0
+        mask[1, length - padded :] = 0
         glob = torch.zeros(2, length, dtype=torch.long)
         for row, at in enumerate(global_at):
             glob[row, at] = 1
         out = []
         for model in (ref, fast):
+            own = masking_utils.create_bidirectional_mask  # the reference as transformers has it
+            rows = own if model is ref else attention._first_row_mask
+            monkeypatch.setattr(modeling_longformer, "create_bidirectional_mask", rows)
             model.zero_grad()
             logits = model(input_ids=x, attention_mask=mask, global_attention_mask=glob).logits
             (logits * mask[..., None]).square().mean().backward()
             grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            assert all(g.isfinite().all() for g in grads.values())
             out.append((logits.detach() * mask[..., None], grads))
         torch.testing.assert_close(out[1][0], out[0][0], atol=1e-5, rtol=1e-5)
         for name, g in out[0][1].items():
@@ -70,6 +80,30 @@ def test_block_attention_computes_what_transformers_computes(bert, flash, monkey
     # transformers' maps, for the viewer: 9 rows (not padded), 2 global + 8 + 1 window columns
     assert out.attentions[0].shape[-2:] == (9, 2 + 8 + 1)
     assert out.global_attentions[0].shape[-2:] == (9, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_longformer_mask_row_is_the_row_of_transformers_square_mask(dtype):
+    """`_first_row_mask` against the (B, 1, T, T) mask transformers 5 builds, then keeps row 0 of:
+    padding, a row of padding alone, global tokens (2 in the merged mask), eager and sdpa."""
+    from transformers import LongformerConfig
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from lab.core.attention import _first_row_mask
+
+    for impl in ("eager", "sdpa"):
+        config = LongformerConfig(hidden_size=16, num_attention_heads=2, attention_window=[4])
+        config._attn_implementation = impl
+        embeds = torch.randn(3, 12, 16, dtype=dtype)
+        merged = torch.ones(3, 12, dtype=torch.long)
+        merged[0, 0], merged[1, 9:], merged[2] = 2, 0, 0
+        kept = torch.clamp(merged, 0, 1)
+        square = create_bidirectional_mask(config=config, inputs_embeds=embeds, attention_mask=kept,
+                                           allow_is_bidirectional_skip=False)  # fmt: skip
+        row = _first_row_mask(config=config, inputs_embeds=embeds, attention_mask=kept,
+                              allow_is_bidirectional_skip=False)  # fmt: skip
+        assert square.shape == (3, 1, 12, 12) and row.shape == (3, 1, 1, 12)
+        assert torch.equal(row[:, 0, 0], square[:, 0, 0])
 
 
 def test_the_flash_band_in_bf16_matches_the_checkpointed_path(bert, monkeypatch):

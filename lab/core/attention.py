@@ -180,19 +180,22 @@ def _global_rows(self, x, xg, keys, p: float) -> torch.Tensor:
     where `keys` (B, T) is True, through the global projections, without projecting every token.
     A global query's scores against key_global(x) are (q Wk_h) x^T up to the key bias, a constant
     the softmax drops; the weighted sum of value_global(x) is (weights x) Wv_h^T plus the value
-    bias, since the weights sum to one. For g tokens that is 4 g T E multiply-adds a head where the
+    bias times the weights' sum (one, unless dropout dropped some). For g tokens that is 4 g T E multiply-adds a head where the
     two projections of every token cost 2 T E^2 (64 times more at g = 1, hidden 256, 4 heads);
     and backward keeps (B, heads g, T) weights instead of two projected copies of the sequence."""
     b, t, e = x.shape
     g, heads, d = xg.shape[1], self.num_heads, self.head_dim
     qg = self.query_global(xg).view(b, g, heads, d).transpose(1, 2) / d**0.5  # (B, heads, g, d)
     qk = torch.matmul(qg, self.key_global.weight.view(heads, d, e))  # (B, heads, g, E)
-    scores = torch.bmm(qk.reshape(b, heads * g, e), x.transpose(1, 2)).float()  # (B, heads g, T)
-    scores = scores.masked_fill(~keys[:, None, :], float("-inf"))
+    scores = torch.bmm(qk.reshape(b, heads * g, e), x.transpose(1, 2))  # (B, heads g, T)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    # the dtype's minimum, not -inf: a slot of a row of padding alone gets uniform weights, no NaN
+    scores = scores.masked_fill(~keys[:, None, :], torch.finfo(scores.dtype).min)
     weights = F.dropout(scores.softmax(-1), p, self.training)
     mixed = torch.bmm(weights.to(x.dtype), x).view(b, heads, g, e)  # (B, heads, g, E)
     wv = self.value_global.weight.view(heads, d, e).transpose(1, 2)  # (heads, E, d)
-    og = torch.matmul(mixed, wv) + self.value_global.bias.view(heads, 1, d)  # (B, heads, g, d)
+    bias = weights.sum(-1).view(b, heads, g, 1) * self.value_global.bias.view(heads, 1, d)
+    og = torch.matmul(mixed, wv) + bias  # (B, heads, g, d)
     return og.transpose(1, 2).reshape(b, g, e)
 
 

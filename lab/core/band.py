@@ -61,6 +61,10 @@ def fold(dw, dx, dfirst, w: int, j0: int, j1: int) -> None:
         dx[:, lo:hi] += dw[:, lo - shift - j0 : hi - shift - j0, g + s * w : g + (s + 1) * w]
 
 
+def _wide(dtype) -> torch.dtype:  # the kernel's accumulation type: float32, or float64 for float64
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _bias(mask, dtype) -> torch.Tensor:  # the kernel takes an additive mask in the query's dtype
     return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
 
@@ -88,7 +92,7 @@ class BandAttention(torch.autograd.Function):
         qs, ks, vs = (x.view(b, n, w, e) for x in (q, k, v))
         kg, vg = (x.gather(1, layout.at[:, :, None].expand(-1, -1, e)) for x in (k, v))
         out = q.new_empty(b, n, w, e)
-        lse = q.new_empty(b, n, heads, w, dtype=torch.float32)
+        lse = q.new_empty(b, n, heads, w, dtype=_wide(q.dtype))
         masks = _bias(layout.mask, q.dtype).view(b, n, 1, w, -1)
         for j0, j1 in layout.chunks():
             o, m = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -124,9 +128,9 @@ class BandAttention(torch.autograd.Function):
         kg, vg = (x.gather(1, at[:, :, None].expand(-1, -1, e)) for x in (k, v))
         dq = torch.empty_like(qs)
         # a key's gradient sums three windows in its own dtype, as autograd through the windows'
-        # copies would; a global key's sums every block's, in float32
+        # copies would; a global key's sums every block's, in at least float32
         dk, dv = (torch.zeros_like(qs) for _ in range(2))
-        dkg, dvg = (torch.zeros(b, at.shape[1], e, dtype=torch.float32) for _ in range(2))
+        dkg, dvg = (torch.zeros(b, at.shape[1], e, dtype=_wide(q.dtype)) for _ in range(2))
         masks = _bias(layout.mask, q.dtype).view(b, n, 1, w, -1)
         for j0, j1 in layout.chunks():
             dqb, dkb, dvb = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
