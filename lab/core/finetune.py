@@ -196,7 +196,7 @@ def _short_window(cfg, max_length: int) -> None:
 
 
 def finetune(model, examples: list[dict], out_dir: Path, *, batch_size: int, epochs: float, lr: float,
-             seed: int, pad_id: int, bf16: bool, desc: str) -> dict:  # fmt: skip
+             seed: int, pad_id: int, bf16: bool, desc: str, fast_dropout: bool = True) -> dict:  # fmt: skip
     """Train a task model through the common loop: warmup over the first 10%, then linear decay."""
     batches = TaskBatches(examples, batch_size, seed, pad_id)
     steps = max(1, math.ceil(epochs * batches.per_epoch))
@@ -205,7 +205,7 @@ def finetune(model, examples: list[dict], out_dir: Path, *, batch_size: int, epo
     tc = train.TrainConfig(
         steps=steps, lr=lr, warmup_steps=max(1, int(0.1 * steps)), bf16=bf16, checkpoints=False,
         log_every=max(1, steps // 10), seed=seed, weight_decay=0.01, tensorboard=False, leave=False,
-        flops_per_token=fpt,
+        flops_per_token=fpt, fast_dropout=fast_dropout,
     )  # fmt: skip
     return train.train(Finetune(model), batches, tc, out_dir, desc=desc)
 
@@ -263,8 +263,9 @@ class Fitter:
 
     `shared` holds what the fits read: per model its `sources` (a folder or a config) and `task`
     objects, `examples[(task, model)]` (encoded splits), `pad[model]`, `eval_len[task]`, `batch_size`,
-    `epochs`, `bf16`, `work` (the folder for the training logs), and optionally `attention` (an
-    implementation to use instead of this machine's fastest: the benchmarks' older arm)."""
+    `epochs`, `bf16`, `work` (the folder for the training logs), and optionally, for the benchmarks'
+    older arm, `attention` (an implementation to use instead of this machine's fastest) and
+    `fast_dropout` (False: torch's dropout masks)."""
 
     def __init__(self, shared: dict, *, workers: int = 1):
         self.shared, self.workers, self.pool = shared, workers, None
@@ -349,8 +350,11 @@ def _run(fit: Fit) -> dict:
     model = task_model(
         s["sources"][fit.model], s["tasks"][fit.task], seed=fit.seed, max_length=eval_len
     )
+    if s.get("attention"):
+        model.set_attn_implementation(s["attention"])
     folder = Path(s["work"]) / fit.model / fit.task / f"n{fit.n_train}-s{fit.seed}-lr{fit.lr:g}"
     finetune(model, train_rows, folder, batch_size=s["batch_size"], epochs=s["epochs"], lr=fit.lr,
-             seed=fit.seed, pad_id=pad, bf16=s["bf16"], desc=f"{fit.task} {fit.model}")  # fmt: skip
+             seed=fit.seed, pad_id=pad, bf16=s["bf16"], desc=f"{fit.task} {fit.model}",
+             fast_dropout=s.get("fast_dropout", True))  # fmt: skip
     preds = {split: predict(model, data[split], pad, bf16=s["bf16"]) for split in fit.predict}
     return {"preds": preds, "seconds": round(time.time() - t0, 2)}

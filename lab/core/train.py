@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from lab.core import hardware
+from lab.core import dropout, hardware
 from lab.core.errors import LabError
 from lab.core.files import write_json
 from lab.core.progress import echo, tqdm
@@ -66,6 +66,7 @@ class TrainConfig:
     compile: bool = (
         False  # torch.compile the model's encoders (falls back to eager without a compiler)
     )
+    fast_dropout: bool = True  # dropout masks from a quarter of the random numbers (core.dropout)
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -188,6 +189,8 @@ def train(
     board = _board(out_dir, start) if cfg.tensorboard and acc.is_main_process else None
     precision = "bfloat16" if bf16_active(acc.device, cfg.bf16) else "float32"
     peak = hardware.matmul_peak(acc.device.type, precision) if cfg.flops_per_token else 0.0
+    if cfg.fast_dropout:
+        dropout.install(acc.unwrap_model(module))
     if cfg.compile:
         what = compile_encoders(acc.unwrap_model(module))
         if acc.is_main_process:

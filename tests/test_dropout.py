@@ -1,0 +1,121 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lab.core import dropout, models
+
+N = 1 << 20
+
+
+def test_the_mask_keeps_each_element_with_the_stated_probability_independently():
+    torch.manual_seed(0)
+    y = dropout.dropout(torch.ones(N), 0.1)
+    cut = round(0.1 * dropout.LEVELS)
+    keep = 1 - cut / dropout.LEVELS
+    scale = dropout.LEVELS / (dropout.LEVELS - cut)
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(scale)
+    kept = (y != 0).float()
+    sigma = (keep * (1 - keep) / N) ** 0.5
+    assert abs(kept.mean().item() - keep) < 5 * sigma
+    # four elements share one 64-bit draw: each lane keeps at the same rate, neighbours uncorrelated
+    lanes = kept.view(-1, 4).mean(0)
+    assert (lanes - keep).abs().max().item() < 5 * 2 * sigma
+    a, b = kept[:-1] - keep, kept[1:] - keep
+    assert abs((a * b).mean().item() / (keep * (1 - keep))) < 5 / N**0.5
+    assert y.mean().item() == pytest.approx(1.0, abs=5 * sigma * scale)  # the expectation is kept
+
+
+def test_the_keep_rate_is_torchs_within_sampling_noise():
+    """Against `F.dropout` at several rates: a two-proportion test on a million elements each."""
+    torch.manual_seed(1)
+    for p in (0.05, 0.1, 0.3, 0.5):
+        ours = (dropout.dropout(torch.ones(N), p) != 0).float().mean().item()
+        theirs = (F.dropout(torch.ones(N), p) != 0).float().mean().item()
+        sigma = (2 * p * (1 - p) / N) ** 0.5
+        assert abs(ours - theirs) < 5 * sigma, p
+
+
+def test_seeds_repeat_it_and_eval_or_zero_rate_pass_through():
+    x = torch.randn(1000, 33, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    a = dropout.dropout(x, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout.dropout(x, 0.2))
+    assert a.dtype == torch.bfloat16 and a.shape == x.shape
+    assert dropout.dropout(x, 0.2, training=False) is x and dropout.dropout(x, 0.0) is x
+    assert not dropout.dropout(x, 1.0).any()
+
+
+def test_the_gradient_is_the_mask_scaled():
+    torch.manual_seed(4)
+    x = torch.randn(5000, requires_grad=True)
+    y = dropout.dropout(x, 0.25)
+    y.sum().backward()
+    scale = dropout.LEVELS / (dropout.LEVELS - round(0.25 * dropout.LEVELS))
+    torch.testing.assert_close(x.grad, (y != 0).float() * scale)
+
+
+def test_install_keeps_the_model_and_its_eager_attention():
+    """Installed into a BERT: the same state dict; in eval mode the same outputs; the registered
+    attention is transformers' eager attention at dropout 0 (values and gradients)."""
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    model = models.build("L2_H64", 1000, seed=0, dropout=0.1)
+    model.set_attn_implementation("eager")
+    plain = copy.deepcopy(model)
+    assert dropout.install(model) > 0
+    assert model.config._attn_implementation == dropout.NAME
+    assert all(type(m) is not torch.nn.Dropout for m in model.modules())
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randint(5, 1000, (2, 17))
+    mask = torch.ones_like(x)
+    mask[1, 12:] = 0
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids=x, attention_mask=mask).logits,
+            plain(input_ids=x, attention_mask=mask).logits,
+            atol=0,
+            rtol=0,
+        )
+    q, k, v = (torch.randn(2, 4, 9, 16, requires_grad=True) for _ in range(3))
+    bias = torch.zeros(2, 1, 9, 9).masked_fill(torch.rand(2, 1, 9, 9) < 0.2, -1e9)
+    layer = torch.nn.Module()
+    outs = []
+    for fn in (dropout.eager_attention, eager_attention_forward):
+        out, weights = fn(layer, q, k, v, bias, scaling=0.25, dropout=0.0)
+        (grads := torch.autograd.grad(out.square().sum(), (q, k, v)))
+        outs.append((out, weights, grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
+    for a, b in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_training_installs_it_unless_asked_not_to(tmp_path):
+    from lab.core import train
+
+    class Loss(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return {"loss": logits.float().square().mean()}
+
+    def batches(i, rank=0, world=1):
+        return {"input_ids": torch.randint(5, 1000, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+
+    for fast in (True, False):
+        model = models.build("L2_H64", 1000, seed=0, dropout=0.1)
+        model.set_attn_implementation("eager")
+        cfg = train.TrainConfig(steps=2, lr=1e-3, warmup_steps=1, checkpoints=False,
+                                tensorboard=False, fast_dropout=fast)  # fmt: skip
+        train.train(Loss(model), batches, cfg, tmp_path / str(fast), desc="t")
+        swapped = any(isinstance(m, dropout.Dropout) for m in model.modules())
+        assert swapped is fast
+        assert (model.config._attn_implementation == dropout.NAME) is fast
