@@ -108,7 +108,10 @@ def test_training_installs_it_unless_asked_not_to(tmp_path):
             return {"loss": logits.float().square().mean()}
 
     def batches(i, rank=0, world=1):
-        return {"input_ids": torch.randint(5, 1000, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+        return {
+            "input_ids": torch.randint(5, 1000, (2, 9)),
+            "attention_mask": torch.ones(2, 9, dtype=torch.long),
+        }
 
     for fast in (True, False):
         model = models.build("L2_H64", 1000, seed=0, dropout=0.1)
