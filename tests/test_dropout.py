@@ -1,4 +1,5 @@
 import copy
+import logging
 
 import pytest
 import torch
@@ -28,14 +29,28 @@ def test_the_mask_keeps_each_element_with_the_stated_probability_independently()
     assert y.mean().item() == pytest.approx(1.0, abs=5 * sigma * scale)  # the expectation is kept
 
 
-def test_the_keep_rate_is_torchs_within_sampling_noise():
-    """Against `F.dropout` at several rates: a two-proportion test on a million elements each."""
+def test_the_keep_rate_and_values_are_torchs_within_sampling_noise():
+    """Against `F.dropout` at several rates: a two-proportion test on a million elements each, and
+    the kept values scaled as torch scales them."""
     torch.manual_seed(1)
     for p in (0.05, 0.1, 0.3, 0.5):
-        ours = (dropout.dropout(torch.ones(N), p) != 0).float().mean().item()
-        theirs = (F.dropout(torch.ones(N), p) != 0).float().mean().item()
+        ours, theirs = dropout.dropout(torch.ones(N), p), F.dropout(torch.ones(N), p)
         sigma = (2 * p * (1 - p) / N) ** 0.5
-        assert abs(ours - theirs) < 5 * sigma, p
+        assert (
+            abs((ours != 0).float().mean().item() - (theirs != 0).float().mean().item()) < 5 * sigma
+        )
+        assert ours[ours != 0].unique().tolist() == pytest.approx([theirs.max().item()], rel=1e-4)
+
+
+def test_each_call_draws_a_new_mask_and_rates_out_of_range_are_refused():
+    torch.manual_seed(2)
+    a, b = dropout.dropout(torch.ones(4096), 0.5), dropout.dropout(torch.ones(4096), 0.5)
+    assert 0.4 < ((a != 0) != (b != 0)).float().mean().item() < 0.6  # independent: half differ
+    assert not dropout.dropout(torch.ones(64), 0.999995).any()  # rounds to 1: all dropped
+    assert not dropout.dropout(torch.ones(64), 1.0).any()
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            dropout.dropout(torch.ones(4), p)
 
 
 def test_seeds_repeat_it_and_eval_or_zero_rate_pass_through():
@@ -49,13 +64,15 @@ def test_seeds_repeat_it_and_eval_or_zero_rate_pass_through():
     assert not dropout.dropout(x, 1.0).any()
 
 
-def test_the_gradient_is_the_mask_scaled():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gradient_is_the_mask_scaled(dtype):
     torch.manual_seed(4)
-    x = torch.randn(5000, requires_grad=True)
+    x = torch.randn(5000, dtype=dtype).abs().add(0.1).requires_grad_()
     y = dropout.dropout(x, 0.25)
     y.sum().backward()
     scale = dropout.LEVELS / (dropout.LEVELS - round(0.25 * dropout.LEVELS))
-    torch.testing.assert_close(x.grad, (y != 0).float() * scale)
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad, (y != 0).to(dtype) * scale)
 
 
 def test_install_keeps_the_model_and_its_eager_attention():
@@ -93,6 +110,11 @@ def test_install_keeps_the_model_and_its_eager_attention():
     torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
     for a, b in zip(outs[0][2], outs[1][2]):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+    layer.train()  # in training it drops attention weights: half of them at 0.5, the rest doubled
+    _, weights = dropout.eager_attention(layer, q, k, v, None, scaling=0.25, dropout=0.5)
+    _, plain = eager_attention_forward(layer, q, k, v, None, scaling=0.25, dropout=0.0)
+    assert 0.4 < (weights == 0).float().mean().item() < 0.6
+    torch.testing.assert_close(weights[weights != 0], 2 * plain[weights != 0])
 
 
 def test_training_installs_it_unless_asked_not_to(tmp_path):
@@ -122,3 +144,22 @@ def test_training_installs_it_unless_asked_not_to(tmp_path):
         swapped = any(isinstance(m, dropout.Dropout) for m in model.modules())
         assert swapped is fast
         assert (model.config._attn_implementation == dropout.NAME) is fast
+
+
+def test_a_longformer_keeps_its_own_attention():
+    """transformers' Longformer does not take a registered attention: its dropout layers are
+    swapped, its attention is left as it is, without a warning."""
+    from lab.core.longformer import convert
+
+    long = convert(models.build("L2_H64", 1000, seed=0, dropout=0.1), attention_window=64)
+    before = long.config._attn_implementation
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        assert dropout.install(long) > 0
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert long.config._attn_implementation == before != dropout.NAME
+    assert not [m for m in said if "attention" in m.lower()], said

@@ -3,9 +3,10 @@
 On a CPU, `F.dropout` draws one random number per element (`bernoulli_`), and in an eager
 fine-tuning step of a small BERT the masks took 15% of the time (`torch.profiler`, one thread).
 `dropout` draws one 64-bit integer per four elements and keeps an element where its 16 bits are at
-or above p x 65,536: a Bernoulli mask with keep probability 1 - round(65,536 p) / 65,536 (for
-p = 0.1, 0.1000061 instead of 0.1), scaled to keep the expectation. `install` puts it into a
-model's dropout layers and, through transformers' attention registry, into its attention weights.
+or above p x 65,536: a Bernoulli mask whose drop probability is round(65,536 p) / 65,536 (for
+p = 0.1, 0.1000061), scaled to keep the expectation. `install` puts it into a model's dropout
+layers and, through transformers' attention registry, into its attention weights. On a GPU torch's
+fused dropout is one kernel with a boolean mask, so the training loop installs this on CPUs only.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ LEVELS = 1 << 16
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`x` with each element zeroed with probability p (to 1 / 65,536) and the rest scaled by
     1 / (1 - p); the default generator of `x`'s device, so `torch.manual_seed` repeats it."""
-    if not training or p == 0.0:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    cut = round(p * LEVELS)
+    if not training or cut == 0:  # p under 1 / 131,072 drops nothing
         return x
-    if p >= 1.0:
+    if cut == LEVELS:
         return x * 0.0
-    return _Masked.apply(x, p)
+    return _Masked.apply(x, cut)
 
 
 class _Masked(torch.autograd.Function):
@@ -33,8 +37,7 @@ class _Masked(torch.autograd.Function):
     against 3.1-3.8 ms for torch's dropout, forward and backward of 0.5 M elements, one thread)."""
 
     @staticmethod
-    def forward(ctx, x, p):
-        cut = round(p * LEVELS)
+    def forward(ctx, x, cut: int):
         n = x.numel()
         bits = torch.randint(-(2**63), 2**63 - 1, (n // 4 + 1,), dtype=torch.int64, device=x.device)
         keep = bits.view(torch.int16)[:n].view(x.shape) >= cut - LEVELS // 2
@@ -70,7 +73,10 @@ def install(module: nn.Module) -> int:
         if type(m) is nn.Dropout:
             m.__class__ = Dropout
             count += 1
-        if isinstance(m, PreTrainedModel) and m.config._attn_implementation == "eager":
+        eager = isinstance(m, PreTrainedModel) and m.config._attn_implementation == "eager"
+        if (
+            eager and type(m)._can_set_attn_implementation()
+        ):  # (a Longformer's attention is its own)
             if NAME not in AttentionInterface._global_mapping:  # with the eager attention's mask
                 AttentionInterface.register(NAME, eager_attention)
                 AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])

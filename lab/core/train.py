@@ -66,7 +66,9 @@ class TrainConfig:
     compile: bool = (
         False  # torch.compile the model's encoders (falls back to eager without a compiler)
     )
-    fast_dropout: bool = True  # dropout masks from a quarter of the random numbers (core.dropout)
+    fast_dropout: bool = (
+        True  # on a CPU, dropout masks from a quarter of the random numbers (core.dropout)
+    )
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -189,7 +191,7 @@ def train(
     board = _board(out_dir, start) if cfg.tensorboard and acc.is_main_process else None
     precision = "bfloat16" if bf16_active(acc.device, cfg.bf16) else "float32"
     peak = hardware.matmul_peak(acc.device.type, precision) if cfg.flops_per_token else 0.0
-    if cfg.fast_dropout:
+    if cfg.fast_dropout and acc.device.type == "cpu":  # a GPU's own dropout is one fused kernel
         dropout.install(acc.unwrap_model(module))
     if cfg.compile:
         what = compile_encoders(acc.unwrap_model(module))
