@@ -1,7 +1,7 @@
 """bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
 dynamic padding) and against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
-dropout masks, one job after another), the same model, examples and work, arms in interleaved rounds; each arm's test
-accuracy beside it."""
+dropout masks, one job after another), the same model, examples and work, arms in interleaved
+rounds; each arm's test accuracy beside it."""
 
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def run(*, quick: bool = False) -> dict:
     """The evaluate stage's fine-tuning (length-grouped batches, this machine's training attention,
     two one-thread jobs side by side on 2 cores) against the Trainer a careful user runs (bf16,
     DataCollatorWithPadding, one job after another) and the lab's fine-tuning before (fused SDPA
-    attention, torch's dropout masks, one two-thread job after another): per round each arm fine-tunes a Mini model on the
-    same review examples at the same rates and seeds; examples per second of training, with the model
-    built and the test split predicted inside the time."""
+    attention, torch's dropout masks, one two-thread job after another): per round each arm
+    fine-tunes a Mini model on the same review examples at the same rates and seeds; examples per
+    second of training, with the model built and the test split predicted inside the time."""
     load_start = rounds.loadavg()
     n_train, n_test, seq_len, batch, epochs = (
         (300, 200, 64, 32, 1.0) if quick else (1000, 500, 64, 32, 1.0)

@@ -137,9 +137,8 @@ def _block_forward(self, hidden_states, attention_mask=None, is_index_masked=Non
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=p)
         return out.transpose(1, 2).reshape(b, t, e).masked_fill(pad[:, :, None], 0.0)
 
-    og = x.new_zeros(
-        b, 0, e
-    )  # global tokens attend to every real token, through the global projections
+    # global tokens attend to every real token, through the global projections
+    og = x.new_zeros(b, 0, e)
     if g:
         og = _global_rows(self, x, x.gather(1, at[:, :, None].expand(b, g, e)), ~pad, p)
     if _flash_band(x, p):  # the flash kernel's own backward, no forward twice
@@ -180,9 +179,10 @@ def _global_rows(self, x, xg, keys, p: float) -> torch.Tensor:
     where `keys` (B, T) is True, through the global projections, without projecting every token.
     A global query's scores against key_global(x) are (q Wk_h) x^T up to the key bias, a constant
     the softmax drops; the weighted sum of value_global(x) is (weights x) Wv_h^T plus the value
-    bias times the weights' sum (one, unless dropout dropped some). For g tokens that is 4 g T E multiply-adds a head where the
-    two projections of every token cost 2 T E^2 (64 times more at g = 1, hidden 256, 4 heads);
-    and backward keeps (B, heads g, T) weights instead of two projected copies of the sequence."""
+    bias times the weights' sum (one, unless dropout dropped some). For g tokens that is 4 g T E
+    multiply-adds a head where the two projections of every token cost 2 T E^2 (64 times more at
+    g = 1, hidden 256, 4 heads); and backward keeps (B, heads g, T) weights instead of two
+    projected copies of the sequence."""
     b, t, e = x.shape
     g, heads, d = xg.shape[1], self.num_heads, self.head_dim
     qg = self.query_global(xg).view(b, g, heads, d).transpose(1, 2) / d**0.5  # (B, heads, g, d)

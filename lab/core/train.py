@@ -10,8 +10,9 @@ The loop adds: bf16 autocast where the hardware supports it, gradient accumulati
 clipping, periodic evaluation, checkpoints with full state (weights as safetensors, optimizer,
 scheduler, RNG, step) written atomically, automatic resume from the latest checkpoint, a guard that
 stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s, MFU and ETA,
-and metrics appended to a jsonl file and to TensorBoard event files. Optionally it compiles the
-model's encoders (`torch.compile`). Scalars stay on the device between log steps: no per-step host
+and metrics appended to a jsonl file and to TensorBoard event files. On a CPU it draws dropout
+masks with `core.dropout` (a quarter of the random numbers). Optionally it compiles the model's
+encoders (`torch.compile`). Scalars stay on the device between log steps: no per-step host
 sync. Under `accelerate launch` or `torchrun` it runs data-parallel unchanged (DDP; gloo on CPU).
 """
 
@@ -66,9 +67,7 @@ class TrainConfig:
     compile: bool = (
         False  # torch.compile the model's encoders (falls back to eager without a compiler)
     )
-    fast_dropout: bool = (
-        True  # on a CPU, dropout masks from a quarter of the random numbers (core.dropout)
-    )
+    fast_dropout: bool = True  # on a CPU, dropout masks from a quarter of the random numbers
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
