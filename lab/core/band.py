@@ -108,12 +108,12 @@ class BandAttention(torch.autograd.Function):
         real = layout.glob.gather(1, layout.at)[:, :, None]
         out.scatter_(1, index, torch.where(real, og.to(out.dtype), out.gather(1, index)))
         ctx.layout = layout
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, masks)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, masks = ctx.saved_tensors
         layout = ctx.layout
         b, t, e = q.shape
         w, n, heads, at = layout.w, layout.n, layout.heads, layout.at
@@ -131,7 +131,6 @@ class BandAttention(torch.autograd.Function):
         # copies would; a global key's sums every block's, in at least float32
         dk, dv = (torch.zeros_like(qs) for _ in range(2))
         dkg, dvg = (torch.zeros(b, at.shape[1], e, dtype=_wide(q.dtype)) for _ in range(2))
-        masks = _bias(layout.mask, q.dtype).view(b, n, 1, w, -1)
         for j0, j1 in layout.chunks():
             dqb, dkb, dvb = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 _heads(gs[:, j0:j1], heads),
