@@ -269,17 +269,22 @@ def test_locality_warmup_gets_off_the_plateau(tmp_path):
     assert plain < warm - 0.3, (warm, plain)
 
 
-def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy():
-    """The chunked float32 loss of the MLM head against `F.cross_entropy` on a float32 copy."""
+@pytest.mark.parametrize("fused", [False, True], ids=["chunks", "compiled"])
+def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy(fused):
+    """The float32 loss of the MLM head, a chunk of rows at a time or compiled, against
+    `F.cross_entropy` on a float32 copy; 150 rows cross two chunks' edges."""
     import torch.nn.functional as F
 
+    from lab.core import hardware
     from lab.core.mlm import MaskedCE
 
+    if fused and hardware.compiler():
+        pytest.skip(hardware.compiler())
     torch.manual_seed(0)
     logits = (3 * torch.randn(150, 1000)).to(torch.bfloat16).requires_grad_()
     target = torch.randint(0, 1000, (150,))
     target[:20] = logits.detach().float()[:20].argmax(-1)  # some rows right
-    loss, acc = MaskedCE.apply(logits, target)
+    loss, acc = MaskedCE.apply(logits, target, fused)
     loss.backward()
     ours = logits.grad.clone()
     logits.grad = None
@@ -288,3 +293,50 @@ def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy():
     assert float(loss.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6)
     assert torch.allclose(ours.float(), logits.grad.float(), atol=1e-6)
     assert float(acc) == pytest.approx(float((logits.float().argmax(-1) == target).float().mean()))
+
+
+def _embedding_grads(compiled: bool):
+    """Every parameter's gradient of one MaskedLM step, with the word embeddings looked up by the
+    encoder and by `MaskedLM` (sparse rows), on a batch with padding."""
+    torch.manual_seed(0)
+    module = MaskedLM(models.build("L2_H128", 300, seed=0, dropout=0.0))
+    pad = module.model.config.pad_token_id
+    ids = torch.randint(5, 300, (4, 24))
+    ids[0, -4:] = pad
+    labels = torch.full_like(ids, -100)
+    labels[:, 1::4] = ids[:, 1::4]
+    if compiled:
+        train.compile_encoders(module)
+    out = {}
+    for sparse in (False, True):
+        module.zero_grad(set_to_none=True)
+        module.sparse_rows = sparse
+        assert module._rows_here({}) == sparse
+        module(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels)["loss"].backward()
+        out[sparse] = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+    return out[True], out[False]
+
+
+def test_word_embeddings_looked_up_outside_the_encoder_give_the_encoders_gradients():
+    """`MaskedLM` looks a tied BERT's word embeddings up itself, with a sparse gradient that lands
+    in the decoder's dense one: every parameter's gradient as the model's own lookup gives it
+    (the padding row included), and dense; an untied model keeps its own lookup."""
+    ours, theirs = _embedding_grads(compiled=False)
+    assert ours.keys() == theirs.keys()
+    for name, g in ours.items():
+        assert g.layout == torch.strided, name
+        torch.testing.assert_close(g, theirs[name], rtol=1e-5, atol=1e-7, msg=name)
+    untied = MaskedLM(models.build("L2_H128", 300, seed=0, dropout=0.0))
+    untied.model.cls.predictions.decoder.weight = torch.nn.Parameter(torch.zeros(300, 128))
+    assert not untied._rows_here({})
+
+
+@pytest.mark.slow
+def test_word_embeddings_looked_up_outside_a_compiled_encoder_give_its_gradients():
+    from lab.core import hardware
+
+    if hardware.compiler():
+        pytest.skip(hardware.compiler())
+    ours, theirs = _embedding_grads(compiled=True)
+    for name, g in ours.items():
+        torch.testing.assert_close(g, theirs[name], rtol=1e-4, atol=1e-6, msg=name)

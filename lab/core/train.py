@@ -128,7 +128,7 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 def compile_encoders(module: torch.nn.Module) -> str:
     """Compile each transformers encoder inside `module` in place (its weights and state dict keys
-    are unchanged); what was done, for the log."""
+    are unchanged), and a masked-LM loss (`mlm.MaskedLM.fused_loss`); what was done, for the log."""
     why = hardware.compiler()
     if why:
         return f"uncompiled: {why}"
@@ -144,6 +144,9 @@ def compile_encoders(module: torch.nn.Module) -> str:
             m.compile(dynamic=None)
             m._lab_compiled = True
             done.append(type(m).__name__)
+        if getattr(m, "fused_loss", None) is False:  # mlm.MaskedLM: its loss's compiled kernels
+            m.fused_loss = True
+            done.append("its masked-LM loss")
     return f"compiled {', '.join(done)}" if done else "nothing to compile"
 
 
