@@ -5,6 +5,8 @@ import queue
 import pytest
 
 from lab.bench import longify
+from lab.bench.pretrain import _matmuls_alone
+from lab.core import budget, models
 
 
 @pytest.mark.slow
@@ -30,3 +32,14 @@ def test_a_bench_child_that_dies_is_named_not_waited_for():
         RuntimeError, match="the bert step at -1 tokens died .exit code 1; its traceback"
     ):
         longify._measure("bert", -1, 256)
+
+
+def test_the_matmul_ceiling_runs_the_products_the_flop_count_counts():
+    """The pretraining bench's ceiling arm multiplies exactly the FLOPs a token costs by
+    `budget.flops_per_token` (itself checked against torch's counter in test_budget)."""
+    for name, vocab, length in (("L2_H128", 500, 32), ("Mini", 21128, 128)):
+        size = models.size(models.config(name, vocab))
+        arm, per_token = _matmuls_alone(size, 4, length, 0.25, repeats=1)
+        assert per_token == pytest.approx(budget.flops_per_token(size, length, 0.25), rel=1e-9)
+        if name == "L2_H128":
+            assert arm() > 0

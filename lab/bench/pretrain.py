@@ -76,6 +76,39 @@ def _grouped(ids: list[list[int]], length: int) -> list[list[int]]:
     return [flat[i : i + length] for i in range(0, len(flat) - length + 1, length)]
 
 
+def _matmuls_alone(size, batch: int, length: int, mask_share: float, repeats: int = 5):
+    """A training step's matrix products alone, back to back, in bf16 at the model's shapes: each
+    layer's six linear maps and two attention products, the head's transform and vocabulary
+    projection at the masked rows, each forward and its backward's two products. Returns an arm:
+    the tokens/s a step would reach if nothing but its matmuls took time (its MFU is the ceiling
+    of the loop's), and the FLOPs the products do per token (`budget.flops_per_token`'s count)."""
+    n, h = batch * length, size.hidden
+    f, m, bh, d = size.ffn or 4 * h, round(n * mask_share), batch * size.heads, h // size.heads
+    mats = [(1, n, h, h)] * 4 + [(1, n, h, f), (1, n, f, h)]
+    mats = mats * size.layers + [(bh, length, d, length), (bh, length, length, d)] * size.layers
+    mats += [(1, m, h, h), (1, m, h, size.vocab)]
+    pairs = []
+    for b, rows, inner, cols in mats:  # y = x w; dx = dy w^T; dw = x^T dy
+        for a, c, e in ((rows, inner, cols), (rows, cols, inner), (inner, rows, cols)):
+            pairs.append((torch.randn(b, a, c, dtype=torch.bfloat16),
+                          torch.randn(b, c, e, dtype=torch.bfloat16)))  # fmt: skip
+    flops = sum(2 * x.shape[0] * x.shape[1] * x.shape[2] * y.shape[2] for x, y in pairs)
+
+    def step():
+        for x, y in pairs:
+            torch.bmm(x, y) if x.shape[0] > 1 else x[0] @ y[0]
+
+    step()
+
+    def arm() -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return repeats * n / (time.perf_counter() - t0)
+
+    return arm, flops / n
+
+
 def pretrain(*, quick: bool = False) -> dict:
     """Real (non-pad) tokens per second of the lab's pretraining loop (packed sequences, loss at
     masked positions only, bf16, this machine's training attention, compiled) against two
@@ -83,7 +116,8 @@ def pretrain(*, quick: bool = False) -> dict:
     texts: the stock one (fp32, one padded paragraph per example) and the one a careful user writes
     (bf16=True, run_mlm's grouped full blocks, SDPA attention). The arms run in interleaved rounds;
     the ratio against the careful arm is the result. Each arm's MFU is against this machine's
-    probed bf16 matmul peak; then each model's held-out loss."""
+    probed bf16 matmul peak, beside the MFU of the step's matmuls run alone in the same rounds (the
+    ceiling: what is not a matmul takes the rest); then each model's held-out loss."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling
 
@@ -116,6 +150,7 @@ def pretrain(*, quick: bool = False) -> dict:
     module = MaskedLM(ours_model)
     train.compile_encoders(module)
     done = {"steps": 0}
+    alone, alone_fpt = _matmuls_alone(size, batch, length, 0.15)
 
     def ours() -> float:
         clock = _Clock(
@@ -138,6 +173,7 @@ def pretrain(*, quick: bool = False) -> dict:
         "trainer_stock": lambda: _trainer_arm(
             stock, stock_ds, collator, bf16=False, batch=batch, steps=steps, skip=skip
         ),  # fmt: skip
+        "matmuls_alone": alone,
     }
     rates = rounds.interleaved(arms, n_rounds)
     hx, hw = data.packed(held, tokenizer, length)
@@ -145,9 +181,11 @@ def pretrain(*, quick: bool = False) -> dict:
             for name, m in (("lab", ours_model), ("trainer_careful", careful), ("trainer_stock", stock))}  # fmt: skip
     med = {name: rounds.median(r) for name, r in rates.items()}
     mfu = {name: round(hardware.mfu(fpt, r, peak["bfloat16"]), 3) for name, r in med.items()}
-    for name in arms:
+    for name in loss:
         print(f"  {name:16s} {med[name]:9,.0f} real tokens/s  MFU {mfu[name]:.0%} of the bf16 peak  "
               f"held-out loss {loss[name]:.3f} after {n_rounds * steps} steps")  # fmt: skip
+    print(f"  {'matmuls_alone':16s} {med['matmuls_alone']:9,.0f} tokens/s  MFU {mfu['matmuls_alone']:.0%}: "
+          f"the step's {alone_fpt / 1e6:.1f} MFLOP a token of matmuls alone, the ceiling of the loop's MFU")  # fmt: skip
     vs_careful = rounds.paired_ratio(rates["lab"], rates["trainer_careful"])
     vs_stock = rounds.paired_ratio(rates["lab"], rates["trainer_stock"])
     return {
@@ -157,6 +195,7 @@ def pretrain(*, quick: bool = False) -> dict:
         "stock": round(med["trainer_stock"]), "ratio_vs_stock": vs_stock["ratio"],
         "ratio_vs_stock_iqr": vs_stock["ratio_iqr"], "mfu": mfu,
         "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()}, "flops_per_token": fpt,
+        "mfu_ceiling": mfu["matmuls_alone"], "matmul_flops_per_token": alone_fpt,
         "loss": {k: round(v, 4) for k, v in loss.items()}, "rounds": n_rounds, "steps_per_round": steps,
         "rates_by_round": {k: [round(v) for v in r] for k, r in rates.items()},
         "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": preset, "quick": quick,
