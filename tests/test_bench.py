@@ -39,7 +39,13 @@ def test_the_matmul_ceiling_runs_the_products_the_flop_count_counts():
     `budget.flops_per_token` (itself checked against torch's counter in test_budget)."""
     for name, vocab, length in (("L2_H128", 500, 32), ("Mini", 21128, 128)):
         size = models.size(models.config(name, vocab))
-        arm, per_token = _matmuls_alone(size, 4, length, 0.25, repeats=1)
+        arm, per_token, shapes = _matmuls_alone(size, 4, length, 0.25, repeats=1)
         assert per_token == pytest.approx(budget.flops_per_token(size, length, 0.25), rel=1e-9)
+        n, h, f, heads = 4 * length, size.hidden, size.ffn, size.heads
+        # the first feed-forward map (x W: n x h by h x f), then dx = dy W^T and dW = x^T dy
+        assert shapes[12:15] == [(1, n, h, f), (1, n, f, h), (1, h, n, f)]
+        # the scores of the first layer: q k^T per head, then its two backward products
+        per_head = (4 * heads, length, h // heads, length)
+        assert shapes[6 * 3 * size.layers] == per_head
         if name == "L2_H128":
             assert arm() > 0

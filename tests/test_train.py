@@ -285,58 +285,67 @@ def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy(fused):
     target = torch.randint(0, 1000, (150,))
     target[:20] = logits.detach().float()[:20].argmax(-1)  # some rows right
     loss, acc = MaskedCE.apply(logits, target, fused)
-    loss.backward()
+    (2.5 * loss).backward()  # the loop scales the loss (gradient accumulation)
     ours = logits.grad.clone()
     logits.grad = None
     theirs = F.cross_entropy(logits.float(), target)
-    theirs.backward()
+    (2.5 * theirs).backward()
     assert float(loss.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6)
     assert torch.allclose(ours.float(), logits.grad.float(), atol=1e-6)
     assert float(acc) == pytest.approx(float((logits.float().argmax(-1) == target).float().mean()))
 
 
-def _embedding_grads(compiled: bool):
-    """Every parameter's gradient of one MaskedLM step, with the word embeddings looked up by the
-    encoder and by `MaskedLM` (sparse rows), on a batch with padding."""
+def _step_grads(module, ids, labels, pad) -> dict:
+    module.zero_grad(set_to_none=True)
+    module(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels)["loss"].backward()
+    return {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+
+
+def _lookup_pair(compiled: bool):
+    """One MaskedLM step's gradients, the model's own embeddings against `lookup.Lookup` installed
+    (compiled or not), on a batch with padding and repeated positions and token types."""
+    import copy
+
+    from lab.core import lookup
+
     torch.manual_seed(0)
-    module = MaskedLM(models.build("L2_H128", 300, seed=0, dropout=0.0))
-    pad = module.model.config.pad_token_id
+    plain = MaskedLM(models.build("L2_H128", 300, seed=0, dropout=0.0))
+    ours = copy.deepcopy(plain)
+    pad = plain.model.config.pad_token_id
     ids = torch.randint(5, 300, (4, 24))
     ids[0, -4:] = pad
+    ids[1, :6] = 7  # one row looked up six times in one sequence
     labels = torch.full_like(ids, -100)
     labels[:, 1::4] = ids[:, 1::4]
     if compiled:
-        train.compile_encoders(module)
-    out = {}
-    for sparse in (False, True):
-        module.zero_grad(set_to_none=True)
-        module.sparse_rows = sparse
-        assert module._rows_here({}) == sparse
-        module(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels)["loss"].backward()
-        out[sparse] = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
-    return out[True], out[False]
+        assert train.compile_encoders(ours).startswith("compiled")
+    else:
+        assert lookup.install(ours) == 3  # words, positions, token types
+    assert type(ours.model.bert.embeddings.position_embeddings) is lookup.Lookup
+    return _step_grads(ours, ids, labels, pad), _step_grads(plain, ids, labels, pad)
 
 
-def test_word_embeddings_looked_up_outside_the_encoder_give_the_encoders_gradients():
-    """`MaskedLM` looks a tied BERT's word embeddings up itself, with a sparse gradient that lands
-    in the decoder's dense one: every parameter's gradient as the model's own lookup gives it
-    (the padding row included), and dense; an untied model keeps its own lookup."""
-    ours, theirs = _embedding_grads(compiled=False)
+def test_embedding_lookups_with_row_grads_give_the_embeddings_gradients():
+    """`lookup.Lookup`'s backward (`index_add_` through one opaque operator) gives every parameter
+    the gradient `nn.Embedding` gives it: the padding row none, repeated rows summed."""
+    ours, theirs = _lookup_pair(compiled=False)
     assert ours.keys() == theirs.keys()
     for name, g in ours.items():
-        assert g.layout == torch.strided, name
         torch.testing.assert_close(g, theirs[name], rtol=1e-5, atol=1e-7, msg=name)
-    untied = MaskedLM(models.build("L2_H128", 300, seed=0, dropout=0.0))
-    untied.model.cls.predictions.decoder.weight = torch.nn.Parameter(torch.zeros(300, 128))
-    assert not untied._rows_here({})
+    from lab.core import lookup
+
+    table = torch.nn.Embedding(10, 4, padding_idx=2)
+    lookup.install(table)
+    table(torch.tensor([[2, 3, 3], [2, 9, 0]])).sum().backward()
+    assert table.weight.grad[:, 0].tolist() == [1, 0, 0, 2, 0, 0, 0, 0, 0, 1]  # no padding row
 
 
 @pytest.mark.slow
-def test_word_embeddings_looked_up_outside_a_compiled_encoder_give_its_gradients():
+def test_embedding_lookups_in_a_compiled_encoder_give_the_embeddings_gradients():
     from lab.core import hardware
 
     if hardware.compiler():
         pytest.skip(hardware.compiler())
-    ours, theirs = _embedding_grads(compiled=True)
+    ours, theirs = _lookup_pair(compiled=True)
     for name, g in ours.items():
         torch.testing.assert_close(g, theirs[name], rtol=1e-4, atol=1e-6, msg=name)

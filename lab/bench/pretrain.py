@@ -79,9 +79,10 @@ def _grouped(ids: list[list[int]], length: int) -> list[list[int]]:
 def _matmuls_alone(size, batch: int, length: int, mask_share: float, repeats: int = 5):
     """A training step's matrix products alone, back to back, in bf16 at the model's shapes: each
     layer's six linear maps and two attention products, the head's transform and vocabulary
-    projection at the masked rows, each forward and its backward's two products. Returns an arm:
-    the tokens/s a step would reach if nothing but its matmuls took time (its MFU is the ceiling
-    of the loop's), and the FLOPs the products do per token (`budget.flops_per_token`'s count)."""
+    projection at the masked rows, each forward and its backward's two products. Returns an arm
+    (the tokens/s a step would reach if nothing but its matmuls took time: its MFU is the ceiling
+    of the loop's), the FLOPs the products do per token (`budget.flops_per_token`'s count), and the
+    products' shapes (batch, rows, inner, columns)."""
     n, h = batch * length, size.hidden
     f, m, bh, d = size.ffn or 4 * h, round(n * mask_share), batch * size.heads, h // size.heads
     mats = [(1, n, h, h)] * 4 + [(1, n, h, f), (1, n, f, h)]
@@ -106,7 +107,7 @@ def _matmuls_alone(size, batch: int, length: int, mask_share: float, repeats: in
             step()
         return repeats * n / (time.perf_counter() - t0)
 
-    return arm, flops / n
+    return arm, flops / n, [(x.shape[0], *x.shape[1:], y.shape[2]) for x, y in pairs]
 
 
 def pretrain(*, quick: bool = False) -> dict:
@@ -150,7 +151,7 @@ def pretrain(*, quick: bool = False) -> dict:
     module = MaskedLM(ours_model)
     train.compile_encoders(module)
     done = {"steps": 0}
-    alone, alone_fpt = _matmuls_alone(size, batch, length, 0.15)
+    alone, alone_fpt, _ = _matmuls_alone(size, batch, length, 0.15)
 
     def ours() -> float:
         clock = _Clock(

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lab.core.attention import block_attention, locality_bias, with_bias
@@ -27,25 +26,6 @@ class MaskedLM(nn.Module):
         super().__init__()
         self.model = model
         self.fused_loss = False
-        self.sparse_rows = True
-
-    def _rows_here(self, kwargs) -> bool:
-        """Whether to look the word embeddings up here, with a sparse gradient: a BERT whose
-        decoder shares the embedding matrix, so the matrix's gradient is the decoder's dense one
-        with the looked-up rows added in. Inside a compiled encoder the lookup's backward adds
-        the rows into a zeroed matrix element by element with atomic adds; at 4,096 tokens and
-        21,128 x 256 that backward kernel took 19 ms a step and takes 12 without the lookup, while
-        the sparse gradient and its accumulation take 1.2 ms (4.2 for eager's dense one)."""
-        if (
-            not self.sparse_rows
-            or "inputs_embeds" in kwargs
-            or self.model.config.model_type != "bert"
-        ):
-            return False
-        return (
-            self.encoder().embeddings.word_embeddings.weight
-            is self.head().predictions.decoder.weight
-        )
 
     def encoder(self):
         return getattr(self.model, self.model.base_model_prefix)
@@ -62,12 +42,6 @@ class MaskedLM(nn.Module):
             ).logits[chosen]
         else:
             attention_mask = with_bias(attention_mask, attention_bias)
-            if self._rows_here(kwargs):
-                words = self.encoder().embeddings.word_embeddings
-                kwargs["inputs_embeds"] = F.embedding(
-                    input_ids, words.weight, words.padding_idx, sparse=True
-                )
-                input_ids = None
             hidden = self.encoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
             logits = self.head()(hidden[chosen])  # (N, V): only the masked positions
         loss, acc = MaskedCE.apply(logits, labels[chosen], self.fused_loss)

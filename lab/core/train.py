@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from lab.core import dropout, hardware
+from lab.core import dropout, hardware, lookup
 from lab.core.errors import LabError
 from lab.core.files import write_json
 from lab.core.progress import echo, tqdm
@@ -141,6 +141,7 @@ def compile_encoders(module: torch.nn.Module) -> str:
             and m is m.base_model
             and not getattr(m, "_lab_compiled", False)
         ):
+            lookup.install(m)  # embedding backward without atomics
             m.compile(dynamic=None)
             m._lab_compiled = True
             done.append(type(m).__name__)
