@@ -322,7 +322,8 @@ def _lookup_pair(compiled: bool):
     else:
         assert lookup.install(ours) == 3  # words, positions, token types
     assert type(ours.model.bert.embeddings.position_embeddings) is lookup.Lookup
-    return _step_grads(ours, ids, labels, pad), _step_grads(plain, ids, labels, pad)
+    with train.autocast(torch.device("cpu"), compiled):  # bf16, as the loop trains
+        return _step_grads(ours, ids, labels, pad), _step_grads(plain, ids, labels, pad)
 
 
 def test_embedding_lookups_with_row_grads_give_the_embeddings_gradients():
@@ -347,5 +348,15 @@ def test_embedding_lookups_in_a_compiled_encoder_give_the_embeddings_gradients()
     if hardware.compiler():
         pytest.skip(hardware.compiler())
     ours, theirs = _lookup_pair(compiled=True)
+    assert ours.keys() == theirs.keys()
     for name, g in ours.items():
-        torch.testing.assert_close(g, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(g, theirs[name], rtol=0.02, atol=2e-4, msg=name)
+
+
+def test_the_row_gradient_operator_is_declared_as_it_runs():
+    """torch's own checks of a custom operator: schema, fake (meta) kernel, registration."""
+    from lab.core import lookup
+
+    grad, ids = torch.randn(2, 3, 4), torch.randint(0, 5, (2, 3))
+    torch.library.opcheck(torch.ops.lab.row_grads.default, (grad, ids, 5, 1))
+    assert lookup.row_grads(grad, ids, 5, -1).shape == (5, 4)

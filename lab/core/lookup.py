@@ -5,9 +5,10 @@ looked-up row into it element by element with atomic adds. A BERT's position and
 are looked up at every token (4,096 tokens a step, 256 wide, all token types on one row), so those
 atomics contend, and the kernel that held them took longer than the vocabulary projection.
 `Lookup` keeps the forward (`F.embedding`) and hands the backward to one opaque operator,
-`lab::row_grads`, which runs PyTorch's own `index_add_` (vectorised rows, no atomics on a CPU; on
-a GPU the same kernel as the embedding's). `install` swaps it into a model before it is compiled;
-weights, state dict keys and gradients are unchanged (`tests/test_train.py`).
+`lab::row_grads`, which runs PyTorch's own `index_add_` (vectorised rows, no atomics on a CPU).
+`train.compile_encoders` installs it in a model on a CPU before compiling it (on a GPU the
+compiled backward is left as it is: unmeasured there); weights, state dict keys and gradients are
+unchanged (`tests/test_train.py`).
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class _Rows(torch.autograd.Function):
         return F.embedding(ids, weight)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (ids,) = ctx.saved_tensors
-        return row_grads(grad.contiguous(), ids, ctx.rows, ctx.padding_idx), None, None
+        return row_grads(grad, ids, ctx.rows, ctx.padding_idx), None, None
 
 
 class Lookup(nn.Embedding):

@@ -141,7 +141,8 @@ def compile_encoders(module: torch.nn.Module) -> str:
             and m is m.base_model
             and not getattr(m, "_lab_compiled", False)
         ):
-            lookup.install(m)  # embedding backward without atomics
+            if m.device.type == "cpu":
+                lookup.install(m)  # embedding backward without inductor's atomics
             m.compile(dynamic=None)
             m._lab_compiled = True
             done.append(type(m).__name__)
