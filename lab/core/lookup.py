@@ -3,7 +3,7 @@
 Compiled by inductor for a CPU, an embedding's backward zeroes the table's gradient and adds each
 looked-up row into it element by element with atomic adds. A BERT's position and token-type tables
 are looked up at every token (4,096 tokens a step, 256 wide, all token types on one row), so those
-atomics contend, and the kernel that held them took longer than the vocabulary projection.
+atomics contend: the kernel that held them took 19 ms of a 310 ms step (Mini, 21,128 tokens).
 `Lookup` keeps the forward (`F.embedding`) and hands the backward to one opaque operator,
 `lab::row_grads`, which runs PyTorch's own `index_add_` (vectorised rows, no atomics on a CPU).
 `train.compile_encoders` installs it in a model on a CPU before compiling it (on a GPU the

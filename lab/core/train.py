@@ -134,7 +134,7 @@ def compile_encoders(module: torch.nn.Module) -> str:
         return f"uncompiled: {why}"
     from transformers import PreTrainedModel
 
-    done = []
+    done, loss = [], ""
     for m in module.modules():
         if (
             isinstance(m, PreTrainedModel)
@@ -148,8 +148,8 @@ def compile_encoders(module: torch.nn.Module) -> str:
             done.append(type(m).__name__)
         if getattr(m, "fused_loss", None) is False:  # mlm.MaskedLM: its loss's compiled kernels
             m.fused_loss = True
-            done.append("its masked-LM loss")
-    return f"compiled {', '.join(done)}" if done else "nothing to compile"
+            loss = " and the masked-LM loss"
+    return f"compiled {', '.join(done)}{loss}" if done else "nothing to compile"
 
 
 def train(
