@@ -329,12 +329,12 @@ def _lookup_pair(compiled: bool):
 def test_embedding_lookups_with_row_grads_give_the_embeddings_gradients():
     """`lookup.Lookup`'s backward (`index_add_` through one opaque operator) gives every parameter
     the gradient `nn.Embedding` gives it: the padding row none, repeated rows summed."""
+    from lab.core import lookup
+
     ours, theirs = _lookup_pair(compiled=False)
     assert ours.keys() == theirs.keys()
     for name, g in ours.items():
         torch.testing.assert_close(g, theirs[name], rtol=1e-5, atol=1e-7, msg=name)
-    from lab.core import lookup
-
     table = torch.nn.Embedding(10, 4, padding_idx=2)
     lookup.install(table)
     table(torch.tensor([[2, 3, 3], [2, 9, 0]])).sum().backward()

@@ -7,6 +7,7 @@ seeded order and masks them with a seeded collator, so a batch is a pure functio
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +65,10 @@ def _ce_grad(logits, target, lse, scale):
     return ((p - hit.float()) * scale).to(logits.dtype)
 
 
-_compiled: dict[str, object] = {}
-
-
-def _fused(name: str):
-    if not _compiled:
-        _compiled.update(
-            rows=torch.compile(_ce_rows, dynamic=True), grad=torch.compile(_ce_grad, dynamic=True)
-        )
-    return _compiled[name]
+@functools.cache
+def _fused(fn):
+    """`fn` compiled, once per process."""
+    return torch.compile(fn, dynamic=True)
 
 
 class MaskedCE(torch.autograd.Function):
@@ -91,7 +87,7 @@ class MaskedCE(torch.autograd.Function):
     def forward(ctx, logits, target, fused=False):
         ctx.fused = fused
         if fused:
-            lse, picked, right = _fused("rows")(logits, target)
+            lse, picked, right = _fused(_ce_rows)(logits, target)
         else:
             lse, picked, right = (torch.empty(len(logits), device=logits.device) for _ in "abc")
             for s in range(0, len(logits), MaskedCE.ROWS):
@@ -108,7 +104,7 @@ class MaskedCE(torch.autograd.Function):
         logits, target, lse = ctx.saved_tensors
         scale = grad / len(logits)
         if ctx.fused:
-            return _fused("grad")(logits, target, lse, scale), None, None
+            return _fused(_ce_grad)(logits, target, lse, scale), None, None
         out = torch.empty_like(logits)
         for s in range(0, len(logits), MaskedCE.ROWS):
             rows = slice(s, s + MaskedCE.ROWS)
