@@ -360,3 +360,31 @@ def test_the_row_gradient_operator_is_declared_as_it_runs():
     grad, ids = torch.randn(2, 3, 4), torch.randint(0, 5, (2, 3))
     torch.library.opcheck(torch.ops.lab.row_grads.default, (grad, ids, 5, 1))
     assert lookup.row_grads(grad, ids, 5, -1).shape == (5, 4)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_evaluates_without_compiling_again(tmp_path):
+    """Held-out evaluation inside the loop runs the compiled encoder uncompiled (`train.eager`):
+    no graph compiled for it, and the result is the uncompiled model's."""
+    from torch._dynamo.utils import counters
+
+    from lab.core import hardware
+
+    if hardware.compiler():
+        pytest.skip(hardware.compiler())
+    batches, seen = Synthetic(), []
+
+    def held_out(model) -> dict:
+        before = counters["frames"]["ok"]
+        loss = model(**batches(1_000))["loss"]
+        seen.append(counters["frames"]["ok"] - before)
+        return {"loss": float(loss)}
+
+    cfg = train.TrainConfig(steps=4, lr=1e-3, warmup_steps=1, eval_every=2, compile=True,
+                            checkpoints=False, tensorboard=False)  # fmt: skip
+    module = MaskedLM(tiny(dropout=0.0))
+    res = train.train(module, batches, cfg, tmp_path, evaluate=held_out)
+    assert res["compiled"] and seen == [0, 0]
+    module.eval()
+    with torch.no_grad(), train.autocast(torch.device("cpu"), True), train.eager():
+        assert float(module(**batches(1_000))["loss"]) == res["eval"]["loss"]
