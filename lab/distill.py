@@ -227,8 +227,9 @@ def run(cfg: DistillConfig) -> dict:
         f"distillation trained {len(trained)} models in {(time.time() - t0) / 60:.1f} min; evaluating ..."
     )
     valid_ids, valid_wids = mlm.load_packed(packed, "valid")
-    table = kdeval.compare(teacher, trained, tokenizer, valid_ids, valid_wids,
-                           sequences=cfg.eval_sequences * 4, seed=cfg.seed)  # fmt: skip
+    with train.eager():  # every model scored and timed uncompiled, as the evaluate stage loads it
+        table = kdeval.compare(teacher, trained, tokenizer, valid_ids, valid_wids,
+                               sequences=cfg.eval_sequences * 4, seed=cfg.seed)  # fmt: skip
     for name, model in trained.items():
         card = cards.student(cfg, name, model, table[name], summaries[name],
                              init_text(cfg, plan, name), source.provenance())  # fmt: skip
