@@ -13,8 +13,9 @@ stops on a non-finite loss and keeps the last good checkpoint, progress with tok
 and metrics appended to a jsonl file and to TensorBoard event files. On a CPU it draws dropout
 masks with `core.dropout` (a quarter of the random numbers). Optionally it compiles the model's
 encoders (`torch.compile`; on a CPU with `core.lookup`'s embedding backward) and a masked-LM
-loss (`mlm.MaskedCE`); evaluation runs them uncompiled (`eager`). Scalars stay on the device between log steps: no per-step host
-sync. Under `accelerate launch` or `torchrun` it runs data-parallel unchanged (DDP; gloo on CPU).
+loss (`mlm.MaskedCE`); evaluation runs them uncompiled (`eager`). Scalars stay on the device
+between log steps: no per-step host sync. Under `accelerate launch` or `torchrun` it runs
+data-parallel unchanged (DDP; gloo on CPU).
 """
 
 from __future__ import annotations
