@@ -365,7 +365,7 @@ def test_the_row_gradient_operator_is_declared_as_it_runs():
 @pytest.mark.slow
 def test_a_compiled_model_evaluates_without_compiling_again(tmp_path):
     """Held-out evaluation inside the loop runs the compiled encoder uncompiled (`train.eager`):
-    no graph compiled for it, and the result is the uncompiled model's."""
+    no graph compiled for it, and the result is that of a never-compiled copy of the model."""
     from torch._dynamo.utils import counters
 
     from lab.core import hardware
@@ -387,6 +387,20 @@ def test_a_compiled_model_evaluates_without_compiling_again(tmp_path):
     module = MaskedLM(tiny(dropout=0.0))
     res = train.train(module, batches, cfg, tmp_path, evaluate=held_out)
     assert res["compiled"] and seen == [0, 0]
-    module.eval()
-    with torch.no_grad(), train.autocast(torch.device("cpu"), True), train.eager():
-        assert float(module(**batches(1_000))["loss"]) == res["eval"]["loss"]
+    plain = MaskedLM(tiny(dropout=0.0))  # never compiled, the trained weights
+    plain.model.load_state_dict(module.model.state_dict())
+    plain.eval()
+    with torch.no_grad(), train.autocast(torch.device("cpu"), True):
+        assert float(plain(**batches(1_000))["loss"]) == res["eval"]["loss"]
+
+
+def test_compile_encoders_names_what_it_compiled():
+    """A second stage wraps an encoder compiled by the first: only its loss is new."""
+    from lab.core import hardware
+
+    if hardware.compiler():
+        pytest.skip(hardware.compiler())
+    model = tiny(dropout=0.0)
+    assert train.compile_encoders(MaskedLM(model)) == "compiled BertModel and the masked-LM loss"
+    assert train.compile_encoders(MaskedLM(model)) == "compiled the masked-LM loss"
+    assert train.compile_encoders(model) == "nothing to compile"
