@@ -178,8 +178,9 @@ def pretrain(*, quick: bool = False) -> dict:
     }
     rates = rounds.interleaved(arms, n_rounds)
     hx, hw = data.packed(held, tokenizer, length)
-    loss = {name: mlm_metrics(m.float(), hx, hw, tokenizer, seed=1)["loss"]
-            for name, m in (("lab", ours_model), ("trainer_careful", careful), ("trainer_stock", stock))}  # fmt: skip
+    with train.eager():  # every arm's model scored by the same uncompiled code
+        loss = {name: mlm_metrics(m.float(), hx, hw, tokenizer, seed=1)["loss"]
+                for name, m in (("lab", ours_model), ("trainer_careful", careful), ("trainer_stock", stock))}  # fmt: skip
     med = {name: rounds.median(r) for name, r in rates.items()}
     mfu = {name: round(hardware.mfu(fpt, r, peak["bfloat16"]), 3) for name, r in med.items()}
     for name in loss:
