@@ -1,5 +1,6 @@
 """The training loop: learning, exact resume, the non-finite guard, data parallel on CPU."""
 
+import copy
 import json
 import os
 import subprocess
@@ -11,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lab.core import models, train
+from lab.core import hardware, lookup, models, train
 from lab.core.attention import locality_bias
 from lab.core.mlm import LocalityWarmup, MaskedLM
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_compiler = pytest.mark.skipif(bool(hardware.compiler()), reason=str(hardware.compiler()))
 
 
 class Synthetic:
@@ -275,7 +277,6 @@ def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy(fused):
     `F.cross_entropy` on a float32 copy; 150 rows cross two chunks' edges."""
     import torch.nn.functional as F
 
-    from lab.core import hardware
     from lab.core.mlm import MaskedCE
 
     if fused and hardware.compiler():
@@ -304,10 +305,6 @@ def _step_grads(module, ids, labels, pad) -> dict:
 def _lookup_pair(compiled: bool):
     """One MaskedLM step's gradients, the model's own embeddings against `lookup.Lookup` installed
     (compiled or not), on a batch with padding and repeated positions and token types."""
-    import copy
-
-    from lab.core import lookup
-
     torch.manual_seed(0)
     plain = MaskedLM(models.build("L2_H128", 300, seed=0, dropout=0.0))
     ours = copy.deepcopy(plain)
@@ -329,8 +326,6 @@ def _lookup_pair(compiled: bool):
 def test_embedding_lookups_with_row_grads_give_the_embeddings_gradients():
     """`lookup.Lookup`'s backward (`index_add_` through one opaque operator) gives every parameter
     the gradient `nn.Embedding` gives it: the padding row none, repeated rows summed."""
-    from lab.core import lookup
-
     ours, theirs = _lookup_pair(compiled=False)
     assert ours.keys() == theirs.keys()
     for name, g in ours.items():
@@ -342,11 +337,8 @@ def test_embedding_lookups_with_row_grads_give_the_embeddings_gradients():
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_embedding_lookups_in_a_compiled_encoder_give_the_embeddings_gradients():
-    from lab.core import hardware
-
-    if hardware.compiler():
-        pytest.skip(hardware.compiler())
     ours, theirs = _lookup_pair(compiled=True)
     assert ours.keys() == theirs.keys()
     for name, g in ours.items():
@@ -355,23 +347,18 @@ def test_embedding_lookups_in_a_compiled_encoder_give_the_embeddings_gradients()
 
 def test_the_row_gradient_operator_is_declared_as_it_runs():
     """torch's own checks of a custom operator: schema, fake (meta) kernel, registration."""
-    from lab.core import lookup
-
     grad, ids = torch.randn(2, 3, 4), torch.randint(0, 5, (2, 3))
     torch.library.opcheck(torch.ops.lab.row_grads.default, (grad, ids, 5, 1))
     assert lookup.row_grads(grad, ids, 5, -1).shape == (5, 4)
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_a_compiled_model_evaluates_without_compiling_again(tmp_path):
     """Held-out evaluation inside the loop runs the compiled encoder uncompiled (`train.eager`):
     no graph compiled for it, and the result is that of a never-compiled copy of the model."""
     from torch._dynamo.utils import counters
 
-    from lab.core import hardware
-
-    if hardware.compiler():
-        pytest.skip(hardware.compiler())
     if not hasattr(torch.compiler, "set_stance"):
         pytest.skip("a torch before 2.6 compiles evaluation as well")
     batches, seen = Synthetic(), []
@@ -394,12 +381,9 @@ def test_a_compiled_model_evaluates_without_compiling_again(tmp_path):
         assert float(plain(**batches(1_000))["loss"]) == res["eval"]["loss"]
 
 
+@needs_compiler
 def test_compile_encoders_names_what_it_compiled():
     """A second stage wraps an encoder compiled by the first: only its loss is new."""
-    from lab.core import hardware
-
-    if hardware.compiler():
-        pytest.skip(hardware.compiler())
     model = tiny(dropout=0.0)
     assert train.compile_encoders(MaskedLM(model)) == "compiled BertModel and the masked-LM loss"
     assert train.compile_encoders(MaskedLM(model)) == "compiled the masked-LM loss"
