@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.core import kd, models, sources, vocab, wordpiece
+from lab.core import hardware, kd, models, sources, vocab, wordpiece
 from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
 from lab.core.masking import WholeWordMaskCollator
@@ -159,6 +159,46 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
     assert torch.isfinite(module(**batch)["loss"])
     with pytest.raises(DistillError, match="holds logits of another teacher"):
         cache("bbb")
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chunks", "compiled"])
+def test_cached_distiller_is_kd_plus_cross_entropy_written_out(tok, fused):
+    """The cached Distiller takes its MLM term, accuracy and top-k logits from one pass
+    (`mlm.MaskedCE`); its loss, terms and every student gradient are those of `kd_loss` and
+    `F.cross_entropy` on the student's logits, computed here the plain way."""
+    if fused and hardware.compiler():
+        pytest.skip(hardware.compiler())
+    torch.manual_seed(0)
+    batch = _batch(tok, n=6, length=32)
+    chosen = batch["labels"] != -100
+    n = int(chosen.sum())
+    logp = F.log_softmax(3 * torch.randn(n, len(tok)), -1)
+    batch["topk_logp"], batch["topk_idx"] = logp.topk(16, dim=-1)
+    batch["topk_idx"] = batch["topk_idx"].int()  # as the cache stores them
+    student = models.build("L1_H32_A2", len(tok), seed=1, dropout=0.0)
+    module = kd.Distiller(student, None, weights={"kd": 0.7, "mlm": 1.3}, temperature=4.0,
+                          t2=True, layer_map=[0], topk=16)  # fmt: skip
+    module.fused_loss = fused
+    out = module(**batch)
+    out["loss"].backward()
+    ours = {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}
+    student.zero_grad(set_to_none=True)
+
+    s = student.cls(student.bert(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"])[0][chosen])  # fmt: skip
+    kd_term = kd.kd_loss(s, batch["topk_logp"], batch["topk_idx"], 4.0, t2=True)
+    mlm_term = F.cross_entropy(s.float(), batch["labels"][chosen])
+    (0.7 * kd_term + 1.3 * mlm_term).backward()
+
+    assert float(out["kd"]) == pytest.approx(float(kd_term.detach()), rel=1e-5)
+    assert float(out["mlm"]) == pytest.approx(float(mlm_term.detach()), rel=1e-5)
+    assert float(out["acc"]) == pytest.approx(
+        float((s.argmax(-1) == batch["labels"][chosen]).float().mean())
+    )
+    assert ours.keys() == {k for k, p in student.named_parameters() if p.grad is not None}
+    for k, p in student.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(ours[k], p.grad, atol=1e-6, rtol=1e-4), k
 
 
 def test_cached_mode_refuses_hidden_losses(tok):

@@ -285,7 +285,7 @@ def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy(fused):
     logits = (3 * torch.randn(150, 1000)).to(torch.bfloat16).requires_grad_()
     target = torch.randint(0, 1000, (150,))
     target[:20] = logits.detach().float()[:20].argmax(-1)  # some rows right
-    loss, acc = MaskedCE.apply(logits, target, fused)
+    loss, acc, _ = MaskedCE.apply(logits, target, fused)
     (2.5 * loss).backward()  # the loop scales the loss (gradient accumulation)
     ours = logits.grad.clone()
     logits.grad = None
@@ -294,6 +294,39 @@ def test_masked_cross_entropy_is_pytorchs_in_value_gradient_and_accuracy(fused):
     assert float(loss.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6)
     assert torch.allclose(ours.float(), logits.grad.float(), atol=1e-6)
     assert float(acc) == pytest.approx(float((logits.float().argmax(-1) == target).float().mean()))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chunks", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_masked_cross_entropy_columns_are_a_gather_in_value_and_gradient(fused, dtype):
+    """With `columns`, MaskedCE also returns those logits in float32, and its backward adds their
+    gradient to the cross-entropy's: what autograd gives for `gather` beside `F.cross_entropy`.
+    In bfloat16 the sum is rounded once rather than twice, so within one rounding step."""
+    import torch.nn.functional as F
+
+    from lab.core.mlm import MaskedCE
+
+    if fused and hardware.compiler():
+        pytest.skip(hardware.compiler())
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(150, 1000)).to(dtype).requires_grad_()
+    target = torch.randint(0, 1000, (150,))
+    columns = torch.stack([torch.randperm(1000)[:16] for _ in range(150)])
+    weights = torch.randn(150, 16)  # a made-up loss of the gathered logits
+
+    loss, acc, picked = MaskedCE.apply(logits, target, fused, columns)
+    (2.5 * loss + (weights * picked).sum()).backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    theirs = F.cross_entropy(logits.float(), target)
+    gathered = logits.gather(1, columns).float()
+    (2.5 * theirs + (weights * gathered).sum()).backward()
+
+    assert picked.dtype == torch.float32 and torch.equal(picked, gathered.detach())
+    assert float(loss.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6)
+    step = 1e-6 if dtype == torch.float32 else 2**-7 * logits.grad.float().abs()
+    assert ((ours.float() - logits.grad.float()).abs() <= step + 1e-6).all()
+    assert ours.float().abs().gather(1, columns).min() > 0  # the columns' gradient arrived
 
 
 def _step_grads(module, ids, labels, pad) -> dict:

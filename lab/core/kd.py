@@ -16,6 +16,7 @@ from torch import nn
 from lab.core import models
 from lab.core.attention import with_bias
 from lab.core.errors import LabError
+from lab.core.mlm import MaskedCE
 
 LOSSES = ("kd", "mlm", "hidden", "attention", "topk")
 
@@ -143,8 +144,13 @@ def kd_loss(
     (the true one too, where the teacher missed it) towards zero probability. With k = V this is
     Hinton's KD exactly. Multiplied by T^2 when `t2` (Hinton's scaling, which keeps its gradient
     size independent of T; TextBrewer omits it: github.com/airaria/TextBrewer/issues/39)."""
+    gathered = student_logits.gather(-1, teacher_idx.long()).float()
+    return _kd(gathered, teacher_logp, temperature, t2)
+
+
+def _kd(gathered, teacher_logp, temperature: float, t2: bool) -> torch.Tensor:
+    """`kd_loss` from the student's logits at the teacher's k ids, (N, k) in float32."""
     log_target = F.log_softmax(teacher_logp.float() / temperature, dim=-1)
-    gathered = student_logits.float().gather(-1, teacher_idx.long())
     log_student = F.log_softmax(gathered / temperature, dim=-1)
     # KL(target || student): the cross-entropy's gradient, but 0 at a perfect match, so the logged
     # value shows how far the student is (at a high T the target's entropy would swamp the CE)
@@ -156,8 +162,12 @@ def topk_loss(student_logits, teacher_logp, teacher_idx) -> torch.Tensor:
     """The roberta-wwm-ext-distill seed's loss: cross-entropy against the teacher's top-k
     distribution plus (1 - cosine) between the student's and the teacher's top-k probabilities,
     both renormalised over the k entries."""
+    return _topk(student_logits.gather(-1, teacher_idx.long()).float(), teacher_logp)
+
+
+def _topk(gathered, teacher_logp) -> torch.Tensor:
+    """`topk_loss` from the student's logits at the teacher's k ids, (N, k) in float32."""
     target = teacher_logp.float().softmax(-1)
-    gathered = student_logits.float().gather(-1, teacher_idx.long())
     log_student = F.log_softmax(gathered, dim=-1)
     ce = -(target * log_student).sum(-1).mean()
     cos = F.cosine_similarity(log_student.exp(), target, dim=-1).mean()
@@ -168,7 +178,10 @@ class Distiller(nn.Module):
     """The module the training loop trains: the student, the width projections, and the losses.
 
     forward(**batch) returns {"loss", and each term}. A batch holds input_ids, attention_mask,
-    labels and, in cached mode, topk_logp / topk_idx rows for its masked positions (row-major)."""
+    labels and, in cached mode, topk_logp / topk_idx rows for its masked positions (row-major).
+    The MLM term, the accuracy and the student's logits at the cached top k come from one pass over
+    the (N, V) logits (`mlm.MaskedCE`; compiled when `fused_loss`, which `train.compile_encoders`
+    sets)."""
 
     def __init__(self, student, teacher=None, *, weights: dict[str, float], temperature: float, t2: bool,
                  layer_map: list[int], topk: int):  # fmt: skip
@@ -183,6 +196,7 @@ class Distiller(nn.Module):
         self.t2 = t2
         self.layer_map = layer_map
         self.topk = topk
+        self.fused_loss = False
         hs = student.config.hidden_size
         ht = teacher.config.hidden_size if teacher is not None else hs
         n = len(layer_map) + 1  # embeddings output + mapped layers
@@ -209,7 +223,12 @@ class Distiller(nn.Module):
             output_hidden_states=want_hidden, output_attentions=want_attn,
         )  # fmt: skip
         chosen = labels != -100
+        target = labels[chosen]
         s_logits = self.student.cls(s_out.last_hidden_state[chosen])  # (N, V)
+        cached = self.teacher is None and topk_idx is not None
+        mlm, acc, gathered = MaskedCE.apply(
+            s_logits, target, self.fused_loss, topk_idx.long() if cached else None
+        )
         terms: dict[str, torch.Tensor] = {}
         if self.teacher is not None:
             with torch.no_grad():
@@ -227,11 +246,13 @@ class Distiller(nn.Module):
                 )
                 terms["kd"] = kd_loss(s_logits, t_logp_full, full_idx, self.temperature, self.t2)
         elif "kd" in self.weights:
-            terms["kd"] = kd_loss(s_logits, topk_logp, topk_idx, self.temperature, self.t2)
+            terms["kd"] = _kd(gathered, topk_logp, self.temperature, self.t2)
         if "topk" in self.weights:
-            terms["topk"] = topk_loss(s_logits, topk_logp, topk_idx)
+            terms["topk"] = (
+                _topk(gathered, topk_logp) if cached else topk_loss(s_logits, topk_logp, topk_idx)
+            )
         if "mlm" in self.weights:
-            terms["mlm"] = F.cross_entropy(s_logits.float(), labels[chosen])
+            terms["mlm"] = mlm
         mask = (
             attention_mask.bool()
             if attention_mask is not None
@@ -251,7 +272,6 @@ class Distiller(nn.Module):
                 for i, t in enumerate(self.layer_map)
             ) / len(self.layer_map)
         loss = sum(self.weights[k] * v for k, v in terms.items())
-        acc = (s_logits.argmax(-1) == labels[chosen]).float().mean()
         return {"loss": loss, "acc": acc.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 

@@ -45,7 +45,7 @@ class MaskedLM(nn.Module):
             attention_mask = with_bias(attention_mask, attention_bias)
             hidden = self.encoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
             logits = self.head()(hidden[chosen])  # (N, V): only the masked positions
-        loss, acc = MaskedCE.apply(logits, labels[chosen], self.fused_loss)
+        loss, acc, _ = MaskedCE.apply(logits, labels[chosen], self.fused_loss)
         return {"loss": loss, "acc": acc}
 
 
@@ -58,11 +58,15 @@ def _ce_rows(logits, target):
     return lse, picked, (picked >= z.amax(-1)).float()
 
 
-def _ce_grad(logits, target, lse, scale):
-    """The gradient of the mean cross-entropy times `scale`: (softmax - one-hot) * scale."""
+def _ce_grad(logits, target, lse, scale, columns=None, grad_columns=None):
+    """The gradient of the mean cross-entropy times `scale`: (softmax - one-hot) * scale, plus
+    `grad_columns` (N, k) added at `columns` (N, k), in float32 before the cast to the logits' dtype."""
     p = torch.exp(logits.float() - lse[:, None])
     hit = torch.arange(logits.shape[1], device=logits.device) == target[:, None]
-    return ((p - hit.float()) * scale).to(logits.dtype)
+    grad = (p - hit.float()) * scale
+    if columns is not None:
+        grad = grad.scatter_add(1, columns, grad_columns.float())
+    return grad.to(logits.dtype)
 
 
 @functools.cache
@@ -79,12 +83,19 @@ class MaskedCE(torch.autograd.Function):
     Eagerly, a chunk of rows at a time; with `fused`, forward and backward are each one compiled
     kernel over all rows (`_ce_rows`, `_ce_grad`), which reads the logits once (2-3x faster than
     the chunks on a CPU at 600 x 21,128). Call it with `fused` only where `torch.compile` runs
-    (`hardware.compiler()`)."""
+    (`hardware.compiler()`).
+
+    `columns` (N, k) vocabulary ids, or None: the third output is those logits of each row in float32
+    (a distillation target's top k, `kd.Distiller`), and backward adds their gradient to the
+    cross-entropy's in float32 as it goes, where autograd's gather would scatter it into an (N, V)
+    tensor of zeros of its own and add that in the logits' dtype (on a CPU a bfloat16 scatter
+    converts the whole tensor to float32 and back). Returns (loss, accuracy, those logits or an
+    empty tensor)."""
 
     ROWS = 64  # rows per chunk: 64 x a 21,128-token vocabulary in float32 is 5 MB
 
     @staticmethod
-    def forward(ctx, logits, target, fused=False):
+    def forward(ctx, logits, target, fused=False, columns=None):
         ctx.fused = fused
         if fused:
             lse, picked, right = _fused(_ce_rows)(logits, target)
@@ -96,22 +107,31 @@ class MaskedCE(torch.autograd.Function):
                 lse[rows] = torch.logsumexp(z, -1)
                 picked[rows] = z.gather(1, target[rows, None])[:, 0]
                 right[rows] = (picked[rows] >= z.amax(-1)).float()
-        ctx.save_for_backward(logits, target, lse)
-        return (lse - picked).mean(), right.mean()
+        ctx.save_for_backward(logits, target, lse, columns)
+        ctx.mark_non_differentiable(right)
+        if columns is None:
+            return (lse - picked).mean(), right.mean(), logits.new_empty(0, dtype=torch.float32)
+        return (lse - picked).mean(), right.mean(), logits.gather(1, columns).float()
 
     @staticmethod
-    def backward(ctx, grad, _):
-        logits, target, lse = ctx.saved_tensors
+    def backward(ctx, grad, _, grad_columns):
+        logits, target, lse, columns = ctx.saved_tensors
         scale = grad / len(logits)
+        if columns is None:
+            grad_columns = None
         if ctx.fused:
-            return _fused(_ce_grad)(logits, target, lse, scale), None, None
+            out = _fused(_ce_grad)(logits, target, lse, scale, columns, grad_columns)
+            return out, None, None, None
         out = torch.empty_like(logits)
         for s in range(0, len(logits), MaskedCE.ROWS):
             rows = slice(s, s + MaskedCE.ROWS)
             p = torch.exp(logits[rows].float() - lse[rows, None])
             p[torch.arange(p.shape[0], device=p.device), target[rows]] -= 1
-            out[rows] = p.mul_(scale)
-        return out, None, None
+            p.mul_(scale)
+            if columns is not None:
+                p.scatter_add_(1, columns[rows], grad_columns[rows].float())
+            out[rows] = p
+        return out, None, None, None
 
 
 class LocalityWarmup:
