@@ -161,11 +161,16 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
         cache("bbb")
 
 
+WEIGHTS = [{"kd": 0.7, "mlm": 1.3}, {"kd": 1.0}, {"topk": 1.0, "mlm": 1.0}]
+
+
+@pytest.mark.parametrize("weights", WEIGHTS, ids=["kd+mlm", "kd", "topk+mlm"])
 @pytest.mark.parametrize("fused", [False, True], ids=["chunks", "compiled"])
-def test_cached_distiller_is_kd_plus_cross_entropy_written_out(tok, fused):
+def test_cached_distiller_is_kd_plus_cross_entropy_written_out(tok, fused, weights):
     """The cached Distiller takes its MLM term, accuracy and top-k logits from one pass
-    (`mlm.MaskedCE`); its loss, terms and every student gradient are those of `kd_loss` and
-    `F.cross_entropy` on the student's logits, computed here the plain way."""
+    (`mlm.MaskedCE`); its loss, terms and every student gradient are those of `kd_loss`,
+    `topk_loss` and `F.cross_entropy` on the student's logits, computed here the plain way (in
+    float32, where the accuracy's ties with the top logit do not occur)."""
     if fused and hardware.compiler():
         pytest.skip(hardware.compiler())
     torch.manual_seed(0)
@@ -176,8 +181,8 @@ def test_cached_distiller_is_kd_plus_cross_entropy_written_out(tok, fused):
     batch["topk_logp"], batch["topk_idx"] = logp.topk(16, dim=-1)
     batch["topk_idx"] = batch["topk_idx"].int()  # as the cache stores them
     student = models.build("L1_H32_A2", len(tok), seed=1, dropout=0.0)
-    module = kd.Distiller(student, None, weights={"kd": 0.7, "mlm": 1.3}, temperature=4.0,
-                          t2=True, layer_map=[0], topk=16)  # fmt: skip
+    module = kd.Distiller(student, None, weights=weights, temperature=4.0, t2=True, layer_map=[0],
+                          topk=16)  # fmt: skip
     module.fused_loss = fused
     out = module(**batch)
     out["loss"].backward()
@@ -186,12 +191,16 @@ def test_cached_distiller_is_kd_plus_cross_entropy_written_out(tok, fused):
 
     s = student.cls(student.bert(input_ids=batch["input_ids"],
                                  attention_mask=batch["attention_mask"])[0][chosen])  # fmt: skip
-    kd_term = kd.kd_loss(s, batch["topk_logp"], batch["topk_idx"], 4.0, t2=True)
-    mlm_term = F.cross_entropy(s.float(), batch["labels"][chosen])
-    (0.7 * kd_term + 1.3 * mlm_term).backward()
+    plain = {
+        "kd": kd.kd_loss(s, batch["topk_logp"], batch["topk_idx"], 4.0, t2=True),
+        "topk": kd.topk_loss(s, batch["topk_logp"], batch["topk_idx"]),
+        "mlm": F.cross_entropy(s.float(), batch["labels"][chosen]),
+    }
+    sum(w * plain[k] for k, w in weights.items()).backward()
 
-    assert float(out["kd"]) == pytest.approx(float(kd_term.detach()), rel=1e-5)
-    assert float(out["mlm"]) == pytest.approx(float(mlm_term.detach()), rel=1e-5)
+    assert out.keys() == {"loss", "acc", *weights}
+    for k in weights:
+        assert float(out[k]) == pytest.approx(float(plain[k].detach()), rel=1e-5), k
     assert float(out["acc"]) == pytest.approx(
         float((s.argmax(-1) == batch["labels"][chosen]).float().mean())
     )

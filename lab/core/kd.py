@@ -144,7 +144,7 @@ def kd_loss(
     (the true one too, where the teacher missed it) towards zero probability. With k = V this is
     Hinton's KD exactly. Multiplied by T^2 when `t2` (Hinton's scaling, which keeps its gradient
     size independent of T; TextBrewer omits it: github.com/airaria/TextBrewer/issues/39)."""
-    gathered = student_logits.gather(-1, teacher_idx.long()).float()
+    gathered = student_logits.float().gather(-1, teacher_idx.long())
     return _kd(gathered, teacher_logp, temperature, t2)
 
 
@@ -162,7 +162,7 @@ def topk_loss(student_logits, teacher_logp, teacher_idx) -> torch.Tensor:
     """The roberta-wwm-ext-distill seed's loss: cross-entropy against the teacher's top-k
     distribution plus (1 - cosine) between the student's and the teacher's top-k probabilities,
     both renormalised over the k entries."""
-    return _topk(student_logits.gather(-1, teacher_idx.long()).float(), teacher_logp)
+    return _topk(student_logits.float().gather(-1, teacher_idx.long()), teacher_logp)
 
 
 def _topk(gathered, teacher_logp) -> torch.Tensor:
@@ -179,9 +179,9 @@ class Distiller(nn.Module):
 
     forward(**batch) returns {"loss", and each term}. A batch holds input_ids, attention_mask,
     labels and, in cached mode, topk_logp / topk_idx rows for its masked positions (row-major).
-    The MLM term, the accuracy and the student's logits at the cached top k come from one pass over
-    the (N, V) logits (`mlm.MaskedCE`; compiled when `fused_loss`, which `train.compile_encoders`
-    sets)."""
+    The MLM term, the accuracy (ties with the top logit count as right) and the student's logits at
+    the cached top k come from one pass over the (N, V) logits (`mlm.MaskedCE`; compiled when
+    `fused_loss`, which `train.compile_encoders` sets)."""
 
     def __init__(self, student, teacher=None, *, weights: dict[str, float], temperature: float, t2: bool,
                  layer_map: list[int], topk: int):  # fmt: skip
@@ -225,7 +225,11 @@ class Distiller(nn.Module):
         chosen = labels != -100
         target = labels[chosen]
         s_logits = self.student.cls(s_out.last_hidden_state[chosen])  # (N, V)
-        cached = self.teacher is None and topk_idx is not None
+        cached = (  # the teacher's top k from the cache, and a term that reads them
+            self.teacher is None
+            and topk_idx is not None
+            and bool({"kd", "topk"} & set(self.weights))
+        )
         mlm, acc, gathered = MaskedCE.apply(
             s_logits, target, self.fused_loss, topk_idx.long() if cached else None
         )
@@ -241,10 +245,7 @@ class Distiller(nn.Module):
                 t_logp_full = F.log_softmax(t_logits, -1)
                 topk_logp, topk_idx = t_logp_full.topk(k, dim=-1)
             if "kd" in self.weights:  # online: KD over the full vocabulary
-                full_idx = torch.arange(t_logits.shape[-1], device=t_logits.device).expand_as(
-                    t_logits
-                )
-                terms["kd"] = kd_loss(s_logits, t_logp_full, full_idx, self.temperature, self.t2)
+                terms["kd"] = _kd(s_logits.float(), t_logp_full, self.temperature, self.t2)
         elif "kd" in self.weights:
             terms["kd"] = _kd(gathered, topk_logp, self.temperature, self.t2)
         if "topk" in self.weights:

@@ -76,7 +76,8 @@ def _fused(fn):
 
 
 class MaskedCE(torch.autograd.Function):
-    """Mean cross-entropy and top-1 accuracy of logits (N, V) against targets (N,), in float32:
+    """Mean cross-entropy and top-1 accuracy (a target tied with the largest logit counts as right;
+    in bfloat16 ties are not rare) of logits (N, V) against targets (N,), in float32:
     the loss and gradient of `F.cross_entropy(logits.float(), target)` without an (N, V) float32
     copy of the logits (on a CPU, memory traffic is most of this part of the step).
 
@@ -108,10 +109,14 @@ class MaskedCE(torch.autograd.Function):
                 picked[rows] = z.gather(1, target[rows, None])[:, 0]
                 right[rows] = (picked[rows] >= z.amax(-1)).float()
         ctx.save_for_backward(logits, target, lse, columns)
-        ctx.mark_non_differentiable(right)
+        acc = right.mean()
         if columns is None:
-            return (lse - picked).mean(), right.mean(), logits.new_empty(0, dtype=torch.float32)
-        return (lse - picked).mean(), right.mean(), logits.gather(1, columns).float()
+            at_columns = logits.new_empty(0, dtype=torch.float32)
+            ctx.mark_non_differentiable(acc, at_columns)
+        else:
+            at_columns = logits.gather(1, columns).float()
+            ctx.mark_non_differentiable(acc)
+        return (lse - picked).mean(), acc, at_columns
 
     @staticmethod
     def backward(ctx, grad, _, grad_columns):

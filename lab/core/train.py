@@ -130,7 +130,8 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 def compile_encoders(module: torch.nn.Module) -> str:
     """Compile each transformers encoder inside `module` in place (its weights and state dict keys
-    are unchanged), and a masked-LM loss (`mlm.MaskedLM.fused_loss`); what was done, for the log."""
+    are unchanged), and a masked-LM loss (`fused_loss` of `mlm.MaskedLM` or `kd.Distiller`); what
+    was done, for the log."""
     why = hardware.compiler()
     if why:
         return f"uncompiled: {why}"
@@ -148,7 +149,7 @@ def compile_encoders(module: torch.nn.Module) -> str:
             m.compile(dynamic=None)
             m._lab_compiled = True
             done.append(type(m).__name__)
-        if getattr(m, "fused_loss", None) is False:  # mlm.MaskedLM: its loss's compiled kernels
+        if getattr(m, "fused_loss", None) is False:  # MaskedLM, Distiller: compiled loss kernels
             m.fused_loss = True
             loss = ["the masked-LM loss"]
     return f"compiled {' and '.join(done + loss)}" if done or loss else "nothing to compile"
