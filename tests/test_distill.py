@@ -129,6 +129,17 @@ def test_online_distiller_all_terms(tok):
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained
 
 
+def test_top_logp_is_torchs_log_softmax_and_topk_a_block_of_rows_at_a_time():
+    from lab.core import kdcache
+
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(kdcache.ROWS + 44, 300)).to(torch.bfloat16)  # two blocks
+    values, ids = kdcache.top_logp(logits, 40)
+    theirs = F.log_softmax(logits.float(), -1).topk(40, dim=-1)
+    assert torch.equal(values, theirs.values) and torch.equal(ids, theirs.indices)
+    assert kdcache.top_logp(logits, 1000)[0].shape == (len(logits), 300)  # k past the vocabulary
+
+
 def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
     teacher = models.build("L2_H64", len(tok), seed=0)
     texts = ["中国的首都是北京。我们学习语言模型，很好用。"] * 40
@@ -142,7 +153,9 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
                                    n_sequences=20, topk=8, seed=0, teacher_digest=digest)  # fmt: skip
 
     meta = cache("aaa")
-    assert 0 < meta["truncation_mass"]["8"] <= 1 and meta["masked_positions"] > 0
+    mass = meta["truncation_mass"]  # the teacher's probability kept by its top 8 and top 32
+    assert mass.keys() == {"8", "32"} and 0 < mass["8"] <= mass["32"] <= 1
+    assert meta["masked_positions"] > 0
     batch = CachedBatches(tmp_path / "c", 4, 0)(0)
     n_masked = int((batch["labels"] != -100).sum())
     assert batch["topk_logp"].shape == (n_masked, 8) and batch["topk_idx"].dtype == torch.int32

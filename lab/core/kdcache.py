@@ -21,6 +21,23 @@ from lab.core.mlm import PackedBatches
 from lab.core.progress import tqdm
 from lab.core.train import autocast
 
+MASS_AT = (8, 32)  # besides k itself: the teacher's probability mass kept by its top 8, 32, k
+ROWS = 256  # masked positions a time through the log-softmax: 256 x 21,128 in float32 is 22 MB
+
+
+def top_logp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest log-probabilities of each row of logits (N, V) and their vocabulary ids, in
+    descending order; float32, a block of rows at a time (a whole (N, V) float32 copy is larger
+    than what the allocator keeps, so each would be fresh pages from the system)."""
+    k = min(k, logits.shape[-1])
+    values = logits.new_empty(len(logits), k, dtype=torch.float32)
+    ids = torch.empty(len(logits), k, dtype=torch.long, device=logits.device)
+    for s in range(0, len(logits), ROWS):
+        values[s : s + ROWS], ids[s : s + ROWS] = F.log_softmax(
+            logits[s : s + ROWS].float(), -1
+        ).topk(k, dim=-1)
+    return values, ids
+
 
 def build_cache(teacher, input_ids: np.ndarray, word_ids: np.ndarray, collator, folder: Path, *,
                 dupe_factor: int, n_sequences: int, topk: int, seed: int, teacher_digest: str,
@@ -50,6 +67,7 @@ def build_cache(teacher, input_ids: np.ndarray, word_ids: np.ndarray, collator, 
     mass_sum: dict[int, float] = {}
     device = next(teacher.parameters()).device
     teacher.eval()
+    keep = max(topk, *MASS_AT)  # one top-k serves the stored values and every mass
     for start in tqdm(range(0, n_sequences, batch_size), desc="teacher top-k cache"):
         idx = range(start, min(start + batch_size, n_sequences))
         examples = [
@@ -64,12 +82,12 @@ def build_cache(teacher, input_ids: np.ndarray, word_ids: np.ndarray, collator, 
         with torch.no_grad(), autocast(device, bf16):
             hidden = teacher.bert(input_ids=batch["input_ids"].to(device))[0]
             chosen = (batch["labels"] != -100).to(device)
-            logp = F.log_softmax(teacher.cls(hidden[chosen]).float(), -1)
-        probs = logp.exp()
-        for k in sorted({8, 32, topk} | {topk}):
-            if k <= probs.shape[-1]:
-                mass_sum[k] = mass_sum.get(k, 0.0) + float(probs.topk(k, -1).values.sum())
-        values, indices = logp.topk(min(topk, logp.shape[-1]), dim=-1)
+            logits = teacher.cls(hidden[chosen])
+        values, indices = top_logp(logits, keep)
+        for k in {*MASS_AT, topk}:
+            if k <= values.shape[-1]:
+                mass_sum[k] = mass_sum.get(k, 0.0) + float(values[:, :k].exp().sum())
+        values, indices = values[:, :topk], indices[:, :topk]
         chunks_lp.append(values.to(torch.float16).cpu().numpy())
         chunks_idx.append(indices.to(torch.int32).cpu().numpy())
         masked_in[start : start + len(idx)] = batch["input_ids"].numpy()
