@@ -7,6 +7,7 @@ from lab.core import hardware, kd, models, sources, vocab, wordpiece
 from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
 from lab.core.masking import WholeWordMaskCollator
+from lab.core.train import autocast
 
 
 def test_layer_maps():
@@ -129,15 +130,21 @@ def test_online_distiller_all_terms(tok):
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained
 
 
-def test_top_logp_is_torchs_log_softmax_and_topk_a_block_of_rows_at_a_time():
+@pytest.mark.parametrize("k", [8, 40])
+def test_top_logp_is_torchs_log_softmax_and_topk_a_block_of_rows_at_a_time(k):
+    """Values and ids exactly torch's, ties included (bfloat16 logits tie often), for k below and
+    above the widest mass; the wide values are torch's top 32."""
     from lab.core import kdcache
 
     torch.manual_seed(0)
-    logits = (4 * torch.randn(kdcache.ROWS + 44, 300)).to(torch.bfloat16)  # two blocks
-    values, ids = kdcache.top_logp(logits, 40)
-    theirs = F.log_softmax(logits.float(), -1).topk(40, dim=-1)
+    logits = (4 * torch.randn(kdcache.ROWS + 44, 3000)).to(torch.bfloat16)  # two blocks
+    values, ids, top = kdcache.top_logp(logits, k, wide=32)
+    logp = F.log_softmax(logits.float(), -1)
+    theirs = logp.topk(k, dim=-1)
     assert torch.equal(values, theirs.values) and torch.equal(ids, theirs.indices)
-    assert kdcache.top_logp(logits, 1000)[0].shape == (len(logits), 300)  # k past the vocabulary
+    assert torch.equal(top, logp.topk(max(k, 32), dim=-1).values)
+    assert kdcache.top_logp(logits, 5000)[0].shape == (len(logits), 3000)  # k past the vocabulary
+    assert kdcache.top_logp(logits[:0], k, wide=32)[2].shape == (0, max(k, 32))
 
 
 def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
@@ -156,6 +163,18 @@ def test_cache_round_trip_and_stale_teacher(tok, tmp_path):
     mass = meta["truncation_mass"]  # the teacher's probability kept by its top 8 and top 32
     assert mass.keys() == {"8", "32"} and 0 < mass["8"] <= mass["32"] <= 1
     assert meta["masked_positions"] > 0
+    with torch.no_grad(), autocast(torch.device("cpu"), True):  # the teacher again, as cached
+        masked = torch.from_numpy(np.load(tmp_path / "c" / "input_ids.npy")).long()
+        chosen = torch.from_numpy(np.load(tmp_path / "c" / "labels.npy")) != -100
+        logp = F.log_softmax(teacher.cls(teacher.bert(input_ids=masked)[0][chosen]).float(), -1)
+    stored = torch.from_numpy(np.load(tmp_path / "c" / "topk_logp.npy"))
+    ids = torch.from_numpy(np.load(tmp_path / "c" / "topk_idx.npy")).long()
+    assert torch.equal(stored, logp.topk(8, dim=-1).values.half())
+    assert torch.equal(ids, logp.topk(8, dim=-1).indices)  # among ties too
+    assert torch.equal(logp.gather(-1, ids).half(), stored)  # each id beside its own value
+    for n in (8, 32):
+        kept = float(logp.exp().topk(n, dim=-1).values.sum()) / len(logp)
+        assert mass[str(n)] == pytest.approx(kept, rel=1e-5)
     batch = CachedBatches(tmp_path / "c", 4, 0)(0)
     n_masked = int((batch["labels"] != -100).sum())
     assert batch["topk_logp"].shape == (n_masked, 8) and batch["topk_idx"].dtype == torch.int32

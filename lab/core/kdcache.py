@@ -21,22 +21,29 @@ from lab.core.mlm import PackedBatches
 from lab.core.progress import tqdm
 from lab.core.train import autocast
 
-MASS_AT = (8, 32)  # besides k itself: the teacher's probability mass kept by its top 8, 32, k
-ROWS = 256  # masked positions a time through the log-softmax: 256 x 21,128 in float32 is 22 MB
+MASS_AT = (8, 32)  # the teacher's probability kept by its top 8 and 32, reported beside its top k
+ROWS = 256  # masked positions a time through the log-softmax (two float32 blocks: 43 MB at 21,128)
 
 
-def top_logp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def top_logp(
+    logits: torch.Tensor, k: int, *, wide: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k largest log-probabilities of each row of logits (N, V) and their vocabulary ids, in
-    descending order; float32, a block of rows at a time (a whole (N, V) float32 copy is larger
-    than what the allocator keeps, so each would be fresh pages from the system)."""
+    descending order (ties in torch's top-k order), and the max(k, wide) largest values (the same
+    tensor when wide <= k); float32, computed a block of ROWS rows at a time, so the float32
+    temporaries stay 2 x ROWS x V x 4 bytes whatever N is (a batch of 64 x 128 tokens has about
+    1,230 masked rows: 2 x 104 MB at V = 21,128)."""
     k = min(k, logits.shape[-1])
+    wide = min(max(k, wide), logits.shape[-1])
     values = logits.new_empty(len(logits), k, dtype=torch.float32)
     ids = torch.empty(len(logits), k, dtype=torch.long, device=logits.device)
+    top = values if wide == k else logits.new_empty(len(logits), wide, dtype=torch.float32)
     for s in range(0, len(logits), ROWS):
-        values[s : s + ROWS], ids[s : s + ROWS] = F.log_softmax(
-            logits[s : s + ROWS].float(), -1
-        ).topk(k, dim=-1)
-    return values, ids
+        logp = F.log_softmax(logits[s : s + ROWS].float(), -1)
+        values[s : s + ROWS], ids[s : s + ROWS] = logp.topk(k, dim=-1)
+        if wide > k:  # its own top-k: the stored k keep torch's order among tied values
+            top[s : s + ROWS] = logp.topk(wide, dim=-1).values
+    return values, ids, top
 
 
 def build_cache(teacher, input_ids: np.ndarray, word_ids: np.ndarray, collator, folder: Path, *,
@@ -67,7 +74,6 @@ def build_cache(teacher, input_ids: np.ndarray, word_ids: np.ndarray, collator, 
     mass_sum: dict[int, float] = {}
     device = next(teacher.parameters()).device
     teacher.eval()
-    keep = max(topk, *MASS_AT)  # one top-k serves the stored values and every mass
     for start in tqdm(range(0, n_sequences, batch_size), desc="teacher top-k cache"):
         idx = range(start, min(start + batch_size, n_sequences))
         examples = [
@@ -83,11 +89,10 @@ def build_cache(teacher, input_ids: np.ndarray, word_ids: np.ndarray, collator, 
             hidden = teacher.bert(input_ids=batch["input_ids"].to(device))[0]
             chosen = (batch["labels"] != -100).to(device)
             logits = teacher.cls(hidden[chosen])
-        values, indices = top_logp(logits, keep)
+        values, indices, top = top_logp(logits, topk, wide=max(MASS_AT))
         for k in {*MASS_AT, topk}:
-            if k <= values.shape[-1]:
-                mass_sum[k] = mass_sum.get(k, 0.0) + float(values[:, :k].exp().sum())
-        values, indices = values[:, :topk], indices[:, :topk]
+            if k <= top.shape[-1]:
+                mass_sum[k] = mass_sum.get(k, 0.0) + float(top[:, :k].exp().sum())
         chunks_lp.append(values.to(torch.float16).cpu().numpy())
         chunks_idx.append(indices.to(torch.int32).cpu().numpy())
         masked_in[start : start + len(idx)] = batch["input_ids"].numpy()
