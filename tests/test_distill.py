@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.core import hardware, kd, models, sources, vocab, wordpiece
+from lab.core import hardware, kd, kdcache, models, sources, vocab, wordpiece
 from lab.core.kd import DistillError
 from lab.core.kdcache import CachedBatches, build_cache
 from lab.core.masking import WholeWordMaskCollator
@@ -134,8 +134,6 @@ def test_online_distiller_all_terms(tok):
 def test_top_logp_is_torchs_log_softmax_and_topk_a_block_of_rows_at_a_time(k):
     """Values and ids exactly torch's, ties included (bfloat16 logits tie often), for k below and
     above the widest mass; the wide values are torch's top 32."""
-    from lab.core import kdcache
-
     torch.manual_seed(0)
     logits = (4 * torch.randn(kdcache.ROWS + 44, 3000)).to(torch.bfloat16)  # two blocks
     values, ids, top = kdcache.top_logp(logits, k, wide=32)
