@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,65 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous(tmp_path, monkeypat
     latest = train.latest_checkpoint(tmp_path / "checkpoints")
     assert latest.name == "step-00000002"  # the half-written step 4 is not taken for complete
     assert json.loads((latest / "state.json").read_text())["step"] == 2
+
+
+FAULTS_SCRIPT = r"""
+import ctypes, resource, sys, torch
+sys.path.insert(0, {root!r})
+from lab.core import hardware
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KiB pages on any host
+what = hardware.retain_freed_memory() if sys.argv[1] == "retain" else "default"
+def step():  # a step's activations: 80 MiB alive at once, all freed at its end
+    blocks = [torch.ones(1 << 20) for _ in range(20)]
+    del blocks
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, what)
+"""
+ALLOCATOR = ("GLIBC_TUNABLES", "LD_PRELOAD", *hardware.USER_SETTINGS)
+
+
+def _faults(tmp_path, how: str) -> tuple[int, str]:
+    script = tmp_path / "faults.py"
+    script.write_text(FAULTS_SCRIPT.format(root=str(ROOT)))
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR}
+    out = subprocess.run(
+        [sys.executable, str(script), how], env=env, capture_output=True, text=True, check=True
+    )
+    faults, what = out.stdout.strip().split(" ", 1)
+    return int(faults), what
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_freed_memory_stays_with_the_process_unless_the_user_chose_an_allocator(
+    tmp_path, monkeypatch
+):
+    """Steps that free what they allocated fault their pages in again by default; once the training
+    loop's allocator setting is made they do so far less. A user's own malloc settings win."""
+    default, _ = _faults(tmp_path, "default")
+    retained, what = _faults(tmp_path, "retain")
+    assert what == hardware.RETAINED
+    assert default > 5 * 1024 and retained < default / 3, (default, retained)
+    for name, value in (
+        ("MALLOC_TRIM_THRESHOLD_", "1000000"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            assert hardware.retain_freed_memory.__wrapped__() == f"left as the user set it ({name})"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the setting is for CPU training")
+def test_the_training_loop_keeps_freed_memory_on_a_cpu(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(hardware, "retain_freed_memory", lambda: calls.append("retain"))
+    cfg = train.TrainConfig(
+        steps=1, lr=1e-3, warmup_steps=1, bf16=False, checkpoints=False, tensorboard=False
+    )
+    train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path)
+    assert calls == ["retain"]
 
 
 DDP_SCRIPT = r"""

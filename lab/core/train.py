@@ -10,8 +10,9 @@ The loop adds: bf16 autocast where the hardware supports it, gradient accumulati
 clipping, periodic evaluation, checkpoints with full state (weights as safetensors, optimizer,
 scheduler, RNG, step) written atomically, automatic resume from the latest checkpoint, a guard that
 stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s, MFU and ETA,
-and metrics appended to a jsonl file and to TensorBoard event files. On a CPU it draws dropout
-masks with `core.dropout` (a quarter of the random numbers). Optionally it compiles the model's
+and metrics appended to a jsonl file and to TensorBoard event files. On a CPU it keeps the memory
+a step frees (`hardware.retain_freed_memory`) and draws dropout masks with `core.dropout` (a
+quarter of the random numbers). Optionally it compiles the model's
 encoders (`torch.compile`; on a CPU with `core.lookup`'s embedding backward) and a masked-LM
 loss (`mlm.MaskedCE`); evaluation runs them uncompiled (`eager`, torch 2.6+). Scalars stay on
 the device between log steps: no per-step host sync. Under `accelerate launch` or `torchrun` it
@@ -198,6 +199,8 @@ def train(
     board = _board(out_dir, start) if cfg.tensorboard and acc.is_main_process else None
     precision = "bfloat16" if bf16_active(acc.device, cfg.bf16) else "float32"
     peak = hardware.matmul_peak(acc.device.type, precision) if cfg.flops_per_token else 0.0
+    if acc.device.type == "cpu":
+        hardware.retain_freed_memory()
     if cfg.fast_dropout and acc.device.type == "cpu":  # a GPU's own dropout is one fused kernel
         dropout.install(acc.unwrap_model(module))
     if cfg.compile:
