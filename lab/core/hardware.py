@@ -110,7 +110,8 @@ def retain_freed_memory() -> str:
     `cpu` teacher's compiled step still took 550-1,600 minor faults (4 KiB pages, each zeroed by the
     kernel on first touch); with both thresholds at 1 GiB, 60-140. Fixed high here (`mallopt`:
     blocks up to 32 MiB from the heap, a trim only past 2 GiB free), the step ran 1.02-1.07x the
-    tokens/s in five side-by-side runs of alternated rounds (medians of the rounds' ratios).
+    tokens/s in four side-by-side runs of alternated rounds (medians of the rounds' ratios; every
+    run's above 1, one of them significant alone), and 1.08x in a fifth set by glibc's tunables.
 
     The setting holds for the rest of the process: what a loop frees stays resident until the
     process exits (a stage's kernel, a fine-tuning worker), at the size of its peak; blocks over

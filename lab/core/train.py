@@ -12,11 +12,11 @@ scheduler, RNG, step) written atomically, automatic resume from the latest check
 stops on a non-finite loss and keeps the last good checkpoint, progress with tokens/s, MFU and ETA,
 and metrics appended to a jsonl file and to TensorBoard event files. On a CPU it keeps the memory
 a step frees (`hardware.retain_freed_memory`) and draws dropout masks with `core.dropout` (a
-quarter of the random numbers). Optionally it compiles the model's
-encoders (`torch.compile`; on a CPU with `core.lookup`'s embedding backward) and a masked-LM
-loss (`mlm.MaskedCE`); evaluation runs them uncompiled (`eager`, torch 2.6+). Scalars stay on
-the device between log steps: no per-step host sync. Under `accelerate launch` or `torchrun` it
-runs data-parallel unchanged (DDP; gloo on CPU).
+quarter of the random numbers). Optionally it compiles the model's encoders (`torch.compile`; on a
+CPU with `core.lookup`'s embedding backward) and a masked-LM loss (`mlm.MaskedCE`); evaluation runs
+them uncompiled (`eager`, torch 2.6+). Scalars stay on the device between log steps: no per-step
+host sync. Under `accelerate launch` or `torchrun` it runs data-parallel unchanged (DDP; gloo on
+CPU).
 """
 
 from __future__ import annotations
