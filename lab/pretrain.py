@@ -128,7 +128,8 @@ def batches_for(cfg: PretrainConfig, tokenizer, ids, wids, *, batch_size: int, s
         batches = mlm.PackedBatches(ids, wids, collator, batch_size, seed)
     if warm_up_steps:
         batches = mlm.LocalityWarmup(
-            batches, heads=heads, slope=cfg.locality_bias, steps=warm_up_steps, grad_accum=cfg.grad_accum
+            batches, heads=heads, slope=cfg.locality_bias, steps=warm_up_steps, grad_accum=cfg.grad_accum,
+            hold=cfg.compile,
         )  # fmt: skip
     return batches
 

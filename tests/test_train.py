@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from lab.core import hardware, lookup, models, train
-from lab.core.attention import locality_bias
+from lab.core.attention import UNCOMPILED_PADDED, locality_bias
 from lab.core.mlm import LocalityWarmup, MaskedLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,6 +308,41 @@ def test_attention_bias_reaches_attention():
         biased = module(**batch, attention_bias=steep)["loss"]
         plain = module(**batch)["loss"]
     assert not torch.isclose(biased, plain)
+
+
+def test_a_held_warmup_ends_in_a_bias_of_zeros_the_model_does_not_see():
+    """With `hold` the batches after the warm-up carry a bias of the warm-up's shape, all zeros
+    (a compiled model keeps its graph); the model's outputs are those without a bias."""
+    held = LocalityWarmup(Pairs(batch_size=2), heads=2, slope=1.0, steps=10, hold=True)
+    zeros = held(10)["attention_bias"]
+    assert zeros.shape == held(0)["attention_bias"].shape == (1, 2, 32, 32)
+    assert not zeros.any()
+    module = MaskedLM(tiny(dropout=0.0)).eval()
+    with torch.no_grad():
+        assert torch.allclose(module(**held(10))["loss"], module(**Pairs(batch_size=2)(10))["loss"])
+
+
+@needs_compiler
+def test_a_compiled_encoder_runs_its_first_padded_batches_uncompiled():
+    """A packed source's one short row an epoch does not compile a second graph for one step: the
+    padded batch runs uncompiled, with the uncompiled model's loss (to the compiled loss function's
+    rounding); the ninth padded batch compiles."""
+    from torch._dynamo.utils import counters
+
+    model = tiny(dropout=0.0)
+    plain = MaskedLM(copy.deepcopy(model))
+    module = MaskedLM(model)
+    assert train.compile_encoders(module).startswith("compiled")
+    padded = Pairs()(1)
+    padded["attention_mask"][0, -8:] = 0
+    with torch.no_grad():
+        module(**Pairs()(0))  # the graph for packed batches
+        graphs = counters["stats"]["unique_graphs"]
+        for _ in range(UNCOMPILED_PADDED):
+            assert torch.allclose(module(**padded)["loss"], plain(**padded)["loss"], rtol=1e-5)
+        assert counters["stats"]["unique_graphs"] == graphs
+        module(**padded)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.core import models
-from lab.core.attention import with_bias
+from lab.core.attention import padded_uncompiled, with_bias
 from lab.core.errors import LabError
 from lab.core.mlm import MaskedCE
 
@@ -218,10 +218,11 @@ class Distiller(nn.Module):
                 attention_bias=None):  # fmt: skip
         want_hidden = "hidden" in self.weights
         want_attn = "attention" in self.weights
-        s_out = self.student.bert(  # a locality warm-up bias reaches the student only
-            input_ids=input_ids, attention_mask=with_bias(attention_mask, attention_bias),
-            output_hidden_states=want_hidden, output_attentions=want_attn,
-        )  # fmt: skip
+        with padded_uncompiled(self, attention_mask):
+            s_out = self.student.bert(  # a locality warm-up bias reaches the student only
+                input_ids=input_ids, attention_mask=with_bias(attention_mask, attention_bias),
+                output_hidden_states=want_hidden, output_attentions=want_attn,
+            )  # fmt: skip
         chosen = labels != -100
         target = labels[chosen]
         s_logits = self.student.cls(s_out.last_hidden_state[chosen])  # (N, V)
@@ -235,7 +236,7 @@ class Distiller(nn.Module):
         )
         terms: dict[str, torch.Tensor] = {}
         if self.teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad(), padded_uncompiled(self.teacher, attention_mask):
                 t_out = self.teacher.bert(
                     input_ids=input_ids, attention_mask=attention_mask,
                     output_hidden_states=want_hidden, output_attentions=want_attn,
