@@ -75,7 +75,8 @@ class Distillation:
         if warm_up and cfg.locality_bias and cfg.locality_steps:
             batches = mlm.LocalityWarmup(
                 batches, heads=student.config.num_attention_heads, slope=cfg.locality_bias,
-                steps=int(cfg.locality_steps * steps), grad_accum=cfg.grad_accum, hold=cfg.compile,
+                steps=int(cfg.locality_steps * steps), grad_accum=cfg.grad_accum,
+                hold=train.compiles_on_cpu(cfg.compile),
             )  # fmt: skip
         device = train.accelerator().device
         student.set_attn_implementation(

@@ -129,7 +129,7 @@ def batches_for(cfg: PretrainConfig, tokenizer, ids, wids, *, batch_size: int, s
     if warm_up_steps:
         batches = mlm.LocalityWarmup(
             batches, heads=heads, slope=cfg.locality_bias, steps=warm_up_steps, grad_accum=cfg.grad_accum,
-            hold=cfg.compile,
+            hold=train.compiles_on_cpu(cfg.compile),
         )  # fmt: skip
     return batches
 

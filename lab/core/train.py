@@ -129,6 +129,12 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6, fused=True)
 
 
+def compiles_on_cpu(compile: bool) -> bool:
+    """Whether a loop asked to `compile` compiles on this process's CPU (no GPU, a compiler found):
+    where `mlm.LocalityWarmup(hold=...)` was measured to pay."""
+    return compile and accelerator().device.type == "cpu" and not hardware.compiler()
+
+
 def compile_encoders(module: torch.nn.Module) -> str:
     """Compile each transformers encoder inside `module` in place (its weights and state dict keys
     are unchanged), and a masked-LM loss (`fused_loss` of `mlm.MaskedLM` or `kd.Distiller`); what
