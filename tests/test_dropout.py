@@ -21,11 +21,12 @@ def test_the_mask_keeps_each_element_with_the_stated_probability_independently()
     kept = (y != 0).float()
     sigma = (keep * (1 - keep) / N) ** 0.5
     assert abs(kept.mean().item() - keep) < 5 * sigma
-    # four elements share one 64-bit draw: each lane keeps at the same rate, neighbours uncorrelated
-    lanes = kept.view(-1, 4).mean(0)
+    # four elements share one 64-bit draw, i and i + 1 (i even) and the same two in the second half:
+    # each of those lanes keeps at the same rate, and elements that share a draw are uncorrelated
+    lanes = kept.view(2, -1, 2).mean(1).flatten()
     assert (lanes - keep).abs().max().item() < 5 * 2 * sigma
-    a, b = kept[:-1] - keep, kept[1:] - keep
-    assert abs((a * b).mean().item() / (keep * (1 - keep))) < 5 / N**0.5
+    for a, b in ((kept[:-1], kept[1:]), (kept[: N // 2], kept[N // 2 :])):
+        assert abs(((a - keep) * (b - keep)).mean().item() / (keep * (1 - keep))) < 5 / N**0.5
     assert y.mean().item() == pytest.approx(1.0, abs=5 * sigma * scale)  # the expectation is kept
 
 
@@ -46,6 +47,9 @@ def test_each_call_draws_a_new_mask_and_rates_out_of_range_are_refused():
     torch.manual_seed(2)
     a, b = dropout.dropout(torch.ones(4096), 0.5), dropout.dropout(torch.ones(4096), 0.5)
     assert 0.4 < ((a != 0) != (b != 0)).float().mean().item() < 0.6  # independent: half differ
+    odd = dropout.dropout(torch.ones(3, 1365), 0.5)  # 4,095 elements: the halves differ by one
+    assert odd.shape == (3, 1365) and 0.4 < (odd[:, :682] == 0).float().mean().item() < 0.6
+    assert 0.4 < (odd[:, 683:] == 0).float().mean().item() < 0.6
     assert not dropout.dropout(torch.ones(64), 0.999995).any()  # rounds to 1: all dropped
     assert not dropout.dropout(torch.ones(64), 1.0).any()
     for p in (-0.1, 1.5):
@@ -73,6 +77,22 @@ def test_the_gradient_is_the_mask_scaled(dtype):
     scale = dropout.LEVELS / (dropout.LEVELS - round(0.25 * dropout.LEVELS))
     assert x.grad.dtype == dtype
     torch.testing.assert_close(x.grad, (y != 0).to(dtype) * scale)
+
+
+def test_compiled_it_keeps_the_rate_the_values_and_the_gradient():
+    """Inductor draws its own random numbers and fuses the mask into the kernels around it; the mask
+    it makes must be the same Bernoulli mask, and backward must use the mask forward used."""
+    torch.manual_seed(5)
+    x = torch.ones(N, requires_grad=True)
+    y = torch.compile(lambda x: dropout.dropout(x, 0.1) * 3.0, fullgraph=True)(x)
+    y.sum().backward()
+    cut = round(0.1 * dropout.LEVELS)
+    keep, scale = 1 - cut / dropout.LEVELS, dropout.LEVELS / (dropout.LEVELS - cut)
+    kept = (y != 0).float()
+    assert abs(kept.mean().item() - keep) < 5 * (keep * (1 - keep) / N) ** 0.5
+    assert abs(kept[: N // 2].mean().item() - kept[N // 2 :].mean().item()) < 0.005
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 3.0 * scale])
+    torch.testing.assert_close(x.grad, kept * 3.0 * scale)
 
 
 def test_install_keeps_the_model_and_its_eager_attention():
