@@ -118,7 +118,10 @@ def pretrain(*, quick: bool = False) -> dict:
     (bf16=True, run_mlm's grouped full blocks, SDPA attention). The arms run in interleaved rounds;
     the ratio against the careful arm is the result. Each arm's MFU is against this machine's
     probed bf16 matmul peak, beside the MFU of the step's matmuls run alone in the same rounds (the
-    ceiling: what is not a matmul takes the rest); then each model's held-out loss."""
+    ceiling: what is not a matmul takes the rest); then each model's held-out loss. Every arm but one
+    trains at dropout 0.1 (BERT's, and the `gpu` profile's); `lab_dropout0` is the lab's loop at
+    dropout 0, the `cpu` profile's setting, so the MFU that profile's pretraining stage can reach
+    is measured in the same rounds, and what the dropout masks cost is the ratio between the two."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling
 
@@ -146,29 +149,18 @@ def pretrain(*, quick: bool = False) -> dict:
     careful = models.build(preset, len(tokenizer), seed=0)  # SDPA: transformers' default
 
     x, w = data.packed(texts, tokenizer, length)
+    collate = WholeWordMaskCollator(tokenizer, whole_word=False)
     ours_model = models.build(preset, len(tokenizer), seed=0, dropout=0.1)
-    ours_model.set_attn_implementation(hardware.training_attention("cpu"))
-    module = MaskedLM(ours_model)
-    train.compile_encoders(module)
-    done = {"steps": 0}
+    ours0_model = models.build(preset, len(tokenizer), seed=0, dropout=0.0)
     alone, alone_fpt, _ = _matmuls_alone(size, batch, length, 0.15)
     hardware.retain_freed_memory()  # every arm, not only the lab's after its first round
 
-    def ours() -> float:
-        clock = _Clock(
-            PackedBatches(
-                x, w, WholeWordMaskCollator(tokenizer, whole_word=False), batch, done["steps"]
-            )
-        )
-        cfg = train.TrainConfig(steps=steps, lr=5e-4, warmup_steps=1, bf16=True, checkpoints=False,
-                                tensorboard=False, log_every=steps, leave=False)  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            train.train(module, clock, cfg, Path(tmp), desc="lab")
-        done["steps"] += steps
-        return clock.rate(skip)
+    def batches(seed: int) -> PackedBatches:
+        return PackedBatches(x, w, collate, batch, seed)
 
     arms = {
-        "lab": ours,
+        "lab": _lab_arm(ours_model, batches, steps, skip, "lab"),
+        "lab_dropout0": _lab_arm(ours0_model, batches, steps, skip, "lab, dropout 0"),
         "trainer_careful": lambda: _trainer_arm(
             careful, careful_ds, collator, bf16=True, batch=batch, steps=steps, skip=skip
         ),  # fmt: skip
@@ -180,8 +172,10 @@ def pretrain(*, quick: bool = False) -> dict:
     rates = rounds.interleaved(arms, n_rounds)
     hx, hw = data.packed(held, tokenizer, length)
     with train.eager():  # every arm's model scored by the same uncompiled code
+        models_ = {"lab": ours_model, "lab_dropout0": ours0_model, "trainer_careful": careful,
+                   "trainer_stock": stock}  # fmt: skip
         loss = {name: mlm_metrics(m.float(), hx, hw, tokenizer, seed=1)["loss"]
-                for name, m in (("lab", ours_model), ("trainer_careful", careful), ("trainer_stock", stock))}  # fmt: skip
+                for name, m in models_.items()}  # fmt: skip
     med = {name: rounds.median(r) for name, r in rates.items()}
     mfu = {name: round(hardware.mfu(fpt, r, peak["bfloat16"]), 3) for name, r in med.items()}
     for name in loss:
@@ -199,10 +193,35 @@ def pretrain(*, quick: bool = False) -> dict:
         "ratio_vs_stock_iqr": vs_stock["ratio_iqr"], "mfu": mfu,
         "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()}, "flops_per_token": fpt,
         "mfu_ceiling": mfu["matmuls_alone"], "matmul_flops_per_token": alone_fpt,
+        "dropout": {"lab": 0.1, "lab_dropout0": 0.0, "trainer_careful": 0.1, "trainer_stock": 0.1},
+        "ratio_dropout0_vs_lab": rounds.paired_ratio(rates["lab_dropout0"], rates["lab"])["ratio"],
         "loss": {k: round(v, 4) for k, v in loss.items()}, "rounds": n_rounds, "steps_per_round": steps,
         "rates_by_round": {k: [round(v) for v in r] for k, r in rates.items()},
         "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": preset, "quick": quick,
     }  # fmt: skip
+
+
+def _lab_arm(model, batches, steps: int, skip: int, desc: str):
+    """The lab's loop as one arm: each call trains `model` `steps` more steps (compiled, bf16, this
+    machine's training attention) on `batches(seed)`, a new seed each call, and returns tokens/s
+    past the first `skip` steps."""
+    from lab.core import hardware
+
+    model.set_attn_implementation(hardware.training_attention("cpu"))
+    module = MaskedLM(model)
+    train.compile_encoders(module)
+    cfg = train.TrainConfig(steps=steps, lr=5e-4, warmup_steps=1, bf16=True, checkpoints=False,
+                            tensorboard=False, log_every=steps, leave=False)  # fmt: skip
+    done = {"steps": 0}
+
+    def arm() -> float:
+        clock = _Clock(batches(done["steps"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            train.train(module, clock, cfg, Path(tmp), desc=desc)
+        done["steps"] += steps
+        return clock.rate(skip)
+
+    return arm
 
 
 def _locality_arm(slope: float, steps: int, queue) -> None:
