@@ -40,7 +40,7 @@ class _Masked(torch.autograd.Function):
     No comparison makes the mask: a comparison gives a boolean, and inductor's CPU kernels store and
     load booleans slowly (copying 2.1 M of them took 7.5 ms against 0.16 ms for bfloat16; a
     softmax times a boolean mask, 2.3 ms against 1.1 ms for a byte mask). The sign of field - cut
-    decides instead: an arithmetic shift by 31 gives -1 below the cut and 0 above it."""
+    decides instead: an arithmetic shift by 31 gives -1 below the cut and 0 at or above it."""
 
     @staticmethod
     def forward(ctx, x, cut: int):
@@ -55,12 +55,12 @@ class _Masked(torch.autograd.Function):
         keep = keep.view(-1)[:n].view(x.shape)
         ctx.scale = LEVELS / (LEVELS - cut)
         ctx.save_for_backward(keep)
-        return x * (keep * ctx.scale).to(x.dtype)
+        return x * keep * ctx.scale  # one rounding: the scale in float, as torch's dropout
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return grad * (keep * ctx.scale).to(grad.dtype), None
+        return grad * keep * ctx.scale, None
 
 
 class Dropout(nn.Dropout):
