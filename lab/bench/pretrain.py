@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from lab.bench import data, rounds
-from lab.core import models, train, vocab
+from lab.core import budget, hardware, models, train, vocab
 from lab.core.masking import WholeWordMaskCollator
 from lab.core.metrics import fill_mask, mlm_metrics
 from lab.core.mlm import LocalityWarmup, MaskedLM, PackedBatches
@@ -125,8 +125,6 @@ def pretrain(*, quick: bool = False) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling
 
-    from lab.core import budget, hardware
-
     load_start = rounds.loadavg()
     texts = data.texts(19484)
     held, texts = texts[:400], texts[400:]
@@ -172,10 +170,10 @@ def pretrain(*, quick: bool = False) -> dict:
     rates = rounds.interleaved(arms, n_rounds)
     hx, hw = data.packed(held, tokenizer, length)
     with train.eager():  # every arm's model scored by the same uncompiled code
-        models_ = {"lab": ours_model, "lab_dropout0": ours0_model, "trainer_careful": careful,
+        trained = {"lab": ours_model, "lab_dropout0": ours0_model, "trainer_careful": careful,
                    "trainer_stock": stock}  # fmt: skip
         loss = {name: mlm_metrics(m.float(), hx, hw, tokenizer, seed=1)["loss"]
-                for name, m in models_.items()}  # fmt: skip
+                for name, m in trained.items()}  # fmt: skip
     med = {name: rounds.median(r) for name, r in rates.items()}
     mfu = {name: round(hardware.mfu(fpt, r, peak["bfloat16"]), 3) for name, r in med.items()}
     for name in loss:
@@ -193,7 +191,7 @@ def pretrain(*, quick: bool = False) -> dict:
         "ratio_vs_stock_iqr": vs_stock["ratio_iqr"], "mfu": mfu,
         "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()}, "flops_per_token": fpt,
         "mfu_ceiling": mfu["matmuls_alone"], "matmul_flops_per_token": alone_fpt,
-        "dropout": {k: m.config.hidden_dropout_prob for k, m in models_.items()},
+        "dropout": {k: m.config.hidden_dropout_prob for k, m in trained.items()},
         "dropout0_vs_lab": rounds.paired_ratio(rates["lab_dropout0"], rates["lab"]),
         "loss": {k: round(v, 4) for k, v in loss.items()}, "rounds": n_rounds, "steps_per_round": steps,
         "rates_by_round": {k: [round(v) for v in r] for k, r in rates.items()},
@@ -205,8 +203,6 @@ def _lab_arm(model, batches, steps: int, skip: int, desc: str):
     """The lab's loop as one arm: each call trains `model` `steps` more steps (compiled, bf16, this
     machine's training attention) on `batches(seed)`, a new seed each call, and returns tokens/s
     past the first `skip` steps."""
-    from lab.core import hardware
-
     model.set_attn_implementation(hardware.training_attention("cpu"))
     module = MaskedLM(model)
     train.compile_encoders(module)
