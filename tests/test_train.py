@@ -102,6 +102,21 @@ def test_resume_ends_with_the_same_model(tmp_path):
     assert [s for s, _ in events(tmp_path / "b")["train/loss"]] == steps  # and so were the events
 
 
+def test_a_loop_that_probes_the_peak_trains_as_the_same_loop_run_after_it(tmp_path):
+    """The first loop in a process probes the matmul peak after seeding; the probe must not move the
+    dropout masks, or a fine-tuning's result depends on what its worker ran before it."""
+    cfg = train.TrainConfig(steps=6, lr=2e-3, warmup_steps=1, bf16=True, checkpoints=False,
+                            flops_per_token=1e6)  # fmt: skip
+    hardware.matmul_peak.cache_clear()  # as in a fresh process
+    runs = []
+    for name in ("first", "second"):
+        module = MaskedLM(tiny(dropout=0.1))
+        train.train(module, Synthetic(), cfg, tmp_path / name)
+        runs.append(module.model.state_dict())
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+
+
 class Exploding(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -26,14 +26,20 @@ CUDA_SHAPES = ((8192, 8192, 8192), (4096, 4096, 4096))
 
 @functools.cache
 def matmul_peak(device: str = "cpu", dtype: str = "bfloat16", seconds: float = 0.15) -> float:
-    """Dense matmul FLOP/s of `device` in `dtype` (the best of a few shapes and repeats)."""
+    """Dense matmul FLOP/s of `device` in `dtype` (the best of a few shapes and repeats).
+
+    Its operands come from a generator of its own: the first training loop in a process probes
+    after seeding, and a draw from the global generator there would give that loop other dropout
+    masks than the same loop run second (a fine-tuning's result would depend on which worker ran
+    it and what that worker ran before)."""
     dev = torch.device(device)
     dt = getattr(torch, dtype)
     cuda = dev.type == "cuda"
+    own = torch.Generator(device=dev).manual_seed(0)
     best = 0.0
     for m, k, n in CUDA_SHAPES if cuda else CPU_SHAPES:
-        a = torch.randn(m, k, dtype=dt, device=dev)
-        b = torch.randn(k, n, dtype=dt, device=dev)
+        a = torch.randn(m, k, dtype=dt, device=dev, generator=own)
+        b = torch.randn(k, n, dtype=dt, device=dev, generator=own)
         for _ in range(3):  # allocation, kernel choice, clocks
             a @ b
         for _ in range(2):
