@@ -1,7 +1,8 @@
 """bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
 dynamic padding) and against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
 dropout masks, one job after another), the same model, examples and work, arms in interleaved
-rounds; each arm's test accuracy beside it."""
+rounds; each arm's test accuracy beside it, with whether it is above chance (below it, the accuracies
+say nothing about whether the arms learn alike)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from lab.bench import data, rounds
-from lab.core import hardware, models, sources, tasks
+from lab.core import hardware, models, sources, stats, tasks
 from lab.core.finetune import Fit, Fitter
 
 TASK = tasks.TASKS["sentiment"]
@@ -36,8 +37,9 @@ def _rows(n_train: int, n_test: int) -> dict[str, list[dict]]:
 
 
 def _trainer_fits(folder: Path, rows: dict, tokenizer, fits: list[Fit], *, batch: int, epochs: float,
-                  seq_len: int) -> list[float]:  # fmt: skip
-    """The same fits through transformers' Trainer with bf16 and dynamic padding; test accuracies."""
+                  seq_len: int) -> list[list[list[float]]]:  # fmt: skip
+    """The same fits through transformers' Trainer with bf16 and dynamic padding; each fit's test
+    outcomes (1 where a prediction is right)."""
     from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
@@ -67,7 +69,7 @@ def _trainer_fits(folder: Path, rows: dict, tokenizer, fits: list[Fit], *, batch
             trainer.remove_callback(PrinterCallback)
             trainer.train()
             pred = trainer.predict(enc["test"])
-        accs.append(float((pred.predictions.argmax(-1) == pred.label_ids).mean()))
+        accs.append([[float(c)] for c in pred.predictions.argmax(-1) == pred.label_ids])
     return accs
 
 
@@ -95,7 +97,7 @@ def run(*, quick: bool = False) -> dict:
               "pad": {"mini": tokenizer.pad_token_id}, "eval_len": {"sentiment": seq_len}, "batch_size": batch,
               "epochs": epochs, "bf16": True, "work": str(work / "logs")}  # fmt: skip
     work_examples = len(fits) * n_train * epochs
-    accuracy: dict[str, list[float]] = {}
+    outcomes: dict[str, list] = {}  # per arm, each fit's per-example test outcomes
     print(
         f"finetune bench: Mini on {n_train:,} review texts x {len(fits)} fits a round, {n_rounds} round(s)",
         flush=True,
@@ -106,15 +108,16 @@ def run(*, quick: bool = False) -> dict:
             t0 = time.perf_counter()
             done = fitter.run(fits)
             seconds = time.perf_counter() - t0
-            accuracy[name] = [float(np.mean(tasks.outcomes(TASK, encoded["test"], r["preds"]["test"])))
-                              for r in done.values()]  # fmt: skip
+            outcomes[name] = [
+                tasks.outcomes(TASK, encoded["test"], r["preds"]["test"]) for r in done.values()
+            ]
             return work_examples / seconds
 
         return arm
 
     def trainer_arm() -> float:
         t0 = time.perf_counter()
-        accuracy["trainer"] = _trainer_fits(
+        outcomes["trainer"] = _trainer_fits(
             folder, rows, tokenizer, fits, batch=batch, epochs=epochs, seq_len=seq_len
         )
         return work_examples / (time.perf_counter() - t0)
@@ -133,9 +136,15 @@ def run(*, quick: bool = False) -> dict:
         }
         rates = rounds.interleaved(arms, n_rounds)
     med = {k: rounds.median(v) for k, v in rates.items()}
+    accuracy = {k: [float(np.mean(o)) for o in v] for k, v in outcomes.items()}
+    chance = tasks.chance(TASK, encoded["test"])
+    floor = {name: _above_chance(name, outcomes[name], chance) for name in arms}
     for name in arms:
         print(f"  {name:11s} {med[name]:7,.0f} examples/s  test accuracy {np.mean(accuracy[name]):.3f} "
-              f"(fits: {', '.join(f'{a:.3f}' for a in accuracy[name])})")  # fmt: skip
+              f"(fits: {', '.join(f'{a:.3f}' for a in accuracy[name])}); {stats.line(floor[name])}")  # fmt: skip
+    if not any(f["verdict"] == stats.HOLDS for f in floor.values()):
+        print(f"  no arm learned the task beyond chance ({chance:.3f}) in its {epochs:g} epoch(s) from random "
+              "initialisation: the accuracies cannot show that the arms learn alike")  # fmt: skip
     vs_trainer = rounds.paired_ratio(rates["lab"], rates["trainer"])
     vs_before = rounds.paired_ratio(rates["lab"], rates["lab_before"])
     return {
@@ -145,7 +154,19 @@ def run(*, quick: bool = False) -> dict:
         "before": round(med["lab_before"], 1), "ratio_vs_before": vs_before["ratio"],
         "ratio_vs_before_iqr": vs_before["ratio_iqr"], "ratio_vs_before_target": 1.5,
         "test_accuracy": {k: round(float(np.mean(v)), 4) for k, v in accuracy.items()},
+        "test_chance": round(chance, 4),
+        "above_chance": {k: {"difference": round(f["difference"], 4), "ci95": [round(x, 4) for x in f["ci95"]],
+                             "verdict": f["verdict"]} for k, f in floor.items()},
         "pool_start_seconds": round(started, 1),
         "rates_by_round": {k: [round(x, 1) for x in v] for k, v in rates.items()}, "rounds": n_rounds,
         "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": "Mini", "quick": quick,
     }  # fmt: skip
+
+
+def _above_chance(name: str, fits: list, chance: float) -> dict:
+    """An arm's test accuracy over the majority class's share, with a 95% interval over its fits
+    (seeds and rates) and the test examples (`lab.core.stats.above_chance`)."""
+    arm = stats.Arm(
+        name, [{"sentiment": stats.Outcomes.of("accuracy", [f])} for f in fits], "fine-tuning run"
+    )
+    return stats.above_chance(arm, {"sentiment": chance}) | {"claim": "above chance"}
