@@ -196,6 +196,29 @@ def test_names_followed_by_a_verb_fold_into_the_name():
     assert merged == Counter({"玄德": 8, "诸葛亮": 4, "孔明曰": 2})
 
 
+def test_person_names_are_tagged_once_and_read_back_in_the_same_order(tmp_path, monkeypatch):
+    """The names longify probes come from jieba's tagging, kept in the cache after the first run;
+    the second run reads them without tagging and gets the same names in the same order, and an
+    unreadable file is tagged again."""
+    import jieba.posseg
+
+    monkeypatch.setenv("ZH_MINILAB_CACHE", str(tmp_path))
+    text = "\n".join(sources.load("sanguo"))[:20_000]
+    first = longdocs.name_counts([text])
+    assert first["玄德"] > 0 and first["曹操"] > 0
+    assert list(tmp_path.glob("derived/person-names-*.json"))
+
+    def untagged(*_a, **_k):
+        raise AssertionError("tagged again")
+
+    monkeypatch.setattr(jieba.posseg, "cut", untagged)
+    again = longdocs.name_counts([text])
+    assert list(again.items()) == list(first.items())
+    next(tmp_path.glob("derived/person-names-*.json")).write_text("{", encoding="utf-8")
+    with pytest.raises(AssertionError, match="tagged again"):
+        longdocs.name_counts([text])
+
+
 def uniform(tokenizer):
     """A BERT whose every prediction is uniform over the vocabulary (-ln p = ln V per token): its
     output projection, tied to the word embeddings, and the output bias are zero."""
