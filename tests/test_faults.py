@@ -109,9 +109,17 @@ def test_kill_9_during_distillation_resumes_to_the_same_students(smoke_run):
 
 def test_kill_9_during_the_pipeline_continues_where_it_stopped(smoke_run):
     """`python -m lab run` killed (with its kernel) while pretraining; the same command again
-    skips the finished stages and ends with the same teacher as an uninterrupted run."""
+    skips the finished stages and ends with the same teacher as an uninterrupted run. The run
+    starts with corpus and wwm finished (the smoke run's, with their reports), as a run killed
+    after them has them."""
     home = smoke_run[0]
     env = {**os.environ, "ZH_MINILAB_HOME": str(home)}
+    _clone_run(home, "nb", "pk")
+    shutil.copytree(home / "reports" / "nb", home / "reports" / "pk")
+    status = json.loads((home / "reports" / "pk" / "status.json").read_text())
+    status["run_id"] = "pk"
+    status["stages"] = {k: v for k, v in status["stages"].items() if k in ("corpus", "wwm")}
+    (home / "reports" / "pk" / "status.json").write_text(json.dumps(status))
     partial = home / "data" / "runs" / "pk" / "pretrain.partial" / "stage1" / "checkpoints"
     cmd = [
         sys.executable,
