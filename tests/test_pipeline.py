@@ -344,7 +344,6 @@ def test_the_long_document_task_fine_tuned_as_the_gpu_profile_runs_it(smoke_run,
 @pytest.mark.slow
 def test_pretraining_runs_data_parallel_under_torchrun(smoke_run, tmp_path):
     """`torchrun --nproc_per_node 2 -m lab.pretrain` (gloo on CPU) on the smoke run's data."""
-
     home = smoke_run[0]
     runs_dir = home / "data" / "runs"
     for stage in ("corpus", "wwm"):
