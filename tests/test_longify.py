@@ -202,8 +202,8 @@ def test_person_names_are_tagged_once_and_read_back_in_the_same_order(tmp_path, 
     unreadable file is tagged again."""
     import jieba.posseg
 
+    text = "\n".join(sources.load("sanguo"))[:20_000]  # from the sources cache, before moving it
     monkeypatch.setenv("ZH_MINILAB_CACHE", str(tmp_path))
-    text = "\n".join(sources.load("sanguo"))[:20_000]
     first = longdocs.name_counts([text])
     assert first["玄德"] > 0 and first["曹操"] > 0
     assert list(tmp_path.glob("derived/person-names-*.json"))
@@ -214,9 +214,10 @@ def test_person_names_are_tagged_once_and_read_back_in_the_same_order(tmp_path, 
     monkeypatch.setattr(jieba.posseg, "cut", untagged)
     again = longdocs.name_counts([text])
     assert list(again.items()) == list(first.items())
-    next(tmp_path.glob("derived/person-names-*.json")).write_text("{", encoding="utf-8")
-    with pytest.raises(AssertionError, match="tagged again"):
-        longdocs.name_counts([text])
+    for broken in ("{", "null", '["玄德"]'):  # unreadable, or not a table of counts
+        next(tmp_path.glob("derived/person-names-*.json")).write_text(broken, encoding="utf-8")
+        with pytest.raises(AssertionError, match="tagged again"):
+            longdocs.name_counts([text])
 
 
 def uniform(tokenizer):

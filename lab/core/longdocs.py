@@ -146,15 +146,18 @@ def name_counts(texts: list[str]) -> Counter:
     """How often jieba tags each two- or three-character word of `texts` as a person name (`nr`).
 
     Tagging the 300,000 characters longify reads took 17 s on a 2-core CPU, in every run, for the
-    same counts each time: they are kept in the sources cache (`derived/`), under the texts' sha256
-    and jieba's version, and tagged again only when either changes or the file is unreadable."""
+    same counts each time: they are kept in the sources cache (`derived/` in $ZH_MINILAB_CACHE or
+    ~/.cache/zh-minilab), under the texts' sha256, jieba's version and this rule's (v1), and tagged
+    again when any of them changes or the file does not hold a table of counts."""
     import jieba
 
     quiet_jieba()
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:24]
-    path = cache_dir() / "derived" / f"person-names-{digest}-jieba{jieba.__version__}.json"
+    path = cache_dir() / "derived" / f"person-names-v1-{digest}-jieba{jieba.__version__}.json"
     try:
-        return Counter(read_json(path))
+        kept = read_json(path)
+        if isinstance(kept, dict) and all(isinstance(v, int) for v in kept.values()):
+            return Counter(kept)
     except (OSError, ValueError):
         pass
     import jieba.posseg as pseg
