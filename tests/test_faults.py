@@ -115,7 +115,7 @@ def test_kill_9_during_the_pipeline_continues_where_it_stopped(smoke_run):
     home = smoke_run[0]
     env = {**os.environ, "ZH_MINILAB_HOME": str(home)}
     _clone_run(home, "nb", "pk")
-    shutil.copytree(home / "reports" / "nb", home / "reports" / "pk")
+    shutil.copytree(home / "reports" / "nb", home / "reports" / "pk", dirs_exist_ok=True)
     status = json.loads((home / "reports" / "pk" / "status.json").read_text())
     status["run_id"] = "pk"
     status["stages"] = {k: v for k, v in status["stages"].items() if k in ("corpus", "wwm")}

@@ -189,9 +189,9 @@ def test_training_writes_tensorboard_events(smoke_run):
 @pytest.mark.slow
 @pytest.mark.notebook
 def test_a_notebook_with_its_defaults_continues_the_batch_run(smoke_run, tmp_path, monkeypatch):
-    """After `lab run --profile smoke` (its run id is the profile's name: here the smoke run's corpus
-    under that id), notebook 01 opened with only its profile set to smoke finds the batch run's
-    stage and reports it cached."""
+    """A batch run's corpus under the profile's name (the run id `lab run --profile smoke` gives
+    it: `test_a_run_without_a_run_id_is_named_after_its_profile`; here the smoke run's corpus,
+    copied): notebook 01 opened with only its profile set to smoke finds it and reports it cached."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -412,6 +412,17 @@ def test_bad_command_line_fails_before_running(tmp_path, monkeypatch, capsys, ar
     assert cli.main(["run", "--profile", "smoke", "--dry-run", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_a_run_without_a_run_id_is_named_after_its_profile(monkeypatch):
+    from lab import cli
+
+    got = {}
+    monkeypatch.setattr(
+        pipeline, "run", lambda run_id, profile, *a, **k: got.update(run_id=run_id) or 0
+    )
+    assert cli.main(["run", "--profile", "smoke", "--to", "corpus"]) == 0
+    assert got == {"run_id": "smoke"}
 
 
 @pytest.mark.slow
