@@ -7,7 +7,7 @@ or above p x 65,536: a Bernoulli mask whose drop probability is round(65,536 p) 
 p = 0.1, 0.1000061), scaled to keep the expectation. The draws, read as 32-bit integers, give the
 first half of the elements their low 16 bits and the second half their high 16 bits, so that a
 compiled step reads both halves in order, in vector registers; the mask is kept as bytes (see
-`_Masked`). In the pretraining bench, dropout 0.1 then costs the compiled loop 1.05-1.10x against
+`_Masked`). In the pretraining bench, dropout 0.1 then costs the compiled loop 1.05-1.11x against
 dropout 0 (`dropout0_vs_lab`; 1.11-1.16x with the int16 fields and the bf16 mask before), most of
 it the random draws themselves (inductor's Philox, about 6 ns a 64-bit draw: 27 ms of a 440 ms
 step). `install` puts it into a model's dropout layers and, through transformers' attention
