@@ -5,7 +5,7 @@ python -m lab run [--profile smoke|cpu|gpu] [--run-id ID] [--from STAGE] [--to S
                   [-p KEY=VALUE ...] [--params FILE.yaml] [--dry-run]
 python -m lab report RUN_ID
 python -m lab sources [--fetch]
-python -m lab bench {corpus,wwm,pretrain,finetune,locality,distill,longify,gpu,all} [--quick]
+python -m lab bench {corpus,wwm,pretrain,finetune,locality,distill,longify,gpu,all} [--quick] [--model FOLDER]
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="a smaller run that still measures both sides"
     )
+    p.add_argument(
+        "--model", default="", metavar="FOLDER",
+        help="bench finetune only: fine-tune this BERT masked-LM folder (or hub name) instead of a "
+        "random-init Mini, so that the arms' accuracies can be compared",
+    )  # fmt: skip
 
     args = parser.parse_args(argv)
     try:
@@ -113,8 +118,14 @@ def cmd_bench(args) -> int:
     run = {"corpus": corpus.run, "wwm": wwm.run, "pretrain": pretrain.pretrain, "finetune": finetune.run,
            "locality": pretrain.locality, "distill": distill.run, "longify": longify.run,
            "gpu": gpu.run}  # fmt: skip
+    if args.model and args.name != "finetune":
+        raise LabError(
+            f"--model is for bench finetune (it names the model to fine-tune); bench {args.name} "
+            "builds its own models: drop --model"
+        )
     for name in [b for b in BENCHES if b != "gpu"] if args.name == "all" else [args.name]:
-        result = run[name](quick=args.quick)
+        extra = {"model": args.model} if name == "finetune" else {}
+        result = run[name](quick=args.quick, **extra)
         result["measured"] = time.strftime("%Y-%m-%d %H:%M")
         runs.save_bench(result)
         print(json.dumps(result, ensure_ascii=False), flush=True)

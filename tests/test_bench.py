@@ -1,12 +1,15 @@
 """The benches' own arithmetic: what they print must be what they measured."""
 
+import json
 import queue
 
+import numpy as np
 import pytest
+from conftest import lab
 
-from lab.bench import longify
+from lab.bench import finetune, longify
 from lab.bench.pretrain import _matmuls_alone
-from lab.core import budget, models
+from lab.core import budget, models, stats
 
 
 @pytest.mark.slow
@@ -49,3 +52,53 @@ def test_the_matmul_ceiling_runs_the_products_the_flop_count_counts():
         assert shapes[6 * 3 * size.layers] == per_head
         if name == "L2_H128":
             assert arm() > 0
+
+
+def _fits(rng, p_right: float, n_fits: int = 12, n: int = 500) -> list:
+    """Per-example test outcomes of fits that are right with probability `p_right`."""
+    return [[[float(x)] for x in rng.random(n) < p_right] for _ in range(n_fits)]
+
+
+def test_the_arms_are_judged_alike_only_when_both_learned():
+    """`bench finetune`'s equal-accuracy verdict: equal within the band when the interval lies in
+    it, not equal when it lies outside, never judged while an arm is not shown above chance."""
+    rng = np.random.default_rng(0)
+    chance = 0.5
+    arms = {"lab": _fits(rng, 0.70), "same": _fits(rng, 0.70), "worse": _fits(rng, 0.55),
+            "at_chance": _fits(rng, 0.50)}  # fmt: skip
+    floor = {name: finetune._above_chance(name, fits, chance) for name, fits in arms.items()}
+    assert floor["same"]["verdict"] == stats.HOLDS and floor["at_chance"]["verdict"] != stats.HOLDS
+    same, worse = finetune._alike(arms, "same", floor), finetune._alike(arms, "worse", floor)
+    assert same["verdict"] == stats.HOLDS
+    assert -finetune.EQUAL_WITHIN < same["ci95"][0] <= same["difference"] <= same["ci95"][1]
+    assert worse["verdict"] == stats.FAILS and worse["ci95"][0] >= finetune.EQUAL_WITHIN
+    arms["lab"] = arms["at_chance"]  # equal at chance says nothing
+    assert finetune._alike(arms, "at_chance", floor)["verdict"] == stats.OPEN
+
+
+def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, tmp_path):
+    """`python -m lab bench finetune --quick --model FOLDER`, as the README gives it, on the smoke
+    run's pretrained teacher: every arm fine-tunes that folder with its own tokenizer, and the JSON
+    carries each arm's accuracy and the equal-accuracy verdicts with their intervals."""
+    folder = smoke_run[0] / "data" / "runs" / "nb" / "pretrain" / "model"
+    proc = lab("bench", "finetune", "--quick", "--model", str(folder), home=tmp_path)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["bench"] == "finetune" and out["model"] == str(folder) and out["ratio"] > 0
+    assert set(out["test_accuracy"]) == {"lab", "trainer", "lab_before"}
+    for other in ("trainer", "lab_before"):
+        f = out["alike"][other]
+        assert f["ci95"][0] <= f["difference"] <= f["ci95"][1]
+        learned = all(out["above_chance"][a]["verdict"] == stats.HOLDS for a in ("lab", other))
+        assert learned or f["verdict"] == stats.OPEN
+        assert f"lab - {other} test accuracy within +-0.03: {f['verdict']}" in proc.stdout
+
+
+def test_bench_model_is_refused_where_it_cannot_be_used(smoke_run, tmp_path):
+    """--model names a BERT to fine-tune: another bench, or a Longformer folder, is refused with
+    the fix, before any work."""
+    proc = lab("bench", "pretrain", "--quick", "--model", "x", home=tmp_path, check=False)
+    assert proc.returncode == 1 and "--model is for bench finetune" in proc.stderr
+    longformer = smoke_run[0] / "data" / "runs" / "nb" / "longify" / "model"
+    proc = lab("bench", "finetune", "--model", str(longformer), home=tmp_path, check=False)
+    assert proc.returncode == 1 and "a longformer model; the bench fine-tunes BERT" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -6,6 +6,8 @@ say nothing about whether the arms learn alike)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -14,10 +16,12 @@ import numpy as np
 import torch
 
 from lab.bench import data, rounds
-from lab.core import hardware, models, sources, stats, tasks
+from lab.core import hardware, models, modelsource, sources, stats, tasks, vocab
 from lab.core.finetune import Fit, Fitter
 
 TASK = tasks.TASKS["sentiment"]
+LR = 5e-4  # every fit's peak learning rate: the fits of an arm differ in seed alone
+EQUAL_WITHIN = 0.03  # test accuracy: arms this close score alike
 
 
 def _rows(n_train: int, n_test: int) -> dict[str, list[dict]]:
@@ -73,52 +77,66 @@ def _trainer_fits(folder: Path, rows: dict, tokenizer, fits: list[Fit], *, batch
     return accs
 
 
-def run(*, quick: bool = False) -> dict:
+def run(*, quick: bool = False, model: str = "") -> dict:
     """The evaluate stage's fine-tuning (length-grouped batches, this machine's training attention,
     two one-thread jobs side by side on 2 cores) against the Trainer a careful user runs (bf16,
     DataCollatorWithPadding, one job after another) and the lab's fine-tuning before (fused SDPA
     attention, torch's dropout masks, one two-thread job after another): per round each arm
-    fine-tunes a Mini model on the same review examples at the same rates and seeds; examples per
-    second of training, with the model built and the test split predicted inside the time."""
+    fine-tunes the same model on the same review examples at the same rate and seeds (new seeds each
+    round, so the rounds add fits to the accuracy comparison); examples per
+    second of training, with the model built and the test split predicted inside the time.
+
+    The model is a Mini from random initialisation, or `model`: a BERT masked-LM folder (one the lab
+    pretrained, or a researcher's own) or hub name, with its tokenizer. A pretrained model learns
+    the task, and then the bench also says whether the lab's fine-tuning scores as the Trainer's
+    does: the difference of their test accuracies with a 95% interval over the fits and the test
+    examples (`lab.core.stats.compare`), judged equal when the interval lies inside +-`EQUAL_WITHIN`."""
     load_start = rounds.loadavg()
     n_train, n_test, seq_len, batch, epochs = (
         (300, 200, 64, 32, 1.0) if quick else (1000, 500, 64, 32, 1.0)
     )
-    n_rounds = 1 if quick else 3
-    fits = [Fit("sentiment", "mini", lr, seed) for lr in (1e-4, 5e-4) for seed in (0, 1)]
-    tokenizer = data.full_tokenizer()
+    n_rounds, per_round = (1 if quick else 3), 4
+    outcomes: dict[str, list] = {}  # per arm, each fit's per-example test outcomes, every round's
+
+    def fits(arm: str) -> list[Fit]:  # new seeds each round, the same for every arm
+        first = len(outcomes.get(arm, []))
+        return [Fit("sentiment", "model", LR, seed) for seed in range(first, first + per_round)]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
+    folder, tokenizer, label = _model(model, work)
     rows = _rows(n_train, n_test)
     encoded = {s: tasks.encode(TASK, rows[s], tokenizer, seq_len) for s in rows}
-    work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    folder = work / "mini"
-    models.build("Mini", len(tokenizer), seed=0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    shared = {"sources": {"mini": folder}, "tasks": tasks.TASKS, "examples": {("sentiment", "mini"): encoded},
-              "pad": {"mini": tokenizer.pad_token_id}, "eval_len": {"sentiment": seq_len}, "batch_size": batch,
+    shared = {"sources": {"model": folder}, "tasks": tasks.TASKS, "examples": {("sentiment", "model"): encoded},
+              "pad": {"model": tokenizer.pad_token_id}, "eval_len": {"sentiment": seq_len}, "batch_size": batch,
               "epochs": epochs, "bf16": True, "work": str(work / "logs")}  # fmt: skip
-    work_examples = len(fits) * n_train * epochs
-    outcomes: dict[str, list] = {}  # per arm, each fit's per-example test outcomes
+    work_examples = per_round * n_train * epochs
     print(
-        f"finetune bench: Mini on {n_train:,} review texts x {len(fits)} fits a round, {n_rounds} round(s)",
+        f"finetune bench: {label} on {n_train:,} review texts x {per_round} fits a round (lr {LR:g}, new seeds each round), "
+        f"{n_rounds} round(s)",
         flush=True,
     )
 
     def lab_arm(name: str, fitter: Fitter):
         def arm() -> float:
+            batch_of_fits = fits(name)
             t0 = time.perf_counter()
-            done = fitter.run(fits)
+            done = fitter.run(batch_of_fits)
             seconds = time.perf_counter() - t0
-            outcomes[name] = [
-                tasks.outcomes(TASK, encoded["test"], r["preds"]["test"]) for r in done.values()
-            ]
+            outcomes.setdefault(name, []).extend(
+                tasks.outcomes(TASK, encoded["test"], done[f]["preds"]["test"])
+                for f in batch_of_fits
+            )
             return work_examples / seconds
 
         return arm
 
     def trainer_arm() -> float:
+        batch_of_fits = fits("trainer")
         t0 = time.perf_counter()
-        outcomes["trainer"] = _trainer_fits(
-            folder, rows, tokenizer, fits, batch=batch, epochs=epochs, seq_len=seq_len
+        outcomes.setdefault("trainer", []).extend(
+            _trainer_fits(
+                folder, rows, tokenizer, batch_of_fits, batch=batch, epochs=epochs, seq_len=seq_len
+            )
         )
         return work_examples / (time.perf_counter() - t0)
 
@@ -135,16 +153,21 @@ def run(*, quick: bool = False) -> dict:
             "lab_before": lab_arm("lab_before", before),
         }
         rates = rounds.interleaved(arms, n_rounds)
+    shutil.rmtree(work, ignore_errors=True)  # the Mini, the training logs
     med = {k: rounds.median(v) for k, v in rates.items()}
     accuracy = {k: [float(np.mean(o)) for o in v] for k, v in outcomes.items()}
     chance = tasks.chance(TASK, encoded["test"])
     floor = {name: _above_chance(name, outcomes[name], chance) for name in arms}
     for name in arms:
         print(f"  {name:11s} {med[name]:7,.0f} examples/s  test accuracy {np.mean(accuracy[name]):.3f} "
-              f"(fits: {', '.join(f'{a:.3f}' for a in accuracy[name])}); {stats.line(floor[name])}")  # fmt: skip
+              f"({len(accuracy[name])} fits, {min(accuracy[name]):.3f}-{max(accuracy[name]):.3f}); "
+              f"{stats.line(floor[name])}")  # fmt: skip
     if not any(f["verdict"] == stats.HOLDS for f in floor.values()):
-        print(f"  no arm is shown above chance ({chance:.3f}) after {epochs:g} epoch(s) from random initialisation: "
+        print(f"  no arm is shown above chance ({chance:.3f}) after {epochs:g} epoch(s) of fine-tuning {label}: "
               "the accuracies cannot show that the arms learn alike")  # fmt: skip
+    alike = {name: _alike(outcomes, name, floor) for name in ("trainer", "lab_before")}
+    for f in alike.values():
+        print(f"  {stats.line(f)}")
     vs_trainer = rounds.paired_ratio(rates["lab"], rates["trainer"])
     vs_before = rounds.paired_ratio(rates["lab"], rates["lab_before"])
     return {
@@ -157,18 +180,68 @@ def run(*, quick: bool = False) -> dict:
         "test_chance": round(chance, 4),
         "above_chance": {k: {"difference": round(f["difference"], 4), "ci95": [round(x, 4) for x in f["ci95"]],
                              "verdict": f["verdict"]} for k, f in floor.items()},
+        "alike": {k: {"difference": f["difference"], "ci95": f["ci95"], "verdict": f["verdict"],
+                      "within": EQUAL_WITHIN} for k, f in alike.items()},
         "pool_start_seconds": round(started, 1),
         "rates_by_round": {k: [round(x, 1) for x in v] for k, v in rates.items()}, "rounds": n_rounds,
-        "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": "Mini", "quick": quick,
+        "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": label, "quick": quick,
     }  # fmt: skip
+
+
+def _arm(name: str, fits: list) -> stats.Arm:
+    """An arm's fits as the units of a comparison, each with its per-example test outcomes."""
+    return stats.Arm(
+        name, [{"sentiment": stats.Outcomes.of("accuracy", [f])} for f in fits], "fine-tuning run"
+    )
 
 
 def _above_chance(name: str, fits: list, chance: float) -> dict:
     """An arm's test accuracy over the majority class's share, with a 95% interval over its fits
-    and the test examples (`lab.core.stats.above_chance`). The fits differ in seed and rate, so the
-    spread between them holds the rates' effect too, and four fits leave 3 degrees of freedom: the
-    interval is wide."""
-    arm = stats.Arm(
-        name, [{"sentiment": stats.Outcomes.of("accuracy", [f])} for f in fits], "fine-tuning run"
-    )
-    return stats.above_chance(arm, {"sentiment": chance}) | {"claim": "above chance"}
+    (seeds) and the test examples (`lab.core.stats.above_chance`)."""
+    return stats.above_chance(_arm(name, fits), {"sentiment": chance}) | {"claim": "above chance"}
+
+
+def _alike(outcomes: dict, other: str, floor: dict) -> dict:
+    """The lab's test accuracy minus arm `other`'s with its 95% interval over both arms' fits (seeds)
+    and the test examples (`lab.core.stats.compare`). Equal within +-EQUAL_WITHIN holds when the
+    interval lies inside the band, does not hold when it lies outside it, and is not judged unless
+    both arms are shown above chance: models that learn nothing score alike whatever their loop."""
+    claim = f"lab - {other} test accuracy within +-{EQUAL_WITHIN:g}"
+    f = stats.compare(_arm("lab", outcomes["lab"]), _arm(other, outcomes[other]))
+    lo, hi = f["ci95"]
+    if any(floor[name]["verdict"] != stats.HOLDS for name in ("lab", other)):
+        verdict = stats.OPEN
+    elif lo > -EQUAL_WITHIN and hi < EQUAL_WITHIN:
+        verdict = stats.HOLDS
+    elif lo >= EQUAL_WITHIN or hi <= -EQUAL_WITHIN:
+        verdict = stats.FAILS
+    else:
+        verdict = stats.OPEN
+    return {"claim": claim, "difference": round(f["difference"], 4), "ci95": [round(x, 4) for x in f["ci95"]],
+            "verdict": verdict}  # fmt: skip
+
+
+def _model(spec: str, work: Path):
+    """What the arms fine-tune: (folder, tokenizer, name). `spec` resolved (a BERT masked-LM folder
+    with its tokenizer, or a hub name), or a Mini from random initialisation saved under `work`."""
+    if not spec:
+        tokenizer = data.full_tokenizer()
+        folder = work / "mini"
+        models.build("Mini", len(tokenizer), seed=0).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder, tokenizer, "Mini"
+    source = modelsource.resolve(spec, param="bench finetune --model")
+    kind = json.loads((source.folder / "config.json").read_text()).get("model_type")
+    if kind != "bert":
+        raise modelsource.ModelSourceError(
+            f"bench finetune --model {spec}: a {kind} model; the bench fine-tunes BERT encoders "
+            "(a converted Longformer is fine-tuned by the evaluate stage)"
+        )
+    try:
+        tokenizer = vocab.load(source.folder)
+    except (OSError, ValueError) as err:
+        raise modelsource.ModelSourceError(
+            f"bench finetune --model {spec}: no tokenizer loads from {source.folder} ({err}); "
+            "save the model's tokenizer beside it (tokenizer.save_pretrained)"
+        ) from err
+    return source.folder, tokenizer, source.spec
