@@ -120,8 +120,8 @@ def cmd_bench(args) -> int:
            "gpu": gpu.run}  # fmt: skip
     if args.model and args.name != "finetune":
         raise LabError(
-            f"--model is for bench finetune (it names the model to fine-tune); bench {args.name} "
-            "builds its own models: drop --model"
+            f"--model names the model bench finetune fine-tunes, and no other bench takes it: run "
+            f"`python -m lab bench finetune --model {args.model}` on its own, and bench {args.name} without it"
         )
     for name in [b for b in BENCHES if b != "gpu"] if args.name == "all" else [args.name]:
         extra = {"model": args.model} if name == "finetune" else {}

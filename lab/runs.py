@@ -262,9 +262,16 @@ def clean_stale(run_id: str) -> None:
 
 
 def save_bench(result: dict) -> None:
-    """Keep the latest result of each benchmark in reports/bench/NAME[-quick].json, where the
-    notebooks show it; a folder that cannot be written only costs the copy."""
-    name = result["bench"] + ("-quick" if result.get("quick") else "")
+    """Keep the latest result of each benchmark in reports/bench/NAME[-VARIANT][-quick].json (a
+    variant: `bench finetune --model`'s), where the notebooks show it; a folder that cannot be
+    written only costs the copy."""
+    name = "-".join(
+        [
+            result["bench"],
+            *filter(None, [result.get("variant")]),
+            *(["quick"] if result.get("quick") else []),
+        ]
+    )
     folder = reports_dir() / "bench"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 import json
 import queue
+import shutil
 
 import numpy as np
 import pytest
@@ -65,17 +66,26 @@ def test_the_arms_are_judged_alike_only_when_both_learned():
     rng = np.random.default_rng(0)
     chance = 0.5
     arms = {"lab": _fits(rng, 0.70), "same": _fits(rng, 0.70), "worse": _fits(rng, 0.55),
-            "at_chance": _fits(rng, 0.50)}  # fmt: skip
+            "at_chance": _fits(rng, 0.50), "also_at_chance": _fits(rng, 0.50)}  # fmt: skip
     floor = {name: finetune._above_chance(name, fits, chance) for name, fits in arms.items()}
     assert floor["same"]["verdict"] == stats.HOLDS and floor["at_chance"]["verdict"] != stats.HOLDS
     same, worse = finetune._alike(arms, "same", floor), finetune._alike(arms, "worse", floor)
     assert same["verdict"] == stats.HOLDS
     assert -finetune.EQUAL_WITHIN < same["ci95"][0] <= same["difference"] <= same["ci95"][1]
     assert worse["verdict"] == stats.FAILS and worse["ci95"][0] >= finetune.EQUAL_WITHIN
-    arms["lab"] = arms["at_chance"]  # equal at chance says nothing
-    assert finetune._alike(arms, "at_chance", floor)["verdict"] == stats.OPEN
+    # one arm learned and the other did not: that they differ is shown all the same
+    assert finetune._alike(arms, "at_chance", floor)["verdict"] == stats.FAILS
+    arms["lab"], floor["lab"] = (
+        arms["at_chance"],
+        floor["at_chance"],
+    )  # equal at chance says nothing
+    idle = finetune._alike(arms, "also_at_chance", floor)
+    assert idle["ci95"][0] > -finetune.EQUAL_WITHIN and idle["ci95"][1] < finetune.EQUAL_WITHIN
+    assert idle["verdict"] == stats.OPEN and "not shown above chance" in idle["reason"]
 
 
+@pytest.mark.slow
+@pytest.mark.notebook
 def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, tmp_path):
     """`python -m lab bench finetune --quick --model FOLDER`, as the README gives it, on the smoke
     run's pretrained teacher: every arm fine-tunes that folder with its own tokenizer, and the JSON
@@ -83,8 +93,11 @@ def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, 
     folder = smoke_run[0] / "data" / "runs" / "nb" / "pretrain" / "model"
     proc = lab("bench", "finetune", "--quick", "--model", str(folder), home=tmp_path)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["bench"] == "finetune" and out["model"] == str(folder) and out["ratio"] > 0
+    assert out["bench"] == "finetune" and out["model"] == str(folder)
+    assert out["model_folder"] == str(folder.resolve())
+    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in ("lab", "trainer", "lab_before")}
     assert set(out["test_accuracy"]) == {"lab", "trainer", "lab_before"}
+    assert (tmp_path / "reports" / "bench" / "finetune-model-quick.json").is_file()
     for other in ("trainer", "lab_before"):
         f = out["alike"][other]
         assert f["ci95"][0] <= f["difference"] <= f["ci95"][1]
@@ -93,12 +106,19 @@ def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, 
         assert f"lab - {other} test accuracy within +-0.03: {f['verdict']}" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.notebook
 def test_bench_model_is_refused_where_it_cannot_be_used(smoke_run, tmp_path):
-    """--model names a BERT to fine-tune: another bench, or a Longformer folder, is refused with
-    the fix, before any work."""
-    proc = lab("bench", "pretrain", "--quick", "--model", "x", home=tmp_path, check=False)
-    assert proc.returncode == 1 and "--model is for bench finetune" in proc.stderr
-    longformer = smoke_run[0] / "data" / "runs" / "nb" / "longify" / "model"
-    proc = lab("bench", "finetune", "--model", str(longformer), home=tmp_path, check=False)
-    assert proc.returncode == 1 and "a longformer model; the bench fine-tunes BERT" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    """--model names a BERT masked LM to fine-tune: another bench, a Longformer folder or a folder
+    without its tokenizer is refused with the fix, before any work."""
+    runs = smoke_run[0] / "data" / "runs" / "nb"
+    bare = shutil.copytree(runs / "pretrain" / "model", tmp_path / "bare")
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    cases = {("all", "x"): "no other bench takes it",
+             ("finetune", str(runs / "longify" / "model")): "a longformer (config.json); the bench fine-tunes BERT",
+             ("finetune", str(bare)): f"no tokenizer in {bare}; save the model's tokenizer"}  # fmt: skip
+    for (bench, model), message in cases.items():
+        proc = lab("bench", bench, "--quick", "--model", model, home=tmp_path, check=False)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
