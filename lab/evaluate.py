@@ -67,6 +67,9 @@ class EvaluateConfig(StageConfig):
     task_train_examples: int = param("training examples per task", min=1)
     task_eval_examples: int = param("valid / test examples per task", min=1)
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
+    length_buckets: bool = param(
+        "fine-tuning batches of similar length: faster, but they scored lower (lab/core/finetune.py)"
+    )
     workers: int = param(
         "fine-tunings run side by side, each on its share of the cores (1: one after another)",
         min=1,
@@ -214,6 +217,7 @@ def run(cfg: EvaluateConfig) -> dict:
         batch_size=cfg.batch_size, seq_len=cfg.task_seq_len, train_examples=cfg.task_train_examples,
         eval_examples=cfg.task_eval_examples, bf16=cfg.bf16, seed=cfg.seed,
         curve_sizes=tuple(cfg.curve_sizes), curve_tasks=tuple(cfg.curve_tasks),
+        length_buckets=cfg.length_buckets,
     )  # fmt: skip
     data = {t: load_from_disk(str(corpus_m["dir"] / "tasks" / t)) for t in cfg.tasks}
     done = protocol.run_all(sources, data, p, work, tokenizers, workers=cfg.workers, progress=echo)

@@ -96,7 +96,7 @@ def _finetune(cfg, wanted, tokenizers, dd, work, reach, length) -> dict:
     p = protocol.Protocol(
         lrs=tuple(cfg.lrs), epochs=cfg.longdoc_epochs, seeds=cfg.seeds, student_seeds=cfg.student_seeds,
         batch_size=cfg.longdoc_batch, seq_len=length, train_examples=len(dd["train"]),
-        eval_examples=len(dd["test"]), bf16=cfg.bf16, seed=cfg.seed,
+        eval_examples=len(dd["test"]), bf16=cfg.bf16, seed=cfg.seed, length_buckets=cfg.length_buckets,
     )  # fmt: skip
     done = protocol.run_all(models_, {"longdoc": dd}, p, work / "longdoc", tokenizers, workers=cfg.workers,
                             limits={names.TEACHER: reach}, progress=echo)  # fmt: skip

@@ -69,17 +69,20 @@ def test_the_arms_are_judged_alike_only_when_both_learned():
             "at_chance": _fits(rng, 0.50), "also_at_chance": _fits(rng, 0.50)}  # fmt: skip
     floor = {name: finetune._above_chance(name, fits, chance) for name, fits in arms.items()}
     assert floor["same"]["verdict"] == stats.HOLDS and floor["at_chance"]["verdict"] != stats.HOLDS
-    same, worse = finetune._alike(arms, "same", floor), finetune._alike(arms, "worse", floor)
+    same, worse = (
+        finetune._alike(arms, "lab", "same", floor),
+        finetune._alike(arms, "lab", "worse", floor),
+    )
     assert same["verdict"] == stats.HOLDS
     assert -finetune.EQUAL_WITHIN < same["ci95"][0] <= same["difference"] <= same["ci95"][1]
     assert worse["verdict"] == stats.FAILS and worse["ci95"][0] >= finetune.EQUAL_WITHIN
     # one arm learned and the other did not: that they differ is shown all the same
-    assert finetune._alike(arms, "at_chance", floor)["verdict"] == stats.FAILS
+    assert finetune._alike(arms, "lab", "at_chance", floor)["verdict"] == stats.FAILS
     arms["lab"], floor["lab"] = (
         arms["at_chance"],
         floor["at_chance"],
     )  # equal at chance says nothing
-    idle = finetune._alike(arms, "also_at_chance", floor)
+    idle = finetune._alike(arms, "lab", "also_at_chance", floor)
     assert idle["ci95"][0] > -finetune.EQUAL_WITHIN and idle["ci95"][1] < finetune.EQUAL_WITHIN
     assert idle["verdict"] == stats.OPEN and "not shown above chance" in idle["reason"]
 
@@ -95,15 +98,16 @@ def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bench"] == "finetune" and out["model"] == str(folder)
     assert out["model_folder"] == str(folder.resolve())
-    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in ("lab", "trainer", "lab_before")}
-    assert set(out["test_accuracy"]) == {"lab", "trainer", "lab_before"}
+    arms = ("lab", "trainer", "lab_before", "lab_buckets")
+    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}
+    assert set(out["test_accuracy"]) == set(arms)
     assert (tmp_path / "reports" / "bench" / "finetune-model-quick.json").is_file()
-    for other in ("trainer", "lab_before"):
-        f = out["alike"][other]
+    for a, b in (("lab", "trainer"), ("lab", "lab_before"), ("lab_buckets", "trainer")):
+        f = out["alike"][f"{a} vs {b}"]
         assert f["ci95"][0] <= f["difference"] <= f["ci95"][1]
-        learned = all(out["above_chance"][a]["verdict"] == stats.HOLDS for a in ("lab", other))
-        assert learned or f["verdict"] == stats.OPEN
-        assert f"lab - {other} test accuracy within +-0.03: {f['verdict']}" in proc.stdout
+        learned = all(out["above_chance"][x]["verdict"] == stats.HOLDS for x in (a, b))
+        assert learned or f["verdict"] != stats.HOLDS
+        assert f"{a} - {b} test accuracy within +-0.03: {f['verdict']}" in proc.stdout
 
 
 @pytest.mark.slow

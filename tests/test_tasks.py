@@ -266,3 +266,35 @@ def test_run_findings_state_their_scope_and_speak_for_the_recipe_only_with_three
     assert "distillation runs" in kept["scope"]["covers"] and kept["ratio"] == 0.85
     two = found["these two-stage students beat these one-stage students"]  # 2 runs of two-stage
     assert two["speaks_for"] == "networks" and two["per_task"]["thucnews"]["verdict"] is None
+
+
+def test_fine_tuning_draws_its_batches_at_random_unless_asked_for_length_buckets(
+    tok, tmp_path, monkeypatch
+):
+    """Batches of similar length scored lower than batches drawn at random (lab/core/finetune.py),
+    so a fit draws at random unless its shared settings ask for buckets (evaluate.length_buckets)."""
+    from transformers import BertConfig
+
+    pools = []
+
+    class Recorded(finetune.TaskBatches):
+        def __init__(self, *args, pool: int = 1, **kwargs):
+            pools.append(pool)
+            super().__init__(*args, pool=pool, **kwargs)
+
+    monkeypatch.setattr(finetune, "TaskBatches", Recorded)
+    task = tasks.TASKS["sentiment"]
+    rows = [
+        {"text": t, "label": i % 2}
+        for i, t in enumerate(["很好", "太差了", "还行吧不错", "一般"] * 4)
+    ]
+    encoded = {s: tasks.encode(task, rows, tok, 16) for s in ("train", "test")}
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    shared = {"sources": {"m": config}, "tasks": tasks.TASKS, "examples": {("sentiment", "m"): encoded},
+              "pad": {"m": tok.pad_token_id}, "eval_len": {"sentiment": 16}, "batch_size": 4,
+              "epochs": 1.0, "bf16": False, "work": str(tmp_path)}  # fmt: skip
+    for settings in (shared, shared | {"length_buckets": True}):
+        monkeypatch.setattr(finetune, "_SHARED", settings)
+        finetune._run(finetune.Fit("sentiment", "m", 1e-3, 0))
+    assert pools == [1, finetune.BUCKET_POOL]

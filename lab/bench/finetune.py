@@ -1,7 +1,7 @@
 """bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
-dynamic padding) and against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
-dropout masks, one job after another), the same model, examples and work, arms in interleaved
-rounds; each arm's test accuracy beside it, with whether it is above chance, and whether the lab's
+dynamic padding), against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
+dropout masks, one job after another) and against the lab's with batches of similar length, the
+same model, examples and work, arms in interleaved rounds; each arm's test accuracy beside it, with whether it is above chance, and whether the lab's
 accuracy equals each other arm's. By default the model is a Mini from random initialisation, which
 stays at chance (so the accuracies say nothing); `--model` fine-tunes a pretrained BERT instead."""
 
@@ -78,10 +78,11 @@ def _trainer_fits(folder: Path, rows: dict, tokenizer, fits: list[Fit], *, batch
 
 
 def run(*, quick: bool = False, model: str = "") -> dict:
-    """The evaluate stage's fine-tuning (length-grouped batches, this machine's training attention,
-    two one-thread jobs side by side on 2 cores) against the Trainer a careful user runs (bf16,
-    DataCollatorWithPadding, one job after another) and the lab's fine-tuning before (fused SDPA
-    attention, torch's dropout masks, one two-thread job after another): per round each arm
+    """The evaluate stage's fine-tuning (batches drawn at random, each padded to its longest; this
+    machine's training attention; two one-thread jobs side by side on 2 cores) against the Trainer a
+    careful user runs (bf16, DataCollatorWithPadding, one job after another), the lab's fine-tuning
+    before (fused SDPA attention, torch's dropout masks, one two-thread job after another) and the
+    lab's with batches of similar length (`lab_buckets`, `evaluate.length_buckets`): per round each arm
     fine-tunes the same model on the same review examples at the same rate and seeds (new seeds each
     round, so the rounds add fits to the accuracy comparison); examples per second of training, with
     the model built and the test split predicted inside the time.
@@ -151,13 +152,15 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
     t0 = time.perf_counter()
     with (
         Fitter(shared, workers=2) as lab,
+        Fitter(shared | {"length_buckets": True}, workers=2) as buckets,
         Fitter(shared | {"attention": "sdpa", "fast_dropout": False}, workers=1) as before,
     ):
-        started = time.perf_counter() - t0  # the pool starts once, as the evaluate stage starts it
+        started = time.perf_counter() - t0  # the pools start once, as the evaluate stage starts one
         arms = {
             "lab": lab_arm("lab", lab),
             "trainer": trainer_arm,
             "lab_before": lab_arm("lab_before", before),
+            "lab_buckets": lab_arm("lab_buckets", buckets),
         }
         rates = rounds.interleaved(arms, n_rounds)
     med = {k: rounds.median(v) for k, v in rates.items()}
@@ -172,17 +175,21 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         start = "random initialisation" if label == "Mini" else label
         print(f"  no arm is shown above chance ({chance:.3f}) after {epochs:g} epoch(s) from {start}: "
               "the accuracies cannot show that the arms learn alike")  # fmt: skip
-    alike = {name: _alike(outcomes, name, floor) for name in ("trainer", "lab_before")}
+    pairs = [("lab", "trainer"), ("lab", "lab_before"), ("lab_buckets", "trainer")]
+    alike = {f"{a} vs {b}": _alike(outcomes, a, b, floor) for a, b in pairs}
     for f in alike.values():
         print(f"  {stats.line(f)}" + (f"; {f['reason']}" if "reason" in f else ""))
     vs_trainer = rounds.paired_ratio(rates["lab"], rates["trainer"])
     vs_before = rounds.paired_ratio(rates["lab"], rates["lab_before"])
+    buckets_vs_trainer = rounds.paired_ratio(rates["lab_buckets"], rates["trainer"])
     return {
         "bench": "finetune", "ours": round(med["lab"], 1), "baseline": round(med["trainer"], 1),
         "unit": "training examples/s (model built and test predicted inside the time)", **vs_trainer,
         "target": 2.0, "baseline_arm": "Trainer, bf16=True, DataCollatorWithPadding, one job at a time",
         "before": round(med["lab_before"], 1), "ratio_vs_before": vs_before["ratio"],
         "ratio_vs_before_iqr": vs_before["ratio_iqr"], "ratio_vs_before_target": 1.5,
+        "buckets": round(med["lab_buckets"], 1), "ratio_buckets_vs_trainer": buckets_vs_trainer["ratio"],
+        "ratio_buckets_vs_trainer_iqr": buckets_vs_trainer["ratio_iqr"],
         "test_accuracy": {k: round(float(np.mean(v)), 4) for k, v in accuracy.items()},
         "test_chance": round(chance, 4),
         "above_chance": {k: {"difference": round(f["difference"], 4), "ci95": [round(x, 4) for x in f["ci95"]],
@@ -211,17 +218,17 @@ def _above_chance(name: str, fits: list, chance: float) -> dict:
     return stats.above_chance(_arm(name, fits), {"sentiment": chance}) | {"claim": "above chance"}
 
 
-def _alike(outcomes: dict, other: str, floor: dict) -> dict:
-    """The lab's test accuracy minus arm `other`'s with its 95% interval over both arms' fits (seeds)
+def _alike(outcomes: dict, a: str, b: str, floor: dict) -> dict:
+    """Arm `a`'s test accuracy minus arm `b`'s with its 95% interval over both arms' fits (seeds)
     and the test examples (`lab.core.stats.compare`, the fits of the two arms taken as independent).
     Equal within +-EQUAL_WITHIN holds when the interval lies inside the band, but only when both
     arms are shown above chance (models that learn nothing score alike whatever their loop); it does
-    not hold when the interval lies outside the band. Against `lab_before` the interval is wider than
-    it need be: a seed starts both with the same head and batch order, which pairing would use."""
-    claim = f"lab - {other} test accuracy within +-{EQUAL_WITHIN:g}"
-    f = stats.compare(_arm("lab", outcomes["lab"]), _arm(other, outcomes[other]))
+    not hold when the interval lies outside the band. Between two of the lab's arms the interval is
+    wider than it need be: a seed starts both with the same head, which pairing would use."""
+    claim = f"{a} - {b} test accuracy within +-{EQUAL_WITHIN:g}"
+    f = stats.compare(_arm(a, outcomes[a]), _arm(b, outcomes[b]))
     lo, hi = f["ci95"]
-    idle = [name for name in ("lab", other) if floor[name]["verdict"] != stats.HOLDS]
+    idle = [name for name in (a, b) if floor[name]["verdict"] != stats.HOLDS]
     out = {
         "claim": claim,
         "difference": round(f["difference"], 4),

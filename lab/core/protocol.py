@@ -45,6 +45,7 @@ class Protocol:
     seed: int
     curve_sizes: tuple[int, ...] = ()  # smaller training sets for the data-efficiency curves
     curve_tasks: tuple[str, ...] = ()
+    length_buckets: bool = False  # batches of similar length (faster; see lab.core.finetune)
 
     def n_seeds(self, model: str) -> int:
         return self.student_seeds if names.is_student(model) else self.seeds
@@ -160,7 +161,8 @@ def _data(
     """Each task's sampled rows, and what every fit reads: one encoding per vocabulary and length."""
     rows = {}
     shared = {"sources": models, "tasks": TASKS, "examples": {}, "pad": {}, "eval_len": {},
-              "batch_size": p.batch_size, "epochs": p.epochs, "bf16": p.bf16, "work": str(work / "finetune")}  # fmt: skip
+              "batch_size": p.batch_size, "epochs": p.epochs, "bf16": p.bf16, "work": str(work / "finetune"),
+              "length_buckets": p.length_buckets}  # fmt: skip
     for t, dd in data.items():
         task = TASKS[t]
         rows[t] = {
