@@ -112,17 +112,17 @@ def cmd_sources(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.model and args.name != "finetune":
+        raise LabError(
+            f"--model names the model bench finetune fine-tunes, and no other bench takes it: run "
+            f"`python -m lab bench finetune --model {args.model}` on its own, and bench {args.name} without it"
+        )
     from lab import runs
     from lab.bench import corpus, distill, finetune, gpu, longify, pretrain, wwm
 
     run = {"corpus": corpus.run, "wwm": wwm.run, "pretrain": pretrain.pretrain, "finetune": finetune.run,
            "locality": pretrain.locality, "distill": distill.run, "longify": longify.run,
            "gpu": gpu.run}  # fmt: skip
-    if args.model and args.name != "finetune":
-        raise LabError(
-            f"--model names the model bench finetune fine-tunes, and no other bench takes it: run "
-            f"`python -m lab bench finetune --model {args.model}` on its own, and bench {args.name} without it"
-        )
     for name in [b for b in BENCHES if b != "gpu"] if args.name == "all" else [args.name]:
         extra = {"model": args.model} if name == "finetune" else {}
         result = run[name](quick=args.quick, **extra)

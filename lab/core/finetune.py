@@ -3,17 +3,14 @@ length, optionally), the task model (a standard head on the encoder, the head sw
 the attention that trains fastest here), the loop, predictions in batches, and many fine-tunings
 side by side (`run_fits`).
 
-Batches of similar length (`length_buckets`) pad least and trained 1.28-1.37x the examples per
-second, but the same fits scored lower: on review sentiment, the `cpu` teacher fine-tuned at lr 5e-4
-lost 1.7 points of test accuracy over 36 seeds (1 epoch of 1,000 examples: 0.632 against 0.648 with
-batches drawn at random; pools of 4 or 10 batches sorted lost as much) and 1.2 points over 12 seeds
-at the evaluate stage's 2 epochs of 3,000 (0.770 against 0.781), and transformers' Trainer, whose
-batches are drawn at random, scored as the random batches did. So batches are drawn at random
-unless asked (`evaluate.length_buckets`).
-
-On a CPU a small model's fine-tuning step uses two cores poorly (its matrices are small), so
-`run_fits` runs `workers` jobs at once, each on its share of the cores: on 2 cores two one-thread
-jobs did 1.4-1.5x the examples per second of one two-thread job (`python -m lab bench finetune`).
+Batches of similar length (`length_buckets`) pad least and trained 1.26-1.37x the examples per
+second, but the same fits scored lower. On review sentiment, the `cpu` teacher fine-tuned at lr 5e-4
+for 1 epoch of 1,000 examples scored 0.632 over 36 seeds against 0.648 with batches drawn at random
+(-0.017, 95% interval over seeds [-0.029, -0.004]; pools of 4 or 10 batches sorted lost as much); at
+the evaluate stage's 2 epochs of 3,000, 0.770 against 0.781 over 12 seeds (-0.012 [-0.024, +0.001]).
+transformers' Trainer, whose batches are drawn at random, scored as the random batches did
+(`python -m lab bench finetune --model`). So batches are drawn at random unless asked
+(`evaluate.length_buckets`).
 """
 
 from __future__ import annotations
