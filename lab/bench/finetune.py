@@ -1,9 +1,10 @@
 """bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
 dynamic padding), against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
-dropout masks, one job after another) and against the lab's with batches of similar length, the
-same model, examples and work, arms in interleaved rounds; each arm's test accuracy beside it, with whether it is above chance, and whether the lab's
-accuracy equals each other arm's. By default the model is a Mini from random initialisation, which
-stays at chance (so the accuracies say nothing); `--model` fine-tunes a pretrained BERT instead."""
+dropout masks, one job after another) and against the lab's with batches of similar length: the
+same model, examples and work, arms in interleaved rounds. Beside the speeds, each arm's test
+accuracy, whether it is above chance, and whether two arms' accuracies are equal. By default the
+model is a Mini from random initialisation, which stays at chance (so the accuracies say nothing);
+`--model` fine-tunes a pretrained BERT instead."""
 
 from __future__ import annotations
 
@@ -119,8 +120,8 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
               "epochs": epochs, "bf16": True, "work": str(work / "logs")}  # fmt: skip
     work_examples = per_round * n_train * epochs
     print(
-        f"finetune bench: {label} on {n_train:,} review texts x {per_round} fits a round (lr {LR:g}, new seeds each round), "
-        f"{n_rounds} round(s)",
+        f"finetune bench: {label} on {n_train:,} review texts x {per_round} fits a round "
+        f"(lr {LR:g}, new seeds each round), {n_rounds} round(s)",
         flush=True,
     )
 
