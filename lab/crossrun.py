@@ -28,6 +28,16 @@ ABLATIONS = (
 NOT_THE_TEACHER = {"run_id", "profile", "models", "scratch", "all_seeds", "lm_sequences", "speed_repeats",
                    "probes_file", "seed", "task_models", "workers", "curve_sizes", "curve_tasks",
                    "student_seeds", "compare"}  # fmt: skip
+# what a parameter's value was, in effect, in runs made before it existed (their manifests lack it)
+BEFORE_IT_EXISTED = {
+    "evaluate.length_buckets": True,  # fine-tuning sorted pools of 50 batches by length
+}
+
+
+def _params(stage: str, manifest: dict) -> dict:
+    """A stage's parameters as `stage.key`, with the values older runs ran with but did not record."""
+    older = {k: v for k, v in BEFORE_IT_EXISTED.items() if k.startswith(f"{stage}.")}
+    return older | {f"{stage}.{k}": v for k, v in manifest["params"].items()}
 
 
 def run_ids() -> list[str]:
@@ -43,7 +53,13 @@ def teacher_params(run_id: str) -> dict | None:
         m = runs.read_manifest(runs.stage_dir(run_id, stage))
         if not m:
             return None
-        out.update({f"{stage}.{k}": v for k, v in m["params"].items() if k not in NOT_THE_TEACHER})
+        out.update(
+            {
+                k: v
+                for k, v in _params(stage, m).items()
+                if k.split(".", 1)[1] not in NOT_THE_TEACHER
+            }
+        )
     return out
 
 
@@ -94,7 +110,7 @@ def compare_runs(ids: list[str] | None = None) -> list[dict]:
             m = runs.read_manifest(runs.stage_dir(rid, stage))
             if not m:
                 continue
-            params[rid] = params.get(rid, {}) | {f"{stage}.{k}": v for k, v in m["params"].items()}
+            params[rid] = params.get(rid, {}) | _params(stage, m)
             mm = m["metrics"]
             if stage == "pretrain":
                 row["teacher acc"] = mm["masked_token_accuracy"]

@@ -102,7 +102,12 @@ def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, 
     assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}
     assert set(out["test_accuracy"]) == set(arms)
     assert (tmp_path / "reports" / "bench" / "finetune-model-quick.json").is_file()
-    for a, b in (("lab", "trainer"), ("lab", "lab_before"), ("lab_buckets", "trainer")):
+    for a, b in (
+        ("lab", "trainer"),
+        ("lab", "lab_before"),
+        ("lab_buckets", "trainer"),
+        ("lab_buckets", "lab"),
+    ):
         f = out["alike"][f"{a} vs {b}"]
         assert f["ci95"][0] <= f["difference"] <= f["ci95"][1]
         learned = all(out["above_chance"][x]["verdict"] == stats.HOLDS for x in (a, b))

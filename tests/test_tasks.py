@@ -234,6 +234,12 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     assert ablations("two-changes") == {}  # no run differs from it in one parameter only
     make_run("lr", 0.6, pretrain={"masking": "wwm"}, evaluate={"lrs": [1e-3]})
     assert "lr" not in str(ablations("base"))  # scored with another protocol: not an ablation
+    # these manifests predate evaluate.length_buckets: their fine-tuning sorted batches by length
+    make_run("wwm-buckets", 0.8, pretrain={"masking": "wwm"}, evaluate={"length_buckets": True})
+    make_run("wwm-random", 0.8, pretrain={"masking": "wwm"}, evaluate={"length_buckets": False})
+    (found,) = ablations("wwm-buckets").values()
+    assert found["runs_compared"] == "wwm-buckets vs base"
+    assert ablations("wwm-random") == {}  # its scores were made another way than every other's
 
 
 def test_run_findings_state_their_scope_and_speak_for_the_recipe_only_with_three_runs(

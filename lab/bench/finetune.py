@@ -156,7 +156,9 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         Fitter(shared | {"length_buckets": True}, workers=2) as buckets,
         Fitter(shared | {"attention": "sdpa", "fast_dropout": False}, workers=1) as before,
     ):
-        started = time.perf_counter() - t0  # the pools start once, as the evaluate stage starts one
+        started = (
+            time.perf_counter() - t0
+        )  # the three pools start once (the evaluate stage starts one)
         arms = {
             "lab": lab_arm("lab", lab),
             "trainer": trainer_arm,
@@ -176,7 +178,12 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         start = "random initialisation" if label == "Mini" else label
         print(f"  no arm is shown above chance ({chance:.3f}) after {epochs:g} epoch(s) from {start}: "
               "the accuracies cannot show that the arms learn alike")  # fmt: skip
-    pairs = [("lab", "trainer"), ("lab", "lab_before"), ("lab_buckets", "trainer")]
+    pairs = [
+        ("lab", "trainer"),
+        ("lab", "lab_before"),
+        ("lab_buckets", "trainer"),
+        ("lab_buckets", "lab"),
+    ]
     alike = {f"{a} vs {b}": _alike(outcomes, a, b, floor) for a, b in pairs}
     for f in alike.values():
         print(f"  {stats.line(f)}" + (f"; {f['reason']}" if "reason" in f else ""))

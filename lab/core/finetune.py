@@ -6,11 +6,12 @@ side by side (`run_fits`).
 Batches of similar length (`length_buckets`) pad least and trained 1.26-1.37x the examples per
 second, but the same fits scored lower. On review sentiment, the `cpu` teacher fine-tuned at lr 5e-4
 for 1 epoch of 1,000 examples scored 0.632 over 36 seeds against 0.648 with batches drawn at random
-(-0.017, 95% interval over seeds [-0.029, -0.004]; pools of 4 or 10 batches sorted lost as much); at
-the evaluate stage's 2 epochs of 3,000, 0.770 against 0.781 over 12 seeds (-0.012 [-0.024, +0.001]).
-transformers' Trainer, whose batches are drawn at random, scored as the random batches did
-(`python -m lab bench finetune --model`). So batches are drawn at random unless asked
-(`evaluate.length_buckets`).
+(-0.017, 95% interval over seeds [-0.029, -0.004]; sorting pools of 10 or 4 batches instead of 50:
+-0.020 and -0.019, as much); at the evaluate stage's 2 epochs of 3,000, 0.770 against 0.781 over 12
+seeds (-0.012 [-0.024, +0.001]). In `python -m lab bench finetune --model` on the same teacher (12
+seeds an arm), transformers' Trainer, whose batches are drawn at random, scored 0.648 and the random
+batches 0.647 (-0.001 [-0.020, +0.018]), the similar-length ones 0.637. So batches are drawn at
+random unless asked (`evaluate.length_buckets`). Only sentiment was measured.
 """
 
 from __future__ import annotations
