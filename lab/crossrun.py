@@ -53,13 +53,10 @@ def teacher_params(run_id: str) -> dict | None:
         m = runs.read_manifest(runs.stage_dir(run_id, stage))
         if not m:
             return None
-        out.update(
-            {
-                k: v
-                for k, v in _params(stage, m).items()
-                if k.split(".", 1)[1] not in NOT_THE_TEACHER
-            }
-        )
+        kept = {
+            k: v for k, v in _params(stage, m).items() if k.split(".", 1)[1] not in NOT_THE_TEACHER
+        }
+        out.update(kept)
     return out
 
 

@@ -265,13 +265,8 @@ def save_bench(result: dict) -> None:
     """Keep the latest result of each benchmark in reports/bench/NAME[-VARIANT][-quick].json (a
     variant: `bench finetune --model`'s), where the notebooks show it; a folder that cannot be
     written only costs the copy."""
-    name = "-".join(
-        [
-            result["bench"],
-            *filter(None, [result.get("variant")]),
-            *(["quick"] if result.get("quick") else []),
-        ]
-    )
+    parts = (result["bench"], result.get("variant"), "quick" if result.get("quick") else "")
+    name = "-".join(p for p in parts if p)
     folder = reports_dir() / "bench"
     try:
         folder.mkdir(parents=True, exist_ok=True)
