@@ -78,10 +78,8 @@ def test_the_arms_are_judged_alike_only_when_both_learned():
     assert worse["verdict"] == stats.FAILS and worse["ci95"][0] >= finetune.EQUAL_WITHIN
     # one arm learned and the other did not: that they differ is shown all the same
     assert finetune._alike(arms, "lab", "at_chance", floor)["verdict"] == stats.FAILS
-    arms["lab"], floor["lab"] = (
-        arms["at_chance"],
-        floor["at_chance"],
-    )  # equal at chance says nothing
+    arms["lab"] = arms["at_chance"]  # equal at chance says nothing
+    floor["lab"] = floor["at_chance"]
     idle = finetune._alike(arms, "lab", "also_at_chance", floor)
     assert idle["ci95"][0] > -finetune.EQUAL_WITHIN and idle["ci95"][1] < finetune.EQUAL_WITHIN
     assert idle["verdict"] == stats.OPEN and "not shown above chance" in idle["reason"]

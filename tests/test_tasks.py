@@ -234,7 +234,8 @@ def test_ablation_findings_compare_runs_differing_in_one_parameter(tmp_path, mon
     assert ablations("two-changes") == {}  # no run differs from it in one parameter only
     make_run("lr", 0.6, pretrain={"masking": "wwm"}, evaluate={"lrs": [1e-3]})
     assert "lr" not in str(ablations("base"))  # scored with another protocol: not an ablation
-    # these manifests predate evaluate.length_buckets: their fine-tuning sorted batches by length
+    # the runs above predate evaluate.length_buckets (their fine-tuning sorted batches by length): a
+    # new run that asks for buckets is their ablation, one that draws batches at random is not
     make_run("wwm-buckets", 0.8, pretrain={"masking": "wwm"}, evaluate={"length_buckets": True})
     make_run("wwm-random", 0.8, pretrain={"masking": "wwm"}, evaluate={"length_buckets": False})
     (found,) = ablations("wwm-buckets").values()
