@@ -16,7 +16,6 @@ from lab.core.errors import LabError
 
 OWN = (names.TEACHER, names.ASSISTANT, *names.STUDENT_KINDS, names.LONGFORMER)
 PARAM = "evaluate.models"
-PROBE_TEXT = "北京是中国的首都。"
 
 
 class LineupError(LabError, ValueError):
@@ -69,46 +68,12 @@ def outside(specs: list[str], *, weights: bool = True) -> dict[str, dict]:
                 f"{err}. (Nor is {spec!r} a model this run makes: {', '.join(OWN)}, or a student "
                 "with its seed such as one-stage-s1234.)"
             ) from None
-        check_model(src.folder, spec, weights=weights)
+        modelsource.check_masked_lm(src.folder, spec, param=PARAM)
         short = src.label
         if short in out or is_own(short):
             short = f"{short} ({src.origin})"
         out[short] = {"dir": src.folder, "role": "outside", "source": src.provenance()}
     return out
-
-
-def check_model(folder: Path, spec: str, *, weights: bool = True) -> None:
-    """A masked LM with a tokenizer that reads Chinese, or a LineupError naming the fix."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    conf = AutoConfig.from_pretrained(str(folder))
-    if conf.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        raise LineupError(
-            f"{PARAM}: {spec!r} is a {conf.model_type} model, which transformers has no masked LM for"
-        )
-    heads = [a for a in conf.architectures or [] if a.endswith(("ForMaskedLM", "ForPreTraining"))]
-    if conf.architectures and not heads:
-        raise LineupError(
-            f"{PARAM}: {spec!r} was saved as {', '.join(conf.architectures)}, an encoder without its "
-            "masked-LM head; save the checkpoint's *ForMaskedLM model (the lab fine-tunes from it and "
-            "scores its LM)"
-        )
-    try:
-        tok = vocab.load(folder)
-    except (OSError, ValueError) as err:
-        raise LineupError(
-            f"{PARAM}: {spec!r} has no tokenizer the lab can load ({err}); save it beside the model"
-        ) from None
-    ids = tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-    if not ids or all(i == tok.unk_token_id for i in ids):
-        raise LineupError(
-            f"{PARAM}: {spec!r}'s tokenizer reads {PROBE_TEXT!r} as unknown tokens only: not a Chinese model"
-        )
-    if tok.mask_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
-        raise LineupError(
-            f"{PARAM}: {spec!r}'s tokenizer has no mask, CLS or SEP token; set them and save it again"
-        )
 
 
 def problems(specs: list[str], found: dict | None = None) -> list[str]:

@@ -260,26 +260,17 @@ def _model(spec: str, work: Path):
         models.build("Mini", len(tokenizer), seed=0).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         return folder, tokenizer, "Mini"
-    source = modelsource.resolve(spec, param="bench finetune --model")
-    folder, what = source.folder, f"bench finetune --model {spec}"
+    what = "bench finetune --model"
+    folder = modelsource.resolve(spec, param=what).folder
+    modelsource.check_masked_lm(folder, spec, param=what)
+    config = json.loads((folder / "config.json").read_text())
 
     def refuse(problem: str, fix: str, err: Exception | None = None):
-        raise modelsource.ModelSourceError(f"{what}: {problem}; {fix}") from err
+        raise modelsource.ModelSourceError(f"{what} {spec}: {problem}; {fix}") from err
 
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        refuse(
-            f"{folder / 'config.json'} does not read as JSON ({err})", "save the model again", err
-        )
-    if config.get("model_type") != "bert":
-        refuse(f"a {config.get('model_type') or 'model without model_type'} (config.json)",
+    if config["model_type"] != "bert":
+        refuse(f"a {config['model_type']} (config.json)",
                "the bench fine-tunes BERT encoders (a converted Longformer is fine-tuned by the evaluate stage)")  # fmt: skip
-    if not any((folder / f).is_file() for f in vocab.TOKENIZER_FILES[:2]):  # a vocabulary
-        refuse(
-            f"no tokenizer in {folder}",
-            "save the model's tokenizer beside it (tokenizer.save_pretrained)",
-        )
     tokenizer = vocab.load(folder)
     if len(tokenizer) > config.get("vocab_size", 0):
         refuse(f"its tokenizer has {len(tokenizer):,} tokens and the model {config.get('vocab_size', 0):,}",

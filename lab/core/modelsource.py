@@ -17,6 +17,7 @@ from lab.core.errors import LabError
 from lab.core.files import digest_path
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `bert-base-chinese`, `hfl/rbt3`
+PROBE_TEXT = "北京是中国的首都。"  # a Chinese model's tokenizer reads it as known tokens
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
            "pytorch_model.bin.index.json")  # fmt: skip
 
@@ -139,3 +140,45 @@ def _hub_cache() -> str:
         os.path.expanduser("~"), ".cache", "huggingface"
     )
     return os.path.join(home, "hub")
+
+
+def check_masked_lm(folder: Path, spec: str, *, param: str) -> None:
+    """A masked LM with a tokenizer beside it that reads Chinese, or a ModelSourceError naming
+    `param`, the problem and the fix."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from lab.core import vocab
+
+    conf = AutoConfig.from_pretrained(str(folder))
+    if conf.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ModelSourceError(
+            f"{param}: {spec!r} is a {conf.model_type} model, which transformers has no masked LM for"
+        )
+    heads = [a for a in conf.architectures or [] if a.endswith(("ForMaskedLM", "ForPreTraining"))]
+    if conf.architectures and not heads:
+        raise ModelSourceError(
+            f"{param}: {spec!r} was saved as {', '.join(conf.architectures)}, an encoder without its "
+            "masked-LM head; save the checkpoint's *ForMaskedLM model (the lab fine-tunes from it and "
+            "scores its LM)"
+        )
+    if not any((folder / f).is_file() for f in vocab.TOKENIZER_FILES[:2]):  # a vocabulary
+        raise ModelSourceError(
+            f"{param}: {spec!r} has no tokenizer in {folder}; save the model's tokenizer beside it "
+            "(tokenizer.save_pretrained)"
+        )
+    try:
+        tok = vocab.load(folder)
+    except (OSError, ValueError) as err:
+        raise ModelSourceError(
+            f"{param}: {spec!r} has no tokenizer the lab can load ({err}); save it beside the model"
+        ) from None
+    ids = tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if not ids or all(i == tok.unk_token_id for i in ids):
+        raise ModelSourceError(
+            f"{param}: {spec!r}'s tokenizer reads {PROBE_TEXT!r} as unknown tokens only: not a Chinese model"
+        )
+    if tok.mask_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
+        raise ModelSourceError(
+            f"{param}: {spec!r}'s tokenizer has no mask, CLS or SEP token; set them and save it again"
+        )
