@@ -323,7 +323,7 @@ def evaluate(cfg, context: dict) -> Lines:
         f"{cfg.task_eval_examples:,} valid and test examples",
         "protocol": f"rate from {rates} chosen on valid per model group with a selection seed; then "
         f"{cfg.seeds} fresh seed(s) per model ({cfg.student_seeds} per distilled model) scored on test; "
-        f"{cfg.epochs:g} epochs, batch {cfg.batch_size} ({'of similar length' if cfg.length_buckets else 'drawn at random'}), "
+        f"{cfg.epochs:g} epochs, batch {cfg.batch_size} ({'of similar length' if cfg.length_buckets else 'drawn at random; a BERT gets several short examples to a row'}), "
         f"{cfg.task_seq_len} tokens; {cfg.workers} at a time",
         "baselines": ("scratch + " if cfg.scratch else "")
         + "char n-gram logistic regression (C and n-grams "

@@ -68,7 +68,7 @@ class EvaluateConfig(StageConfig):
     task_eval_examples: int = param("valid / test examples per task", min=1)
     bf16: bool = param("bfloat16 autocast where the hardware supports it")
     length_buckets: bool = param(
-        "fine-tuning batches of similar length: faster, but lower on review sentiment (lab/core/finetune.py)"
+        "fine-tuning batches of similar length: about as fast as packed rows, lower on review sentiment (lab/core/finetune.py)"
     )
     workers: int = param(
         "fine-tunings run side by side, each on its share of the cores (1: one after another)",

@@ -96,14 +96,14 @@ def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bench"] == "finetune" and out["model"] == str(folder)
     assert out["model_folder"] == str(folder.resolve())
-    arms = ("lab", "trainer", "lab_before", "lab_buckets")
+    arms = ("lab", "trainer", "lab_before", "lab_padded", "lab_buckets")
     assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}
-    assert set(out["test_accuracy"]) == set(arms)
+    assert set(out["test_accuracy"]) == set(arms) and out["ratio_vs_padded"] > 0
     assert (tmp_path / "reports" / "bench" / "finetune-model-quick.json").is_file()
     for a, b in (
         ("lab", "trainer"),
         ("lab", "lab_before"),
-        ("lab_buckets", "trainer"),
+        ("lab", "lab_padded"),
         ("lab_buckets", "lab"),
     ):
         f = out["alike"][f"{a} vs {b}"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from lab.core import finetune, sources, tasks, vocab
+from lab.core import dropout, finetune, sources, tasks, vocab
 from lab.core.metrics import fill_mask, spread
 
 
@@ -69,6 +69,56 @@ def test_batches_group_similar_lengths_and_cover_every_example_each_epoch():
     assert torch.equal(
         batches(3)["input_ids"], finetune.TaskBatches(examples, 16, 1, 0, pool=10)(3)["input_ids"]
     )
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "stsb", "msra_ner"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "lab"])
+def test_packed_batches_give_transformers_heads_loss_and_gradients(tok, kind, attention):
+    """Several examples to a row, each attending only to itself with its own positions: the loss
+    and every gradient equal what transformers' own head computes on the same examples padded one
+    to a row (classification, regression on sentence pairs, tags), and fewer rows carry them."""
+    from transformers import BertConfig
+
+    rng = np.random.default_rng(0)
+    chars = list("今天天气很好我们去公园散步吧这家店的菜太咸了服务一般")
+    text = lambda: "".join(rng.choice(chars, int(rng.integers(1, 14))))  # noqa: E731
+    tags = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    rows = {
+        "sentiment": lambda: {"text": text(), "label": int(rng.integers(2))},
+        "stsb": lambda: {
+            "sentence1": text(),
+            "sentence2": text(),
+            "score": float(rng.uniform(0, 5)),
+        },
+        "msra_ner": lambda: {
+            "tokens": (t := list(text())),
+            "ner_tags": list(rng.choice(tags, len(t))),
+        },
+    }
+    task = tasks.TASKS[kind]
+    examples = tasks.encode(task, [rows[kind]() for _ in range(12)], tok, 32)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)  # fmt: skip
+    model = finetune.task_model(config, task, seed=0, max_length=32)
+    model.set_attn_implementation("eager" if attention == "lab" else attention)
+    if attention == "lab":  # the attention the training loop installs on a CPU (lab.core.dropout)
+        assert dropout.install(model) and model.config._attn_implementation == dropout.NAME
+    model.eval()  # no dropout
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    padded = finetune.collate(examples, tok.pad_token_id)
+    packed = finetune.pack(examples, tok.pad_token_id)
+    loss, g = grads(model(**padded).loss)
+    loss_packed, g_packed = grads(finetune.Finetune(model)(**packed)["loss"])
+    assert len(packed["input_ids"]) < len(examples)
+    assert loss_packed == pytest.approx(float(loss), rel=1e-5)
+    assert len(g) == len(g_packed)
+    for a, b in zip(g, g_packed):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_samples_follow_the_hash_not_the_order_of_the_split():

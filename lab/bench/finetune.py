@@ -1,7 +1,7 @@
 """bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
 dynamic padding), against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
-dropout masks, one job after another) and against the lab's with batches of similar length: the
-same model, examples and work, arms in interleaved rounds. Beside the speeds, each arm's test
+dropout masks, one job after another), and beside the lab's with each example a padded row and with
+batches of similar length: the same model, examples and work, arms in interleaved rounds. Beside the speeds, each arm's test
 accuracy, whether it is above chance, and whether two arms' accuracies are equal. By default the
 model is a Mini from random initialisation, which stays at chance (so the accuracies say nothing);
 `--model` fine-tunes a pretrained BERT instead."""
@@ -79,11 +79,12 @@ def _trainer_fits(folder: Path, rows: dict, tokenizer, fits: list[Fit], *, batch
 
 
 def run(*, quick: bool = False, model: str = "") -> dict:
-    """The evaluate stage's fine-tuning (batches drawn at random, each padded to its longest; this
-    machine's training attention; two one-thread jobs side by side on 2 cores) against the Trainer a
-    careful user runs (bf16, DataCollatorWithPadding, one job after another), the lab's fine-tuning
-    before (fused SDPA attention, torch's dropout masks, one two-thread job after another) and the
-    lab's with batches of similar length (`lab_buckets`, `evaluate.length_buckets`): per round each arm
+    """The evaluate stage's fine-tuning (batches drawn at random, several short examples packed into
+    a row; this machine's training attention; two one-thread jobs side by side on 2 cores) against
+    the Trainer a careful user runs (bf16, DataCollatorWithPadding, one job after another), the lab's
+    fine-tuning before (fused SDPA attention, torch's dropout masks, each example a row padded to the
+    batch's longest, one two-thread job after another), the lab's without packing (`lab_padded`) and
+    with batches of similar length (`lab_buckets`, `evaluate.length_buckets`): per round each arm
     fine-tunes the same model on the same review examples at the same rate and seeds (new seeds each
     round, so the rounds add fits to the accuracy comparison); examples per second of training, with
     the model built and the test split predicted inside the time.
@@ -153,16 +154,20 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
     t0 = time.perf_counter()
     with (
         Fitter(shared, workers=2) as lab,
+        Fitter(shared | {"packed": False}, workers=2) as padded,
         Fitter(shared | {"length_buckets": True}, workers=2) as buckets,
-        Fitter(shared | {"attention": "sdpa", "fast_dropout": False}, workers=1) as before,
+        Fitter(
+            shared | {"attention": "sdpa", "fast_dropout": False, "packed": False}, workers=1
+        ) as before,
     ):
         started = (
             time.perf_counter() - t0
-        )  # the three pools start once (the evaluate stage starts one)
+        )  # the four pools start once (the evaluate stage starts one)
         arms = {
             "lab": lab_arm("lab", lab),
             "trainer": trainer_arm,
             "lab_before": lab_arm("lab_before", before),
+            "lab_padded": lab_arm("lab_padded", padded),
             "lab_buckets": lab_arm("lab_buckets", buckets),
         }
         rates = rounds.interleaved(arms, n_rounds)
@@ -181,7 +186,7 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
     pairs = [
         ("lab", "trainer"),
         ("lab", "lab_before"),
-        ("lab_buckets", "trainer"),
+        ("lab", "lab_padded"),
         ("lab_buckets", "lab"),
     ]
     alike = {f"{a} vs {b}": _alike(outcomes, a, b, floor) for a, b in pairs}
@@ -189,6 +194,7 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         print(f"  {stats.line(f)}" + (f"; {f['reason']}" if "reason" in f else ""))
     vs_trainer = rounds.paired_ratio(rates["lab"], rates["trainer"])
     vs_before = rounds.paired_ratio(rates["lab"], rates["lab_before"])
+    vs_padded = rounds.paired_ratio(rates["lab"], rates["lab_padded"])
     buckets_vs_trainer = rounds.paired_ratio(rates["lab_buckets"], rates["trainer"])
     return {
         "bench": "finetune", "ours": round(med["lab"], 1), "baseline": round(med["trainer"], 1),
@@ -196,6 +202,8 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         "target": 2.0, "baseline_arm": "Trainer, bf16=True, DataCollatorWithPadding, one job at a time",
         "before": round(med["lab_before"], 1), "ratio_vs_before": vs_before["ratio"],
         "ratio_vs_before_iqr": vs_before["ratio_iqr"], "ratio_vs_before_target": 1.5,
+        "padded": round(med["lab_padded"], 1), "ratio_vs_padded": vs_padded["ratio"],
+        "ratio_vs_padded_iqr": vs_padded["ratio_iqr"],
         "buckets": round(med["lab_buckets"], 1), "ratio_buckets_vs_trainer": buckets_vs_trainer["ratio"],
         "ratio_buckets_vs_trainer_iqr": buckets_vs_trainer["ratio_iqr"],
         "test_accuracy": {k: round(float(np.mean(v)), 4) for k, v in accuracy.items()},

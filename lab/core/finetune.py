@@ -1,17 +1,22 @@
-"""Fine-tuning a pretrained encoder on a task: batches each padded to its longest example (of similar
-length, optionally), the task model (a standard head on the encoder, the head swap checked exactly,
-the attention that trains fastest here), the loop, predictions in batches, and many fine-tunings
-side by side (`run_fits`).
+"""Fine-tuning a pretrained encoder on a task: batches drawn at random, several short examples to a
+row (`pack`), the task model (a standard head on the encoder, the head swap checked exactly, the
+attention that trains fastest here), the loop, predictions in batches, and many fine-tunings side by
+side (`run_fits`).
 
-Batches of similar length (`length_buckets`) pad least and trained 1.26-1.37x the examples per
-second, but the same fits scored lower. On review sentiment, the `cpu` teacher fine-tuned at lr 5e-4
-for 1 epoch of 1,000 examples scored 0.632 over 36 seeds against 0.648 with batches drawn at random
-(-0.017, 95% interval over seeds [-0.029, -0.004]; sorting pools of 10 or 4 batches instead of 50:
--0.020 and -0.019, as much); at the evaluate stage's 2 epochs of 3,000, 0.770 against 0.781 over 12
-seeds (-0.012 [-0.024, +0.001]). In `python -m lab bench finetune --model` on the same teacher (12
-seeds an arm), transformers' Trainer, whose batches are drawn at random, scored 0.648 and the random
-batches 0.647 (-0.001 [-0.020, +0.018]), the similar-length ones 0.637. So batches are drawn at
-random unless asked (`evaluate.length_buckets`). Only sentiment was measured.
+Packing computes what padded rows compute (each example attends only to itself, with its own
+positions; the same loss over the same examples) on fewer rows: in `python -m lab bench finetune
+--model` on the `cpu` teacher, 1.29x the examples per second of the same batches padded one example
+to a row (IQR 1.27-1.29 over 3 rounds), test accuracy equal (+0.000, 95% interval [-0.012, +0.012],
+12 seeds an arm). Only a BERT running eager or SDPA attention is packed.
+
+Batches of similar length (`length_buckets`) pad as little, but the same fits scored lower. On
+review sentiment, the `cpu` teacher fine-tuned at lr 5e-4 for 1 epoch of 1,000 examples scored 0.632
+over 36 seeds against 0.648 with batches drawn at random (-0.017, 95% interval over seeds [-0.029,
+-0.004]; sorting pools of 10 or 4 batches instead of 50: -0.020 and -0.019, as much); at the
+evaluate stage's 2 epochs of 3,000, 0.770 against 0.781 over 12 seeds (-0.012 [-0.024, +0.001]).
+transformers' Trainer, whose batches are drawn at random, scored as the random batches do (-0.001
+[-0.020, +0.018] in the bench, 12 seeds an arm). So batches are drawn at random unless asked
+(`evaluate.length_buckets`). Only sentiment was measured.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lab.core import budget, hardware, models, train
 from lab.core.attention import block_attention
@@ -56,15 +62,85 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     return batch | ({"token_type_ids": types} if "token_type_ids" in examples[0] else {})
 
 
+def pack(examples: list[dict], pad_id: int) -> dict:
+    """A batch with several short examples to a row, each reading only itself: rows as wide as the
+    longest example, filled first fit by decreasing length. `segments` numbers each row's examples
+    from 1 (0: padding), which `packed_loss` turns into block-diagonal attention; positions restart
+    at each example. A sentence task's labels come in the order of `cls`, the flat positions
+    (row x width + column) of the examples' first tokens; a tag task's lie as its tokens do.
+
+    Each example then computes what it computes alone in a padded batch, and the loss is the same
+    mean over the same examples (`tests/test_finetune.py` checks both against transformers' own
+    heads). What changes is the padding: random batches of 32 reviews cut at 64 tokens are nearly
+    always padded to 64, 69% of it text; packed into rows of 64, 95%."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    width = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
+        r = next((r for r, left in enumerate(room) if left >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            room.append(width)
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    types, positions, segments = (torch.zeros(shape, dtype=torch.long) for _ in range(3))
+    tag = isinstance(examples[0]["labels"], list)
+    labels = torch.full(shape, -100, dtype=torch.long) if tag else None
+    cls, y = [], []
+    for r, members in enumerate(rows):
+        at = 0
+        for s, i in enumerate(members, 1):
+            e, k = examples[i], lengths[i]
+            ids[r, at : at + k] = torch.tensor(e["input_ids"])
+            positions[r, at : at + k] = torch.arange(k)
+            segments[r, at : at + k] = s
+            if "token_type_ids" in e:
+                types[r, at : at + k] = torch.tensor(e["token_type_ids"])
+            if tag:
+                labels[r, at : at + k] = torch.tensor(e["labels"])
+            else:
+                cls.append(r * width + at)
+                y.append(e["labels"])
+            at += k
+    batch = {"input_ids": ids, "token_type_ids": types, "position_ids": positions,
+             "segments": segments}  # fmt: skip
+    if tag:
+        return batch | {"labels": labels}
+    dtype = torch.float if isinstance(y[0], float) else torch.long
+    return batch | {"labels": torch.tensor(y, dtype=dtype), "cls": torch.tensor(cls)}
+
+
+def packed_loss(model, batch: dict) -> torch.Tensor:
+    """A BERT task model's loss on a `pack`ed batch: attention kept inside each example, the
+    sentence head (BERT's pooler, dropout, classifier) read at each example's first token, the
+    loss of transformers' heads (cross-entropy; squared error for one regression output)."""
+    batch = dict(batch)
+    segments, labels, cls = batch.pop("segments"), batch.pop("labels"), batch.pop("cls", None)
+    inside = segments[:, None, :, None] == segments[:, None, None, :]  # (rows, 1, T, T)
+    if model.config._attn_implementation != "sdpa":  # the eager attentions add their mask
+        blocked = torch.finfo(torch.float32).min
+        inside = torch.zeros(inside.shape, device=inside.device).masked_fill_(~inside, blocked)
+    if cls is None:  # tags: the model's own head and loss read the rows as they lie
+        return model(**batch, attention_mask=inside, labels=labels).loss
+    hidden = model.base_model(**batch, attention_mask=inside).last_hidden_state
+    first = hidden.flatten(0, 1)[cls][:, None]  # (examples, 1, hidden), as the pooler reads
+    logits = model.classifier(model.dropout(model.base_model.pooler(first)))
+    if model.config.num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
 class TaskBatches:
-    """Fine-tuning batches in a seeded order, each padded to its longest example: each epoch
-    shuffles, sorts pools of `pool` batches by length, cuts them into batches and shuffles the
+    """Fine-tuning batches in a seeded order, each padded to its longest example or `packed`: each
+    epoch shuffles, sorts pools of `pool` batches by length, cuts them into batches and shuffles the
     batches. `pool` 1 draws batches at random; larger pools give batches of similar length (little
     padding; see the module's note on what they cost). A pure function of (index, rank, world)."""
 
-    def __init__(
-        self, examples: list[dict], batch_size: int, seed: int, pad_id: int, pool: int = 1
-    ):
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, pad_id: int,
+                 pool: int = 1, packed: bool = False):  # fmt: skip
         self.examples, self.batch_size, self.seed, self.pad_id, self.pool = (
             examples,
             batch_size,
@@ -72,6 +148,7 @@ class TaskBatches:
             pad_id,
             pool,
         )
+        self.lay_out = pack if packed else collate
         self.lengths = np.array([len(e["input_ids"]) for e in examples])
         self.per_epoch = math.ceil(len(examples) / batch_size)
         self._order: dict[int, list[np.ndarray]] = {}
@@ -93,7 +170,7 @@ class TaskBatches:
 
     def __call__(self, index: int, rank: int = 0, world: int = 1) -> dict:
         epoch, j = divmod(index * world + rank, self.per_epoch)
-        return collate([self.examples[r] for r in self._batches(epoch)[j]], self.pad_id)
+        return self.lay_out([self.examples[r] for r in self._batches(epoch)[j]], self.pad_id)
 
 
 class Finetune(torch.nn.Module):
@@ -104,6 +181,8 @@ class Finetune(torch.nn.Module):
         self.model = model
 
     def forward(self, **batch):
+        if "segments" in batch:
+            return {"loss": packed_loss(self.model, batch)}
         return {"loss": self.model(**with_global(self.model, batch)).loss}
 
 
@@ -208,12 +287,14 @@ BUCKET_POOL = 50  # batches sorted together when batches are of similar length (
 
 def finetune(model, examples: list[dict], out_dir: Path, *, batch_size: int, epochs: float, lr: float,
              seed: int, pad_id: int, bf16: bool, desc: str, fast_dropout: bool = True,
-             length_buckets: bool = False) -> dict:  # fmt: skip
+             length_buckets: bool = False, packed: bool = True) -> dict:  # fmt: skip
     """Train a task model through the common loop: warmup over the first 10%, then linear decay;
-    batches drawn at random, or of similar length (`length_buckets`)."""
-    batches = TaskBatches(
-        examples, batch_size, seed, pad_id, pool=BUCKET_POOL if length_buckets else 1
-    )
+    batches drawn at random, `pack`ed into rows when the model is a BERT (unless `packed` is False),
+    or of similar length (`length_buckets`)."""
+    packed = (packed and not length_buckets and model.config.model_type == "bert"
+              and model.config._attn_implementation in ("eager", "sdpa"))  # fmt: skip
+    batches = TaskBatches(examples, batch_size, seed, pad_id,
+                          pool=BUCKET_POOL if length_buckets else 1, packed=packed)  # fmt: skip
     steps = max(1, math.ceil(epochs * batches.per_epoch))
     mean_len = float(np.mean([len(e["input_ids"]) for e in examples]))
     fpt = budget.flops_per_token(models.size(model.config), round(mean_len), 0.0)
@@ -222,7 +303,8 @@ def finetune(model, examples: list[dict], out_dir: Path, *, batch_size: int, epo
         log_every=max(1, steps // 10), seed=seed, weight_decay=0.01, tensorboard=False, leave=False,
         flops_per_token=fpt, fast_dropout=fast_dropout,
     )  # fmt: skip
-    return train.train(Finetune(model), batches, tc, out_dir, desc=desc)
+    count = (lambda b: (b["segments"] > 0).sum()) if packed else None  # text tokens, not padding
+    return train.train(Finetune(model), batches, tc, out_dir, desc=desc, count_tokens=count)
 
 
 @torch.no_grad()
@@ -279,8 +361,9 @@ class Fitter:
     `shared` holds what the fits read: per model its `sources` (a folder or a config) and `task`
     objects, `examples[(task, model)]` (encoded splits), `pad[model]`, `eval_len[task]`, `batch_size`,
     `epochs`, `bf16`, `work` (the folder for the training logs), and optionally `length_buckets`
-    (batches of similar length) and, for the benchmarks' older arm, `attention` (an implementation
-    to use instead of this machine's fastest) and `fast_dropout` (False: torch's dropout masks)."""
+    (batches of similar length) and, for the benchmarks' other arms, `packed` (False: each example a
+    padded row), `attention` (an implementation to use instead of this machine's fastest) and
+    `fast_dropout` (False: torch's dropout masks)."""
 
     def __init__(self, shared: dict, *, workers: int = 1):
         self.shared, self.workers, self.pool = shared, workers, None
@@ -370,6 +453,7 @@ def _run(fit: Fit) -> dict:
     folder = Path(s["work"]) / fit.model / fit.task / f"n{fit.n_train}-s{fit.seed}-lr{fit.lr:g}"
     finetune(model, train_rows, folder, batch_size=s["batch_size"], epochs=s["epochs"], lr=fit.lr,
              seed=fit.seed, pad_id=pad, bf16=s["bf16"], desc=f"{fit.task} {fit.model}",
-             fast_dropout=s.get("fast_dropout", True), length_buckets=s.get("length_buckets", False))  # fmt: skip
+             fast_dropout=s.get("fast_dropout", True), length_buckets=s.get("length_buckets", False),
+             packed=s.get("packed", True))  # fmt: skip
     preds = {split: predict(model, data[split], pad, bf16=s["bf16"]) for split in fit.predict}
     return {"preds": preds, "seconds": round(time.time() - t0, 2)}
