@@ -119,6 +119,12 @@ def test_packed_batches_give_transformers_heads_loss_and_gradients(tok, kind, at
     assert len(g) == len(g_packed)
     for a, b in zip(g, g_packed):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as fits train: close
+        bf16 = [float(model(**padded).loss), float(finetune.Finetune(model)(**packed)["loss"])]
+    assert bf16[1] == pytest.approx(bf16[0], rel=0.02)
+    longest = [e for e in examples if len(e["input_ids"]) == len(padded["input_ids"][0])]
+    alone = finetune.pack(longest * 2, tok.pad_token_id)  # no two share a row: no mask at all
+    assert alone.keys() == finetune.collate(longest * 2, tok.pad_token_id).keys()
 
 
 def test_samples_follow_the_hash_not_the_order_of_the_split():
@@ -325,33 +331,50 @@ def test_run_findings_state_their_scope_and_speak_for_the_recipe_only_with_three
     assert two["speaks_for"] == "networks" and two["per_task"]["thucnews"]["verdict"] is None
 
 
-def test_fine_tuning_draws_its_batches_at_random_unless_asked_for_length_buckets(
-    tok, tmp_path, monkeypatch
-):
+def test_fine_tuning_draws_random_batches_packed_unless_asked_otherwise(tok, tmp_path, monkeypatch):
     """Batches of similar length scored lower than batches drawn at random (lab/core/finetune.py),
-    so a fit draws at random unless its shared settings ask for buckets (evaluate.length_buckets)."""
-    from transformers import BertConfig
+    so a fit draws at random unless its shared settings ask for buckets (evaluate.length_buckets);
+    a BERT's random batches are packed, with eager or fused attention, unless the settings say not
+    to; a Longformer's and bucketed ones are not. Packed or not, the loop counts the text tokens."""
+    from transformers import BertConfig, LongformerConfig
 
-    pools = []
+    made, counted = [], []
 
     class Recorded(finetune.TaskBatches):
-        def __init__(self, *args, pool: int = 1, **kwargs):
-            pools.append(pool)
-            super().__init__(*args, pool=pool, **kwargs)
+        def __init__(self, *args, pool: int = 1, packed: bool = False, **kwargs):
+            made.append((pool, packed))
+            super().__init__(*args, pool=pool, packed=packed, **kwargs)
+
+    def train(module, batches, cfg, out_dir, *, count_tokens=None, **kwargs):
+        count = count_tokens or (lambda b: b["attention_mask"].sum())
+        counted.append(sum(int(count(batches(i))) for i in range(batches.per_epoch)))
+        return {}
 
     monkeypatch.setattr(finetune, "TaskBatches", Recorded)
+    monkeypatch.setattr(finetune.train, "train", train)
     task = tasks.TASKS["sentiment"]
     rows = [
         {"text": t, "label": i % 2}
         for i, t in enumerate(["很好", "太差了", "还行吧不错", "一般"] * 4)
     ]
     encoded = {s: tasks.encode(task, rows, tok, 16) for s in ("train", "test")}
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=32)  # fmt: skip
-    shared = {"sources": {"m": config}, "tasks": tasks.TASKS, "examples": {("sentiment", "m"): encoded},
-              "pad": {"m": tok.pad_token_id}, "eval_len": {"sentiment": 16}, "batch_size": 4,
-              "epochs": 1.0, "bf16": False, "work": str(tmp_path)}  # fmt: skip
-    for settings in (shared, shared | {"length_buckets": True}):
-        monkeypatch.setattr(finetune, "_SHARED", settings)
-        finetune._run(finetune.Fit("sentiment", "m", 1e-3, 0))
-    assert pools == [1, finetune.BUCKET_POOL]
+    size = {"vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64}  # fmt: skip
+    sources = {"bert": BertConfig(**size, max_position_embeddings=32),
+               "long": LongformerConfig(**size, max_position_embeddings=40, attention_window=[8])}  # fmt: skip
+    shared = {"sources": sources, "tasks": tasks.TASKS, "pad": {m: tok.pad_token_id for m in sources},
+              "examples": {("sentiment", m): encoded for m in sources}, "eval_len": {"sentiment": 16},
+              "batch_size": 4, "epochs": 1.0, "bf16": False, "work": str(tmp_path)}  # fmt: skip
+    cases = {
+        ("bert", ()): (1, True),
+        ("bert", (("attention", "sdpa"),)): (1, True),
+        ("bert", (("packed", False),)): (1, False),
+        ("bert", (("length_buckets", True),)): (finetune.BUCKET_POOL, False),
+        ("long", ()): (1, False),
+    }
+    for model, settings in cases:
+        monkeypatch.setattr(finetune, "_SHARED", shared | dict(settings))
+        finetune._run(finetune.Fit("sentiment", model, 1e-3, 0))
+    assert made == list(cases.values())
+    text = sum(len(e["input_ids"]) for e in encoded["train"])
+    assert counted == [text] * len(cases)

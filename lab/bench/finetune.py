@@ -1,10 +1,10 @@
 """bench finetune: examples per second of the lab's fine-tuning against transformers' `Trainer` (bf16,
 dynamic padding), against the lab's own fine-tuning as it was (PyTorch's fused attention, torch's
 dropout masks, one job after another), and beside the lab's with each example a padded row and with
-batches of similar length: the same model, examples and work, arms in interleaved rounds. Beside the speeds, each arm's test
-accuracy, whether it is above chance, and whether two arms' accuracies are equal. By default the
-model is a Mini from random initialisation, which stays at chance (so the accuracies say nothing);
-`--model` fine-tunes a pretrained BERT instead."""
+batches of similar length: the same model, examples and work, arms in interleaved rounds. Beside
+the speeds, each arm's test accuracy, whether it is above chance, and whether two arms' accuracies
+are equal. By default the model is a Mini from random initialisation, which stays at chance (so the
+accuracies say nothing); `--model` fine-tunes a pretrained BERT instead."""
 
 from __future__ import annotations
 
@@ -196,6 +196,7 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
     vs_before = rounds.paired_ratio(rates["lab"], rates["lab_before"])
     vs_padded = rounds.paired_ratio(rates["lab"], rates["lab_padded"])
     buckets_vs_trainer = rounds.paired_ratio(rates["lab_buckets"], rates["trainer"])
+    buckets_vs_lab = rounds.paired_ratio(rates["lab_buckets"], rates["lab"])
     return {
         "bench": "finetune", "ours": round(med["lab"], 1), "baseline": round(med["trainer"], 1),
         "unit": "training examples/s (model built and test predicted inside the time)", **vs_trainer,
@@ -206,6 +207,7 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         "ratio_vs_padded_iqr": vs_padded["ratio_iqr"],
         "buckets": round(med["lab_buckets"], 1), "ratio_buckets_vs_trainer": buckets_vs_trainer["ratio"],
         "ratio_buckets_vs_trainer_iqr": buckets_vs_trainer["ratio_iqr"],
+        "ratio_buckets_vs_lab": buckets_vs_lab["ratio"], "ratio_buckets_vs_lab_iqr": buckets_vs_lab["ratio_iqr"],
         "test_accuracy": {k: round(float(np.mean(v)), 4) for k, v in accuracy.items()},
         "test_chance": round(chance, 4),
         "above_chance": {k: {"difference": round(f["difference"], 4), "ci95": [round(x, 4) for x in f["ci95"]],

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab.core import budget, hardware, models, train
+from lab.core import budget, dropout, hardware, models, train
 from lab.core.attention import block_attention
 
 
@@ -67,12 +67,14 @@ def pack(examples: list[dict], pad_id: int) -> dict:
     longest example, filled first fit by decreasing length. `segments` numbers each row's examples
     from 1 (0: padding), which `packed_loss` turns into block-diagonal attention; positions restart
     at each example. A sentence task's labels come in the order of `cls`, the flat positions
-    (row x width + column) of the examples' first tokens; a tag task's lie as its tokens do.
+    (row x width + column) of the examples' first tokens; a tag task's lie as its tokens do. Where no
+    two examples share a row, the batch is `collate`d instead (no mask, so fused attention keeps
+    its fastest kernel).
 
     Each example then computes what it computes alone in a padded batch, and the loss is the same
-    mean over the same examples (`tests/test_finetune.py` checks both against transformers' own
-    heads). What changes is the padding: random batches of 32 reviews cut at 64 tokens are nearly
-    always padded to 64, 69% of it text; packed into rows of 64, 95%."""
+    mean over the same examples (`tests/test_tasks.py` checks both against transformers' own heads).
+    What changes is the padding: random batches of 32 reviews cut at 64 tokens are nearly always
+    padded to 64, so 69% of their tokens are text; packed, 95%."""
     lengths = [len(e["input_ids"]) for e in examples]
     width = max(lengths)
     rows: list[list[int]] = []
@@ -84,6 +86,8 @@ def pack(examples: list[dict], pad_id: int) -> dict:
             room.append(width)
         rows[r].append(i)
         room[r] -= lengths[i]
+    if len(rows) == len(examples):
+        return collate(examples, pad_id)
     shape = (len(rows), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)
     types, positions, segments = (torch.zeros(shape, dtype=torch.long) for _ in range(3))
@@ -113,14 +117,21 @@ def pack(examples: list[dict], pad_id: int) -> dict:
     return batch | {"labels": torch.tensor(y, dtype=dtype), "cls": torch.tensor(cls)}
 
 
+PACKED_ATTENTION = ("eager", dropout.NAME, "sdpa")  # the attentions that take a block-diagonal mask
+
+
 def packed_loss(model, batch: dict) -> torch.Tensor:
     """A BERT task model's loss on a `pack`ed batch: attention kept inside each example, the
     sentence head (BERT's pooler, dropout, classifier) read at each example's first token, the
     loss of transformers' heads (cross-entropy; squared error for one regression output)."""
+    attention = model.config._attn_implementation
+    if attention not in PACKED_ATTENTION:
+        raise ValueError(f"packed batches need one of the attentions {PACKED_ATTENTION}, not {attention!r} "
+                         "(fine-tune with packed=False)")  # fmt: skip
     batch = dict(batch)
     segments, labels, cls = batch.pop("segments"), batch.pop("labels"), batch.pop("cls", None)
     inside = segments[:, None, :, None] == segments[:, None, None, :]  # (rows, 1, T, T)
-    if model.config._attn_implementation != "sdpa":  # the eager attentions add their mask
+    if attention != "sdpa":  # the eager attentions add their mask
         blocked = torch.finfo(torch.float32).min
         inside = torch.zeros(inside.shape, device=inside.device).masked_fill_(~inside, blocked)
     if cls is None:  # tags: the model's own head and loss read the rows as they lie
@@ -292,7 +303,7 @@ def finetune(model, examples: list[dict], out_dir: Path, *, batch_size: int, epo
     batches drawn at random, `pack`ed into rows when the model is a BERT (unless `packed` is False),
     or of similar length (`length_buckets`)."""
     packed = (packed and not length_buckets and model.config.model_type == "bert"
-              and model.config._attn_implementation in ("eager", "sdpa"))  # fmt: skip
+              and model.config._attn_implementation in PACKED_ATTENTION)  # fmt: skip
     batches = TaskBatches(examples, batch_size, seed, pad_id,
                           pool=BUCKET_POOL if length_buckets else 1, packed=packed)  # fmt: skip
     steps = max(1, math.ceil(epochs * batches.per_epoch))
@@ -303,8 +314,12 @@ def finetune(model, examples: list[dict], out_dir: Path, *, batch_size: int, epo
         log_every=max(1, steps // 10), seed=seed, weight_decay=0.01, tensorboard=False, leave=False,
         flops_per_token=fpt, fast_dropout=fast_dropout,
     )  # fmt: skip
-    count = (lambda b: (b["segments"] > 0).sum()) if packed else None  # text tokens, not padding
-    return train.train(Finetune(model), batches, tc, out_dir, desc=desc, count_tokens=count)
+    return train.train(Finetune(model), batches, tc, out_dir, desc=desc, count_tokens=text_tokens)
+
+
+def text_tokens(batch: dict) -> torch.Tensor:
+    """The tokens of text in a batch, packed or padded."""
+    return (batch["segments"] > 0).sum() if "segments" in batch else batch["attention_mask"].sum()
 
 
 @torch.no_grad()

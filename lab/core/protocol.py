@@ -45,7 +45,7 @@ class Protocol:
     seed: int
     curve_sizes: tuple[int, ...] = ()  # smaller training sets for the data-efficiency curves
     curve_tasks: tuple[str, ...] = ()
-    length_buckets: bool = False  # batches of similar length (faster; see lab.core.finetune)
+    length_buckets: bool = False  # batches of similar length (lower scores; see lab.core.finetune)
 
     def n_seeds(self, model: str) -> int:
         return self.student_seeds if names.is_student(model) else self.seeds
