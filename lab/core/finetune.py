@@ -6,8 +6,9 @@ side (`run_fits`).
 Packing computes what padded rows compute (each example attends only to itself, with its own
 positions; the same loss over the same examples) on fewer rows: in `python -m lab bench finetune
 --model` on the `cpu` teacher, 1.29x the examples per second of the same batches padded one example
-to a row (IQR 1.27-1.29 over 3 rounds), test accuracy equal (+0.000, 95% interval [-0.012, +0.012],
-12 seeds an arm). Only a BERT running eager or SDPA attention is packed.
+to a row (IQR 1.27-1.29 over 3 rounds; 1.23x on the bench's default Mini), test accuracy equal
+(+0.000, 95% interval [-0.012, +0.012], 12 seeds an arm). Only a BERT running eager or SDPA
+attention is packed.
 
 Batches of similar length (`length_buckets`) pad as little, but the same fits scored lower. On
 review sentiment, the `cpu` teacher fine-tuned at lr 5e-4 for 1 epoch of 1,000 examples scored 0.632
