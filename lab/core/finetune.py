@@ -4,7 +4,8 @@ attention that trains fastest here), the loop, predictions in batches, and many 
 side (`run_fits`).
 
 Packing computes what padded rows compute (each example attends only to itself, with its own
-positions; the same loss over the same examples) on fewer rows: in `python -m lab bench finetune
+positions; the same loss over the same examples: equal in fp32, within rounding in bf16; dropout
+draws its masks over other shapes) on fewer rows: in `python -m lab bench finetune
 --model` on the `cpu` teacher, 1.29x the examples per second of the same batches padded one example
 to a row (IQR 1.27-1.29 over 3 rounds; 1.23x on the bench's default Mini), test accuracy equal
 (+0.000, 95% interval [-0.012, +0.012], 12 seeds an arm). Only a BERT running eager or SDPA
