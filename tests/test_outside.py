@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import checkpoints as ck
 
 from lab import lineup
-from lab.core import charlm, finetune, tasks, vocab
+from lab.core import charlm, finetune, taskbatches, tasks, vocab
 
 CHARS = "北京是中国的首都。我们今天天气很好他她它在有了不人大小上下一二三"
 
@@ -74,7 +74,7 @@ def test_every_architecture_takes_a_task_head_on_every_kind_of_task(outside, arc
     for name in ("sentiment", "stsb", "msra_ner"):
         task = tasks.TASKS[name]
         model = finetune.task_model(outside[arch], task, seed=0, max_length=64)
-        batch = finetune.collate(tasks.encode(task, rows[task.kind], tok, 64), tok.pad_token_id)
+        batch = taskbatches.collate(tasks.encode(task, rows[task.kind], tok, 64), tok.pad_token_id)
         if task.kind != "tag":  # one segment per example: no segment ids to give
             assert ("token_type_ids" in batch) == (arch != "modernbert")
         assert torch.isfinite(model(**batch).loss)

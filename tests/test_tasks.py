@@ -3,7 +3,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from lab.core import dropout, finetune, sources, tasks, vocab
+from lab.core import dropout, finetune, sources, taskbatches, tasks, vocab
 from lab.core.metrics import fill_mask, spread
 
 
@@ -51,23 +51,24 @@ def test_encode_every_kind(tok):
         tasks.TASKS["msra_ner"], [{"tokens": ["北", "京"], "ner_tags": ["B-LOC", "I-LOC"]}], tok, 16
     )
     assert ner[0]["labels"] == [-100, 3, 4, -100] and len(ner[0]["input_ids"]) == 4
-    batch = finetune.collate(cls, tok.pad_token_id)
+    batch = taskbatches.collate(cls, tok.pad_token_id)
     assert batch["labels"].tolist() == [1, 0]
 
 
 def test_batches_group_similar_lengths_and_cover_every_example_each_epoch():
     rng = np.random.default_rng(0)
     examples = [{"input_ids": [1] * int(n), "labels": 0} for n in rng.integers(3, 60, 500)]
-    batches = finetune.TaskBatches(examples, batch_size=16, seed=1, pad_id=0, pool=10)
+    batches = taskbatches.TaskBatches(examples, batch_size=16, seed=1, pad_id=0, pool=10)
     seen = np.concatenate([batches._batches(0)[j] for j in range(batches.per_epoch)])
     assert sorted(seen.tolist()) == list(range(500))
     padded = sum(batches(j)["input_ids"].numel() for j in range(batches.per_epoch))
-    plain = finetune.TaskBatches(
+    plain = taskbatches.TaskBatches(
         examples, batch_size=16, seed=1, pad_id=0, pool=1
     )  # no sorting to speak of
     assert padded < 0.7 * sum(plain(j)["input_ids"].numel() for j in range(plain.per_epoch))
     assert torch.equal(
-        batches(3)["input_ids"], finetune.TaskBatches(examples, 16, 1, 0, pool=10)(3)["input_ids"]
+        batches(3)["input_ids"],
+        taskbatches.TaskBatches(examples, 16, 1, 0, pool=10)(3)["input_ids"],
     )
 
 
@@ -110,8 +111,8 @@ def test_packed_batches_give_transformers_heads_loss_and_gradients(tok, kind, at
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    padded = finetune.collate(examples, tok.pad_token_id)
-    packed = finetune.pack(examples, tok.pad_token_id)
+    padded = taskbatches.collate(examples, tok.pad_token_id)
+    packed = taskbatches.pack(examples, tok.pad_token_id)
     loss, g = grads(model(**padded).loss)
     loss_packed, g_packed = grads(finetune.Finetune(model)(**packed)["loss"])
     assert len(packed["input_ids"]) < len(examples)
@@ -123,8 +124,8 @@ def test_packed_batches_give_transformers_heads_loss_and_gradients(tok, kind, at
         bf16 = [float(model(**padded).loss), float(finetune.Finetune(model)(**packed)["loss"])]
     assert bf16[1] == pytest.approx(bf16[0], rel=0.02)
     longest = [e for e in examples if len(e["input_ids"]) == len(padded["input_ids"][0])]
-    alone = finetune.pack(longest * 2, tok.pad_token_id)  # no two share a row: no mask at all
-    assert alone.keys() == finetune.collate(longest * 2, tok.pad_token_id).keys()
+    alone = taskbatches.pack(longest * 2, tok.pad_token_id)  # no two share a row: no mask at all
+    assert alone.keys() == taskbatches.collate(longest * 2, tok.pad_token_id).keys()
 
 
 def test_samples_follow_the_hash_not_the_order_of_the_split():
@@ -340,7 +341,7 @@ def test_fine_tuning_draws_random_batches_packed_unless_asked_otherwise(tok, tmp
 
     made, counted = [], []
 
-    class Recorded(finetune.TaskBatches):
+    class Recorded(taskbatches.TaskBatches):
         def __init__(self, *args, pool: int = 1, packed: bool = False, **kwargs):
             made.append((pool, packed))
             super().__init__(*args, pool=pool, packed=packed, **kwargs)
@@ -369,7 +370,7 @@ def test_fine_tuning_draws_random_batches_packed_unless_asked_otherwise(tok, tmp
         ("bert", ()): (1, True),
         ("bert", (("attention", "sdpa"),)): (1, True),
         ("bert", (("packed", False),)): (1, False),
-        ("bert", (("length_buckets", True),)): (finetune.BUCKET_POOL, False),
+        ("bert", (("length_buckets", True),)): (taskbatches.BUCKET_POOL, False),
         ("long", ()): (1, False),
     }
     for model, settings in cases:

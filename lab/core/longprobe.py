@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab.core.finetune import collate, with_global
+from lab.core.finetune import with_global
 from lab.core.progress import tqdm
+from lab.core.taskbatches import collate
 from lab.core.train import autocast
 
 BACKGROUND_PER_DOC = 64  # tokens of each training document tagged "none", drawn at random
