@@ -160,9 +160,8 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
             shared | {"attention": "sdpa", "fast_dropout": False, "packed": False}, workers=1
         ) as before,
     ):
-        started = (
-            time.perf_counter() - t0
-        )  # the four pools start once (the evaluate stage starts one)
+        # the four pools start once, outside the rounds, as the evaluate stage starts its one
+        started = time.perf_counter() - t0
         arms = {
             "lab": lab_arm("lab", lab),
             "trainer": trainer_arm,
