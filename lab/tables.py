@@ -90,8 +90,11 @@ def builtin_table(stats: dict):
 
 
 def training_table(train: dict):
-    cols = ("steps", "tokens", "seconds", "tokens_per_s")
-    return table([{"stage": k, **{c: v[c] for c in cols}} for k, v in train.items()], "Training")
+    """Each stage's steps, tokens and time, with its MFU over the loop (evaluations and checkpoints
+    included) and over the training steps alone where the run recorded them."""
+    cols = ("steps", "tokens", "seconds", "tokens_per_s", "mfu", "step_mfu")
+    rows = [{"stage": k, **{c: v[c] for c in cols if c in v}} for k, v in train.items()]
+    return table(rows, "Training")
 
 
 def neighbour_table(info: dict):

@@ -117,6 +117,25 @@ def test_a_loop_that_probes_the_peak_trains_as_the_same_loop_run_after_it(tmp_pa
         assert torch.equal(runs[0][k], runs[1][k]), k
 
 
+def test_the_summary_gives_mfu_over_the_loop_and_over_its_training_steps(tmp_path, monkeypatch):
+    """Evaluations and checkpoints are not training steps: `step_mfu` leaves their time out, `mfu`
+    keeps it in, and both count the same tokens against the same peak."""
+    import time
+
+    monkeypatch.setattr(hardware, "matmul_peak", lambda *_: 1e9)
+
+    def slow_eval(module):
+        time.sleep(0.5)
+        return {"acc": 0.0}
+
+    cfg = train.TrainConfig(steps=4, lr=1e-3, warmup_steps=1, eval_every=2, bf16=False,
+                            checkpoints=False, flops_per_token=1e3)  # fmt: skip
+    res = train.train(MaskedLM(tiny()), Synthetic(), cfg, tmp_path, evaluate=slow_eval)
+    assert res["seconds"] - res["step_seconds"] >= 1.0  # two evaluations of 0.5 s
+    assert res["mfu"] == pytest.approx(1e3 * res["tokens"] / res["seconds"] / 1e9)
+    assert res["step_mfu"] == pytest.approx(1e3 * res["tokens"] / res["step_seconds"] / 1e9)
+
+
 class Exploding(torch.nn.Module):
     def __init__(self):
         super().__init__()

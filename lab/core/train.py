@@ -220,6 +220,7 @@ def train(
                unit="step", leave=cfg.leave)  # fmt: skip
     module.train()
     step, pending, unchecked = start, 0, {}
+    paused = 0.0  # seconds spent evaluating and saving checkpoints: not training steps
     counted = torch.zeros((), dtype=torch.long, device=acc.device)  # tokens since the last log
     try:
         while step < cfg.steps:
@@ -273,6 +274,7 @@ def train(
                     if board:
                         board.log(_scalars(row, "train"), step=step)
                 pending, unchecked = 0, {}
+            pause = time.time()
             if evaluating:
                 last_eval = _evaluate(module, acc, evaluate, cfg.bf16)
                 if acc.is_main_process:
@@ -284,6 +286,7 @@ def train(
                 acc.wait_for_everyone()
                 save_checkpoint(ckpt_root, step, tokens, acc.unwrap_model(module), optimizer, scheduler,
                                 acc, cfg.keep_checkpoints)  # fmt: skip
+            paused += time.time() - pause
             if stop_after is not None and step - start >= stop_after:
                 break
     finally:
@@ -306,9 +309,14 @@ def train(
     }
     if acc.device.type == "cuda":
         summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(acc.device) / 1e9
-    if peak:  # model FLOPs utilisation against this device's probed matmul peak
+    if paused:  # the same tokens over the steps' time alone
+        summary["step_seconds"] = seconds - paused
+    if peak:  # model FLOPs utilisation against this device's probed matmul peak: over the loop's
+        # time (evaluations and checkpoints included) and over its training steps alone
+        steps_rate = (tokens - tokens_at_start) / max(1e-9, seconds - paused)
         summary |= {"flops_per_token": cfg.flops_per_token, "peak_flops": peak,
-                    "mfu": hardware.mfu(cfg.flops_per_token, rate / acc.num_processes, peak)}  # fmt: skip
+                    "mfu": hardware.mfu(cfg.flops_per_token, rate / acc.num_processes, peak),
+                    "step_mfu": hardware.mfu(cfg.flops_per_token, steps_rate / acc.num_processes, peak)}  # fmt: skip
     return summary
 
 
