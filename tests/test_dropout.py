@@ -44,16 +44,31 @@ def test_the_keep_rate_and_values_are_torchs_within_sampling_noise():
         assert ours[ours != 0].unique().tolist() == pytest.approx([theirs.max().item()], rel=1e-4)
 
 
+def test_every_16_bit_value_drawn_once_keeps_exactly_65536_minus_cut(monkeypatch):
+    """Draws that hold each 16-bit value once: each layout keeps exactly LEVELS - cut elements (so
+    the comparison is `>=` at the right offset), and eagerly element i reads the i-th field."""
+    values = torch.arange(-(dropout.LEVELS // 2), dropout.LEVELS // 2, dtype=torch.int16)
+    monkeypatch.setattr(dropout, "_draws", lambda x: values.view(torch.int64).clone())
+    for p in (0.1, 0.5):
+        cut = round(p * dropout.LEVELS)
+        for masked in (dropout._Masked, dropout._EagerMasked):
+            kept = masked.apply(torch.ones(dropout.LEVELS), cut) != 0
+            assert int(kept.sum()) == dropout.LEVELS - cut, masked
+        assert torch.equal(dropout.dropout(torch.ones(dropout.LEVELS), p) != 0,
+                           values >= cut - dropout.LEVELS // 2)  # fmt: skip
+
+
 def test_each_call_draws_a_new_mask_and_rates_out_of_range_are_refused():
     torch.manual_seed(2)
     a, b = dropout.dropout(torch.ones(4096), 0.5), dropout.dropout(torch.ones(4096), 0.5)
     assert 0.4 < ((a != 0) != (b != 0)).float().mean().item() < 0.6  # independent: half differ
     for n in (0, 1, 2, 3, 5):
         assert dropout.dropout(torch.ones(n), 0.5).shape == (n,)
-    odd = dropout.dropout(torch.ones(3, 1365), 0.5).flatten()  # 4,095: halves of 2,048 and 2,047
-    first, second = (odd[:2048] != 0).float(), (odd[2048:] != 0).float()
-    assert 0.4 < first.mean().item() < 0.6 and 0.4 < second.mean().item() < 0.6
-    assert abs(((first[:2047] - 0.5) * (second - 0.5)).mean().item()) < 0.25 * 5 / 2047**0.5
+    for masked in (dropout._Masked, dropout._EagerMasked):  # the compiled layout, and the eager
+        odd = masked.apply(torch.ones(3, 1365), dropout.LEVELS // 2).flatten()  # 4,095 elements:
+        first, second = (odd[:2048] != 0).float(), (odd[2048:] != 0).float()  # compiled halves
+        assert 0.4 < first.mean().item() < 0.6 and 0.4 < second.mean().item() < 0.6
+        assert abs(((first[:2047] - 0.5) * (second - 0.5)).mean().item()) < 0.25 * 5 / 2047**0.5
     assert not dropout.dropout(torch.ones(64), 0.999995).any()  # rounds to 1: all dropped
     assert not dropout.dropout(torch.ones(64), 1.0).any()
     for p in (-0.1, 1.5):

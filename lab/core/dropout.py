@@ -4,15 +4,15 @@ On a CPU, `F.dropout` draws one random number per element (`bernoulli_`), and in
 fine-tuning step of a small BERT the masks took 15% of the time (`torch.profiler`, one thread).
 `dropout` draws one 64-bit integer per four elements and keeps an element where its 16 bits are at
 or above p x 65,536: a Bernoulli mask whose drop probability is round(65,536 p) / 65,536 (for
-p = 0.1, 0.1000061), scaled to keep the expectation. The draws, read as 32-bit integers, give the
-first half of the elements their low 16 bits and the second half their high 16 bits, so that a
-compiled step reads both halves in order, in vector registers; the mask is kept as bytes (see
-`_Masked`). In the pretraining bench, dropout 0.1 then costs the compiled loop 1.05-1.11x against
+p = 0.1, 0.1000061), scaled to keep the expectation. Compiled, the draws, read as 32-bit integers,
+give the first half of the elements their low 16 bits and the second half their high 16 bits, so
+that a compiled step reads both halves in order, in vector registers; the mask is kept as bytes
+(see `_Masked`). In the pretraining bench, dropout 0.1 then costs the compiled loop 1.05-1.11x against
 dropout 0 (`dropout0_vs_lab`; 1.11-1.16x with the int16 fields and the bf16 mask before), most of
 it the random draws themselves (inductor's Philox, about 6 ns a 64-bit draw: 27 ms of a 440 ms
 step). Run eagerly (fine-tuning, which does not compile), it reads the same draws as 16-bit fields
 in order and makes the mask with one comparison, whose boolean it reads as bytes: two kernels make
-the mask where the shifts take seven, in half the time (`_EagerMasked`).
+the mask where the shifts take seven, in up to half the time (`_EagerMasked`).
 `install` puts it into a model's dropout layers and, through transformers' attention
 registry, into its attention weights. On a GPU torch's fused dropout is one kernel with a boolean
 mask, so the training loop installs this on CPUs only.
@@ -77,8 +77,9 @@ class _EagerMasked(_Masked):
     """`_Masked` for eager mode: element i keeps where the i-th 16-bit field of the draws, read as a
     signed integer, is at or above cut - 32,768. The comparison's boolean is viewed as bytes (no
     copy) and kept for `_Masked.backward`. Eagerly, the shifts' layout costs a fine-tuning step's
-    dropout twice the time: 2.2 ms against 1.1 ms forward and backward at (23, 64, 256) in bf16,
-    1.9 against 1.1-1.4 ms at the attention weights' (23, 4, 64, 64) in float32 (one thread)."""
+    dropout up to twice the time: 2.2 ms against 1.1 ms forward and backward at (23, 64, 256) in
+    bf16, 1.9 against 1.1-1.4 ms at the attention weights' (23, 4, 64, 64) in float32 (one
+    thread)."""
 
     @staticmethod
     def forward(ctx, x, cut: int):

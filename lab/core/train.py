@@ -175,7 +175,10 @@ def train(
 ) -> dict:
     """Train `module` for `cfg.steps`, resuming from `out_dir/checkpoints` if there is one.
 
-    Returns {"steps", "tokens", "seconds", "tokens_per_s", "eval": last evaluation, "resumed_from"}.
+    Returns {"steps", "tokens", "seconds", "tokens_per_s", "eval": last evaluation, "resumed_from",
+    "step_seconds": the seconds less those spent evaluating and saving checkpoints (a first
+    compiled step's compilation stays in), ...}, and with `cfg.flops_per_token` the MFU over
+    both times, "mfu" and "step_mfu". The progress bar and the log's rows give the first.
     `stop_after` ends the call early after that many steps (tests use it to simulate a kill).
     """
     out_dir = Path(out_dir)
@@ -274,19 +277,20 @@ def train(
                     if board:
                         board.log(_scalars(row, "train"), step=step)
                 pending, unchecked = 0, {}
-            pause = time.time()
-            if evaluating:
-                last_eval = _evaluate(module, acc, evaluate, cfg.bf16)
-                if acc.is_main_process:
-                    _log(log_path, {"step": step, "tokens": tokens, "eval": last_eval})
-                    bar.write(f"{desc} step {step:,}: {_fmt(last_eval)}")
-                    if board:
-                        board.log(_scalars(last_eval, "eval"), step=step)
-            if saving:
-                acc.wait_for_everyone()
-                save_checkpoint(ckpt_root, step, tokens, acc.unwrap_model(module), optimizer, scheduler,
-                                acc, cfg.keep_checkpoints)  # fmt: skip
-            paused += time.time() - pause
+            if evaluating or saving:
+                pause = time.perf_counter()
+                if evaluating:
+                    last_eval = _evaluate(module, acc, evaluate, cfg.bf16)
+                    if acc.is_main_process:
+                        _log(log_path, {"step": step, "tokens": tokens, "eval": last_eval})
+                        bar.write(f"{desc} step {step:,}: {_fmt(last_eval)}")
+                        if board:
+                            board.log(_scalars(last_eval, "eval"), step=step)
+                if saving:
+                    acc.wait_for_everyone()
+                    save_checkpoint(ckpt_root, step, tokens, acc.unwrap_model(module), optimizer,
+                                    scheduler, acc, cfg.keep_checkpoints)  # fmt: skip
+                paused += time.perf_counter() - pause
             if stop_after is not None and step - start >= stop_after:
                 break
     finally:
@@ -309,8 +313,7 @@ def train(
     }
     if acc.device.type == "cuda":
         summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(acc.device) / 1e9
-    if paused:  # the same tokens over the steps' time alone
-        summary["step_seconds"] = seconds - paused
+    summary["step_seconds"] = seconds - paused  # the same tokens over the steps' time alone
     if peak:  # model FLOPs utilisation against this device's probed matmul peak: over the loop's
         # time (evaluations and checkpoints included) and over its training steps alone
         steps_rate = (tokens - tokens_at_start) / max(1e-9, seconds - paused)
