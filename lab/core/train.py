@@ -176,9 +176,8 @@ def train(
     """Train `module` for `cfg.steps`, resuming from `out_dir/checkpoints` if there is one.
 
     Returns {"steps", "tokens", "seconds", "tokens_per_s", "eval": last evaluation, "resumed_from",
-    "step_seconds": the seconds less those spent evaluating and saving checkpoints (a first
-    compiled step's compilation stays in), ...}, and with `cfg.flops_per_token` the MFU over
-    both times, "mfu" and "step_mfu". The progress bar and the log's rows give the first.
+    "step_seconds": the seconds less evaluations and checkpoints (compiling stays in), ...}, and
+    with `cfg.flops_per_token` the MFU over each time, "mfu" (as the progress bar) and "step_mfu".
     `stop_after` ends the call early after that many steps (tests use it to simulate a kill).
     """
     out_dir = Path(out_dir)
@@ -378,13 +377,8 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    return [
-        json.loads(line)
-        for line in Path(path).read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def train_once(model, folder: Path, fit: Callable[[], dict]) -> dict:
