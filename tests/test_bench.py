@@ -90,14 +90,16 @@ def test_the_arms_are_judged_alike_only_when_both_learned():
 def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, tmp_path):
     """`python -m lab bench finetune --quick --model FOLDER`, as the README gives it, on the smoke
     run's pretrained teacher: every arm fine-tunes that folder with its own tokenizer, and the JSON
-    carries each arm's accuracy and the equal-accuracy verdicts with their intervals."""
+    carries each arm's accuracy, the equal-accuracy verdicts with their intervals, and each arm's
+    untimed warm-up fit, whose seed is none of the rounds'."""
     folder = smoke_run[0] / "data" / "runs" / "nb" / "pretrain" / "model"
     proc = lab("bench", "finetune", "--quick", "--model", str(folder), home=tmp_path)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bench"] == "finetune" and out["model"] == str(folder)
     assert out["model_folder"] == str(folder.resolve())
     arms = ("lab", "trainer", "lab_before", "lab_padded", "lab_buckets")
-    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}
+    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}  # the warm-up's not among them
+    assert set(out["warmup_seconds"]) == set(arms) and min(out["warmup_seconds"].values()) > 0
     assert set(out["test_accuracy"]) == set(arms) and out["ratio_vs_padded"] > 0
     assert (tmp_path / "reports" / "bench" / "finetune-model-quick.json").is_file()
     for a, b in (

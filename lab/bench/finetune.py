@@ -87,13 +87,15 @@ def run(*, quick: bool = False, model: str = "") -> dict:
     with batches of similar length (`lab_buckets`, `evaluate.length_buckets`): per round each arm
     fine-tunes the same model on the same review examples at the same rate and seeds (new seeds each
     round, so the rounds add fits to the accuracy comparison); examples per second of training, with
-    the model built and the test split predicted inside the time.
+    the model built and the test split predicted inside the time. Before the rounds every arm's
+    processes run one untimed fit (`_warm_up`), as the evaluate stage's pool has done long before
+    most of its fits.
 
     The model is a Mini from random initialisation, or `model`: a BERT masked-LM folder (one the lab
     pretrained, or a researcher's own) or hub name, with its tokenizer. Where the arms learn the
     task, the bench also says whether the lab's fine-tuning scores as each other arm's does: the
     difference of their test accuracies with a 95% interval over the fits and the test examples
-    (`_alike`), judged equal when the interval lies inside +-`EQUAL_WITHIN`. The full bench's 12 fits
+    (`_alike`), judged equal when the interval lies inside +-`EQUAL_WITHIN`. The full bench's 20 fits
     an arm on 500 test examples can resolve that band; `--quick`'s 4 fits on 200 cannot."""
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as work:  # the Mini, the logs
         return _bench(Path(work), quick=quick, model=model)
@@ -104,7 +106,7 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
     n_train, n_test, seq_len, batch, epochs = (
         (300, 200, 64, 32, 1.0) if quick else (1000, 500, 64, 32, 1.0)
     )
-    n_rounds, per_round = (1 if quick else 3), 4
+    n_rounds, per_round = (1 if quick else 5), 4
     outcomes: dict[str, list] = {}  # per arm, each fit's per-example test outcomes, every round's
     seeds: dict[str, list] = {}  # per arm, the seeds of those fits
 
@@ -160,8 +162,11 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
             shared | {"attention": "sdpa", "fast_dropout": False, "packed": False}, workers=1
         ) as before,
     ):
-        # the four pools start once, outside the rounds, as the evaluate stage starts its one
+        # the four pools start and warm up once, outside the rounds, as the evaluate stage's one
         started = time.perf_counter() - t0
+        warmup = _warm_up({"lab": lab, "lab_padded": padded, "lab_buckets": buckets, "lab_before": before},
+                          lambda fits: _trainer_fits(folder, rows, tokenizer, fits, batch=batch,
+                                                     epochs=epochs, seq_len=seq_len))  # fmt: skip
         arms = {
             "lab": lab_arm("lab", lab),
             "trainer": trainer_arm,
@@ -215,11 +220,29 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
                   for k, f in alike.items()},
         "fits": {"per_arm": len(outcomes["lab"]), "lr": LR, "seeds": seeds,
                  "train_examples": n_train, "test_examples": n_test, "epochs": epochs},
-        "pool_start_seconds": round(started, 1),
+        "pool_start_seconds": round(started, 1), "warmup_seconds": warmup,
         "rates_by_round": {k: [round(x, 1) for x in v] for k, v in rates.items()}, "rounds": n_rounds,
         "loadavg": {"start": load_start, "end": rounds.loadavg()}, "model": label, "quick": quick,
         **({"model_folder": str(Path(folder).resolve()), "variant": "model"} if model else {}),
     }  # fmt: skip
+
+
+WARMUP_SEED = 10_000  # the warm-up fits' seeds, apart from the rounds'
+
+
+def _warm_up(fitters: dict[str, Fitter], trainer) -> dict[str, float]:
+    """One untimed fit in every worker of every lab arm's pool and one through the Trainer, before
+    the rounds; each arm's seconds. A process's first fit runs slower than its later ones (the
+    bench's Mini in one thread: 5.1 s of training, then 3.6-3.7 s for each of the next seven),
+    which the evaluate stage, whose pool runs its 170 fits, pays once a worker."""
+    seconds = {}
+    for name, fitter in fitters.items():
+        t0 = time.perf_counter()
+        fitter.run([Fit("sentiment", "model", LR, WARMUP_SEED + w) for w in range(fitter.workers)])
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    trainer([Fit("sentiment", "model", LR, WARMUP_SEED)])
+    return seconds | {"trainer": round(time.perf_counter() - t0, 1)}
 
 
 def _arm(name: str, fits: list) -> stats.Arm:
