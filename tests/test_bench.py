@@ -98,7 +98,8 @@ def test_bench_finetune_fine_tunes_a_model_folder_a_researcher_names(smoke_run, 
     assert out["bench"] == "finetune" and out["model"] == str(folder)
     assert out["model_folder"] == str(folder.resolve())
     arms = ("lab", "trainer", "lab_before", "lab_padded", "lab_buckets")
-    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}  # the warm-up's not among them
+    # the warm-up fits' seeds are none of the rounds'
+    assert out["fits"]["seeds"] == {arm: [0, 1, 2, 3] for arm in arms}
     assert set(out["warmup_seconds"]) == set(arms) and min(out["warmup_seconds"].values()) > 0
     assert set(out["test_accuracy"]) == set(arms) and out["ratio_vs_padded"] > 0
     assert (tmp_path / "reports" / "bench" / "finetune-model-quick.json").is_file()
