@@ -142,14 +142,14 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
 
         return arm
 
+    def trainer_fits(batch_of_fits: list[Fit]) -> list:
+        return _trainer_fits(folder, rows, tokenizer, batch_of_fits, batch=batch, epochs=epochs,
+                             seq_len=seq_len)  # fmt: skip
+
     def trainer_arm() -> float:
         batch_of_fits = fits("trainer")
         t0 = time.perf_counter()
-        outcomes.setdefault("trainer", []).extend(
-            _trainer_fits(
-                folder, rows, tokenizer, batch_of_fits, batch=batch, epochs=epochs, seq_len=seq_len
-            )
-        )
+        outcomes.setdefault("trainer", []).extend(trainer_fits(batch_of_fits))
         return work_examples / (time.perf_counter() - t0)
 
     hardware.retain_freed_memory()  # every arm in this process alike, from the first round
@@ -165,8 +165,7 @@ def _bench(work: Path, *, quick: bool, model: str) -> dict:
         # the four pools start and warm up once, outside the rounds, as the evaluate stage's one
         started = time.perf_counter() - t0
         warmup = _warm_up({"lab": lab, "lab_padded": padded, "lab_buckets": buckets, "lab_before": before},
-                          lambda fits: _trainer_fits(folder, rows, tokenizer, fits, batch=batch,
-                                                     epochs=epochs, seq_len=seq_len))  # fmt: skip
+                          trainer_fits)  # fmt: skip
         arms = {
             "lab": lab_arm("lab", lab),
             "trainer": trainer_arm,
